@@ -1,0 +1,29 @@
+"""Datasets and input pipelines.
+
+- `data.pipeline`: grain loaders (`get_info`, `make_train_iterator`, `make_eval_iterator`)
+  for every dataset, re-exported here;
+- `data.digits`: the embedded 8x8 digits as a TFDS dataset, prepared without TensorFlow;
+- `data.sources`: reading prepared TFDS datasets (mnist, cifar10, celeb_a, ...);
+- `data.toy`: 2-D toy distributions (`SAMPLERS`) with exact densities where they exist;
+- `python -m data.prepare NAME --data_dir DIR`: prepare a dataset.
+"""
+
+from data.pipeline import (
+    DataError,
+    DatasetInfo,
+    DatasetNotPreparedError,
+    TrainIterator,
+    get_info,
+    make_eval_iterator,
+    make_train_iterator,
+)
+
+__all__ = [
+    "DataError",
+    "DatasetInfo",
+    "DatasetNotPreparedError",
+    "TrainIterator",
+    "get_info",
+    "make_eval_iterator",
+    "make_train_iterator",
+]

@@ -1,0 +1,131 @@
+"""Training objectives of score-based diffusion, written against any ``score_fn(x, t)``.
+
+Every loss draws its times and noise with ``jax.random`` on the whole (global) batch from
+one key, so the same key gives the same loss however the batch is sharded over devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffusion import sde_lib
+from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast
+
+Array = jax.Array
+ScoreFn = sde_lib.ScoreFn
+LossFn = Callable[[ScoreFn, Array, Array], Array]
+
+__all__ = ["DISCRETE_LOSSES", "get_loss_fn"]
+
+
+def _reducer(reduce_mean: bool) -> Callable[[Array], Array]:
+    """Per-example reduction over every non-batch axis."""
+    op = jnp.mean if reduce_mean else jnp.sum
+    return lambda v: op(v, axis=tuple(range(1, v.ndim)))
+
+
+def _continuous_loss(
+    sde: SDE, *, likelihood_weighting: bool, reduce_mean: bool, eps: float
+) -> LossFn:
+    reduce = _reducer(reduce_mean)
+
+    def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
+        key_t, key_z = jax.random.split(key)
+        t = jax.random.uniform(key_t, x.shape[:1], x.dtype, minval=eps, maxval=sde.T)
+        z = jax.random.normal(key_z, x.shape, x.dtype)
+        mean, std = sde.marginal_prob(x, t)
+        std_b = batch_broadcast(std, x)
+        score = score_fn(mean + std_b * z, t)
+        if likelihood_weighting:
+            # g^2 || s - grad log p(x_t | x) ||^2: the weighting that makes the objective a
+            # bound on the negative log-likelihood (Song et al., 2021, Thm. 1).
+            g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
+            per_example = reduce(jnp.square(score + z / std_b)) * g2
+        else:
+            # lambda(t) = std^2: || std s + z ||^2, i.e. noise prediction.
+            per_example = reduce(jnp.square(score * std_b + z))
+        return jnp.mean(per_example)
+
+    return loss_fn
+
+
+def _ddpm_loss(sde: VPSDE, *, reduce_mean: bool) -> LossFn:
+    """DDPM's simple loss: ``|| eps_hat - z ||^2`` at a uniform integer timestep, with
+    ``eps_hat = -std_i * score`` so that any score function can be trained or evaluated.
+    """
+    reduce = _reducer(reduce_mean)
+
+    def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
+        key_i, key_z = jax.random.split(key)
+        i = jax.random.randint(key_i, x.shape[:1], 0, sde.N)
+        t = i.astype(x.dtype) / (sde.N - 1)
+        z = jax.random.normal(key_z, x.shape, x.dtype)
+        scale = jnp.asarray(sde.sqrt_alphas_cumprod, x.dtype)[i]
+        std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[i]
+        x_t = batch_broadcast(scale, x) * x + batch_broadcast(std, x) * z
+        eps_hat = -batch_broadcast(std, x) * score_fn(x_t, t)
+        return jnp.mean(reduce(jnp.square(eps_hat - z)))
+
+    return loss_fn
+
+
+def _smld_loss(sde: VESDE, *, reduce_mean: bool) -> LossFn:
+    """NCSN's loss ``1/2 || sigma_i s + z ||^2`` (weighting ``lambda = sigma^2``) at a
+    uniform noise level ``sigma_i = discrete_sigmas[i]``, queried at ``t = i / (N - 1)``
+    where the VE marginal std equals ``sigma_i``.
+    """
+    reduce = _reducer(reduce_mean)
+
+    def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
+        key_i, key_z = jax.random.split(key)
+        i = jax.random.randint(key_i, x.shape[:1], 0, sde.N)
+        t = i.astype(x.dtype) / (sde.N - 1)
+        z = jax.random.normal(key_z, x.shape, x.dtype)
+        sigma = batch_broadcast(jnp.asarray(sde.discrete_sigmas, x.dtype)[i], x)
+        score = score_fn(x + sigma * z, t)
+        return jnp.mean(0.5 * reduce(jnp.square(score * sigma + z)))
+
+    return loss_fn
+
+
+# Discrete-time objective per SDE class (looked up along the MRO).
+DISCRETE_LOSSES: dict[type[SDE], Callable[..., LossFn]] = {VPSDE: _ddpm_loss, VESDE: _smld_loss}
+
+
+def get_loss_fn(
+    sde: SDE,
+    *,
+    continuous: bool = True,
+    likelihood_weighting: bool = False,
+    reduce_mean: bool = True,
+    eps: float = 1e-5,
+) -> LossFn:
+    """Build ``loss_fn(score_fn, key, x) -> scalar``, the batch mean of per-example losses.
+
+    Args:
+      sde: the forward SDE.
+      continuous: denoising score matching with ``t ~ U(eps, T)`` (True), or the
+        discrete-time objective of the SDE's discrete model: DDPM for VP, SMLD for VE.
+      likelihood_weighting: weight by ``g(t)^2`` instead of ``std(t)^2`` (continuous only).
+      reduce_mean: per-example mean over the non-batch axes (True) or sum.
+      eps: smallest training time, where the float32 marginal is still well conditioned.
+
+    ``x`` is the clean (global) batch ``(B, ...)``; ``key`` draws all times and noise.
+    """
+    if continuous:
+        if not 0.0 < eps < sde.T:
+            raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
+        return _continuous_loss(
+            sde, likelihood_weighting=likelihood_weighting, reduce_mean=reduce_mean, eps=eps
+        )
+    if likelihood_weighting:
+        raise ValueError("likelihood weighting is defined for continuous training only")
+    for cls in type(sde).__mro__:
+        if cls in DISCRETE_LOSSES:
+            return DISCRETE_LOSSES[cls](sde, reduce_mean=reduce_mean)
+    raise ValueError(
+        f"discrete training is defined for VP (DDPM) and VE (SMLD), not {type(sde).__name__}"
+    )

@@ -1,0 +1,355 @@
+"""Forward SDEs of score-based diffusion (VP, sub-VP, VE) and their reverses.
+
+Conventions shared by every method:
+
+* ``x`` is a batch ``(B, ...)`` of any rank (NHWC images, 2-D points).
+* ``t`` is a float array ``(B,)`` (a scalar is broadcast to the batch) on ``[0, T]``, T = 1.
+* Per-example scalars (diffusion coefficient, marginal std) are returned with shape
+  ``(B,)``; use :func:`batch_broadcast` to multiply them into ``x``.
+
+The marginals are evaluated with ``expm1``/``log1p`` forms so that float32 stays accurate
+at ``t ~ 1e-5``, where likelihoods are computed.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+TimeLike = Array | float
+
+__all__ = [
+    "SDE",
+    "SDES",
+    "VESDE",
+    "VPSDE",
+    "ReverseSDE",
+    "batch_broadcast",
+    "get_sde",
+    "subVPSDE",
+]
+
+
+def batch_broadcast(v: Array, x: Array) -> Array:
+    """Reshape a per-example ``(B,)`` array so it broadcasts against ``x`` ``(B, ...)``."""
+    v = jnp.asarray(v)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _per_example_t(t: Any, x: Array) -> Array:
+    """``t`` as a ``(B,)`` array in ``x``'s float dtype (scalars are broadcast)."""
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    return jnp.broadcast_to(jnp.asarray(t, dtype), x.shape[:1])
+
+
+def _sum_non_batch(v: Array) -> Array:
+    return jnp.sum(v, axis=tuple(range(1, v.ndim)))
+
+
+def _standard_normal_logp(z: Array, scale: float) -> Array:
+    d = math.prod(z.shape[1:])
+    return -0.5 * d * math.log(2 * math.pi * scale**2) - _sum_non_batch(z**2) / (2 * scale**2)
+
+
+def _round_index(t: Array, n: int) -> Array:
+    # round, not truncate: i / (N - 1) * (N - 1) can land a hair below i in float32.
+    return jnp.clip(jnp.round(t * (n - 1)), 0, n - 1).astype(jnp.int32)
+
+
+class SDE(abc.ABC):
+    """A forward SDE ``dx = f(x, t) dt + g(t) dw`` on ``[0, T]`` with Gaussian marginals
+    ``p_t(x | x0) = N(scale(t) x0, std(t)^2 I)``.
+
+    Subclasses provide the drift/diffusion, the marginal coefficients and the prior; the
+    rest (``marginal_prob``, Euler ``discretize``, ``reverse``) is shared.
+    """
+
+    N: int
+
+    @property
+    def T(self) -> float:
+        """End time of the forward process."""
+        return 1.0
+
+    @abc.abstractmethod
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Drift ``(B, ...)`` and diffusion coefficient ``g(t)`` ``(B,)`` at ``(x, t)``."""
+
+    @abc.abstractmethod
+    def marginal_scale(self, t: Array) -> Array:
+        """Mean coefficient ``scale(t)`` of ``p_t(x | x0)``; same shape as ``t``."""
+
+    @abc.abstractmethod
+    def marginal_std(self, t: Array) -> Array:
+        """Noise level ``std(t)`` of ``p_t(x | x0)``; same shape as ``t``."""
+
+    @abc.abstractmethod
+    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
+        """A sample of the prior ``p_T`` with the full (batch-included) ``shape``."""
+
+    @abc.abstractmethod
+    def prior_logp(self, z: Array) -> Array:
+        """Log density of the prior in nats, per example ``(B,)``."""
+
+    def marginal_prob(self, x0: Array, t: Array) -> tuple[Array, Array]:
+        """Mean ``(B, ...)`` and std ``(B,)`` of the perturbation kernel ``p_t(x | x0)``."""
+        t = _per_example_t(t, x0)
+        return batch_broadcast(self.marginal_scale(t), x0) * x0, self.marginal_std(t)
+
+    def discretize(self, x: Array, t: Array, dt: TimeLike | None = None) -> tuple[Array, Array]:
+        """One forward step ``x_{t} = x_{t-dt} + f + G z`` as ``(f (B, ...), G (B,))``.
+
+        The default is Euler–Maruyama with ``dt = 1/N``. VP and VE override it with their
+        DDPM/SMLD discretisations.
+        """
+        dt = 1.0 / self.N if dt is None else dt
+        drift, diffusion = self.sde(x, t)
+        dt = _per_example_t(dt, x)
+        return drift * batch_broadcast(dt, x), diffusion * jnp.sqrt(dt)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseSDE:
+    """Reverse of ``forward``: drift ``f - c g^2 score`` (c = 1, or 1/2 for the probability
+    flow, whose diffusion is 0). Time still runs forward in the arguments; samplers integrate
+    it from ``T`` down to ``eps``.
+    """
+
+    forward: SDE
+    score_fn: ScoreFn
+    probability_flow: bool = False
+
+    @property
+    def N(self) -> int:
+        return self.forward.N
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    @property
+    def _score_weight(self) -> float:
+        return 0.5 if self.probability_flow else 1.0
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Reverse drift ``(B, ...)`` and diffusion ``(B,)``."""
+        t = _per_example_t(t, x)
+        drift, diffusion = self.forward.sde(x, t)
+        score = self.score_fn(x, t)
+        drift = drift - batch_broadcast(diffusion**2, x) * score * self._score_weight
+        return drift, jnp.zeros_like(diffusion) if self.probability_flow else diffusion
+
+    def discretize(self, x: Array, t: Array, dt: TimeLike | None = None) -> tuple[Array, Array]:
+        """Reverse of the forward discretisation: ``x_{t-dt} = x_t - f + G z``."""
+        t = _per_example_t(t, x)
+        f, g = self.forward.discretize(x, t, dt)
+        score = self.score_fn(x, t)
+        f = f - batch_broadcast(g**2, x) * score * self._score_weight
+        return f, jnp.zeros_like(g) if self.probability_flow else g
+
+
+@dataclasses.dataclass(frozen=True)
+class _VPFamily(SDE):
+    """Shared linear noise schedule ``beta(t) = beta_min + t (beta_max - beta_min)``."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    N: int = 1000
+
+    def beta(self, t: Array) -> Array:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def beta_integral(self, t: Array) -> Array:
+        """``B(t) = int_0^t beta(s) ds``."""
+        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def marginal_scale(self, t: Array) -> Array:
+        return jnp.exp(-0.5 * self.beta_integral(t))
+
+    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.normal(key, shape)
+
+    def prior_logp(self, z: Array) -> Array:
+        return _standard_normal_logp(z, 1.0)
+
+    # DDPM tables (float64 on the host; indexed into with jnp they become float32).
+    @functools.cached_property
+    def discrete_betas(self) -> np.ndarray:
+        return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+    @functools.cached_property
+    def alphas(self) -> np.ndarray:
+        return 1.0 - self.discrete_betas
+
+    @functools.cached_property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.cumprod(self.alphas)
+
+    @functools.cached_property
+    def sqrt_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(self.alphas_cumprod)
+
+    @functools.cached_property
+    def sqrt_1m_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 - self.alphas_cumprod)
+
+    def discrete_index(self, t: Array) -> Array:
+        """DDPM timestep ``round(t (N - 1))`` as int32."""
+        return _round_index(t, self.N)
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(_VPFamily):
+    """Variance-preserving SDE ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dw`` (DDPM in the
+    continuous limit). Marginal std ``sqrt(1 - exp(-B(t)))``.
+    """
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        t = _per_example_t(t, x)
+        beta = self.beta(t)
+        return -0.5 * batch_broadcast(beta, x) * x, jnp.sqrt(beta)
+
+    def marginal_std(self, t: Array) -> Array:
+        return jnp.sqrt(-jnp.expm1(-self.beta_integral(t)))
+
+    def discretize(self, x: Array, t: Array, dt: TimeLike | None = None) -> tuple[Array, Array]:
+        """DDPM step ``x_t = sqrt(alpha) x_{t-dt} + sqrt(1 - alpha) z``.
+
+        ``dt=None``: the model's own N-step chain, ``alpha = 1 - discrete_betas[round(t (N-1))]``.
+        ``dt`` given: the exact transition of the continuous schedule over ``[t - dt, t]``,
+        ``alpha = exp(-(B(t) - B(t - dt)))``, i.e. DDPM on an arbitrary time grid.
+        """
+        t = _per_example_t(t, x)
+        # sqrt(alpha) - 1 in forms free of cancellation: alpha is within 1e-4 of 1.
+        if dt is None:
+            beta = jnp.asarray(self.discrete_betas, x.dtype)[self.discrete_index(t)]
+            sqrt_alpha_m1 = -beta / (1.0 + jnp.sqrt(1.0 - beta))
+        else:
+            dt = _per_example_t(dt, x)
+            log_alpha = -(self.beta_integral(t) - self.beta_integral(jnp.maximum(t - dt, 0.0)))
+            beta = -jnp.expm1(log_alpha)
+            sqrt_alpha_m1 = jnp.expm1(0.5 * log_alpha)
+        return batch_broadcast(sqrt_alpha_m1, x) * x, jnp.sqrt(beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class subVPSDE(_VPFamily):
+    """Sub-variance-preserving SDE ``dx = -beta/2 x dt + sqrt(beta (1 - exp(-2 B(t)))) dw``.
+    Marginal std ``1 - exp(-B(t))``, always below the VP one. Discretised with Euler.
+    """
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        t = _per_example_t(t, x)
+        beta = self.beta(t)
+        diffusion = jnp.sqrt(beta * -jnp.expm1(-2.0 * self.beta_integral(t)))
+        return -0.5 * batch_broadcast(beta, x) * x, diffusion
+
+    def marginal_std(self, t: Array) -> Array:
+        return -jnp.expm1(-self.beta_integral(t))
+
+
+@dataclasses.dataclass(frozen=True)
+class VESDE(SDE):
+    """Variance-exploding SDE ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw`` with
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (SMLD/NCSN in the continuous limit).
+
+    As in SMLD, the marginal at ``t`` is taken as ``N(x0, sigma(t)^2 I)``: the data are
+    regarded as already carrying ``sigma_min`` noise, which keeps the family of marginals
+    exactly consistent with the SDE.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    N: int = 1000
+
+    def sigma(self, t: Array) -> Array:
+        """Noise level ``sigma(t)``."""
+        return jnp.exp(math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min))
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        t = _per_example_t(t, x)
+        diffusion = self.sigma(t) * math.sqrt(2.0 * math.log(self.sigma_max / self.sigma_min))
+        return jnp.zeros_like(x), diffusion
+
+    def marginal_scale(self, t: Array) -> Array:
+        return jnp.ones_like(t)
+
+    def marginal_std(self, t: Array) -> Array:
+        return self.sigma(t)
+
+    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.normal(key, shape) * self.sigma_max
+
+    def prior_logp(self, z: Array) -> Array:
+        return _standard_normal_logp(z, self.sigma_max)
+
+    @functools.cached_property
+    def discrete_sigmas(self) -> np.ndarray:
+        return np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N))
+
+    def discrete_index(self, t: Array) -> Array:
+        """SMLD noise-level index ``round(t (N - 1))`` as int32."""
+        return _round_index(t, self.N)
+
+    def discretize(self, x: Array, t: Array, dt: TimeLike | None = None) -> tuple[Array, Array]:
+        """SMLD step ``x_t = x_{t-dt} + sqrt(sigma(t)^2 - sigma(t-dt)^2) z``.
+
+        ``dt=None``: the N-level ladder ``discrete_sigmas`` (the step below level 0 adds
+        ``sigma_0`` itself). ``dt`` given: the continuous ``sigma(t)`` over ``[t - dt, t]``.
+        """
+        t = _per_example_t(t, x)
+        if dt is None:
+            sigmas = jnp.asarray(self.discrete_sigmas, x.dtype)
+            i = self.discrete_index(t)
+            sigma = sigmas[i]
+            previous = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+            variance = sigma**2 - previous**2
+        else:
+            dt = _per_example_t(dt, x)
+            # sigma(t)^2 (1 - (sigma(t-dt)/sigma(t))^2), stable when dt is small.
+            log_ratio = math.log(self.sigma_max / self.sigma_min)
+            variance = self.sigma(t) ** 2 * -jnp.expm1(-2.0 * jnp.minimum(dt, t) * log_ratio)
+        return jnp.zeros_like(x), jnp.sqrt(variance)
+
+
+SDES: dict[str, type[SDE]] = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+
+# config.model field read for each constructor argument.
+_CONFIG_FIELDS = {
+    "beta_min": "beta_min",
+    "beta_max": "beta_max",
+    "sigma_min": "sigma_min",
+    "sigma_max": "sigma_max",
+    "N": "num_scales",
+}
+
+
+def get_sde(config: Any) -> SDE:
+    """Build the SDE named by ``config.training.sde`` from ``config.model``'s
+    ``beta_min``/``beta_max`` or ``sigma_min``/``sigma_max`` and ``num_scales`` (a missing
+    field keeps the class default).
+    """
+    name = str(config.training.sde).lower()
+    if name not in SDES:
+        raise ValueError(f"unknown SDE {config.training.sde!r}; known: {sorted(SDES)}")
+    cls = SDES[name]
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        key = _CONFIG_FIELDS[field.name]
+        if hasattr(config.model, key):
+            kwargs[field.name] = getattr(config.model, key)
+    return cls(**kwargs)

@@ -1,0 +1,31 @@
+"""A seconds-fast digits config for tests: `tests/configs/tiny.py:vesde` picks the SDE."""
+
+from configs.default import get_default_config
+
+
+def get_config(sde: str = "vpsde"):
+    config = get_default_config()
+    config.training.sde = sde or "vpsde"
+    config.training.batch_size = 16
+    config.training.n_iters = 2
+    config.training.log_freq = 1
+    config.training.eval_freq = 1
+    config.training.snapshot_freq = 2
+    config.training.snapshot_freq_for_preemption = 1
+    config.training.num_snapshot_samples = 4
+    config.sampling.steps = 3
+    config.data.centered = sde != "vesde"
+    config.model.nf = 8
+    config.model.ch_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (4,)
+    config.model.dropout = 0.1
+    config.model.sigma_max = 10.0
+    config.optim.warmup = 0
+    config.optim.lr = 1e-3
+    if sde == "vesde":
+        config.model.name = "ncsnpp"
+        config.model.embedding_type = "fourier"
+        config.sampling.predictor = "reverse_diffusion"
+        config.sampling.corrector = "langevin"
+    return config

@@ -1,0 +1,136 @@
+"""train.py and sample.py end to end, as a user runs them (subprocesses, tiny config)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "configs" / "tiny.py")
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("run")
+    proc = _run("train.py", f"--config={TINY}", f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "Starting from scratch" in proc.stderr
+    return workdir
+
+
+def test_train_then_sample_writes_uint8_images_and_a_grid(trained, tmp_path):
+    out = tmp_path / "samples.npz"
+    proc = _run(
+        "sample.py",
+        f"--config={TINY}",
+        f"--workdir={trained}",
+        "--num_samples=5",
+        "--batch_size=4",
+        f"--out={out}",
+        "--steps=2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    images = np.load(out)["images"]
+    assert images.dtype == np.uint8 and images.shape == (5, 8, 8, 1)
+    assert (tmp_path / "samples.png").is_file()
+
+
+def test_training_again_resumes_and_says_from_which_step(trained):
+    proc = _run(
+        "train.py", f"--config={TINY}", f"--workdir={trained}", "--config.training.n_iters=3"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Resuming from checkpoint step 2" in proc.stderr
+    assert (trained / "checkpoints" / "3").is_dir()
+
+
+def test_misspelt_config_key_is_one_line_naming_it(tmp_path):
+    proc = _run(
+        "train.py", f"--config={TINY}", f"--workdir={tmp_path}", "--config.training.n_iter=3"
+    )
+    assert proc.returncode != 0
+    assert "n_iter" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workdir_of_another_config_is_refused_and_left_alone(trained):
+    before = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    proc = _run("train.py", f"--config={TINY}", f"--workdir={trained}", "--config.model.nf=16")
+    assert proc.returncode == 1
+    assert "another config" in _error_line(proc)
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--num_samples=0", "--num_samples must be positive"),
+        ("--sampler=no_such_sampler", "no_such_sampler"),
+    ],
+)
+def test_bad_sampling_request_is_one_line_and_writes_nothing(trained, tmp_path, flag, message):
+    out = tmp_path / "s.npz"
+    proc = _run("sample.py", f"--config={TINY}", f"--workdir={trained}", flag, f"--out={out}")
+    assert proc.returncode == 1
+    assert message in _error_line(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sampling_an_empty_workdir_says_train_first(tmp_path):
+    proc = _run("sample.py", f"--config={TINY}", f"--workdir={tmp_path}")
+    assert proc.returncode == 1
+    assert "train first" in _error_line(proc)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"--config={TINY}",
+            f"--workdir={tmp_path}",
+            "--config.training.n_iters=100000",
+            "--config.training.snapshot_freq=100000",
+            "--config.training.snapshot_freq_for_preemption=100000",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    deadline = time.time() + 240
+    lines = []
+    for line in proc.stderr:  # wait until training is under way
+        lines.append(line)
+        if "step 3:" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log
+    assert "SIGTERM: saved checkpoint at step" in log
+    saved = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    assert len(saved) == 1 and int(saved[0]) >= 3

@@ -1,0 +1,48 @@
+"""Configs: every experiment loads, published hyperparameters, typos are errors."""
+
+import importlib
+
+import pytest
+
+EXPERIMENTS = ["digits_vp", "digits_subvp", "digits_ve", "cifar10_ddpmpp_vp", "cifar10_ncsnpp_ve"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_loads_with_score_sde_keys(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    for key in (
+        "n_iters",
+        "batch_size",
+        "snapshot_freq",
+        "log_freq",
+        "sde",
+        "continuous",
+        "likelihood_weighting",
+    ):
+        assert key in config.training
+    assert config.model.family == "diffusion"
+
+
+def test_cifar10_configs_carry_the_published_hyperparameters():
+    from configs import cifar10_ddpmpp_vp, cifar10_ncsnpp_ve
+
+    vp, ve = cifar10_ddpmpp_vp.get_config(), cifar10_ncsnpp_ve.get_config()
+    assert (vp.model.beta_min, vp.model.beta_max, vp.model.num_scales) == (0.1, 20.0, 1000)
+    assert (ve.model.sigma_min, ve.model.sigma_max, ve.model.num_scales) == (0.01, 50.0, 1000)
+    for config in (vp, ve):
+        assert config.optim.lr == 2e-4
+        assert config.optim.warmup == 5000
+        assert config.optim.grad_clip == 1.0
+        assert config.training.batch_size == 128
+        assert (config.data.image_size, config.data.num_channels) == (32, 3)
+    assert vp.model.ema_rate == 0.9999
+    assert ve.model.ema_rate == 0.999
+    assert vp.training.sde == "vpsde" and ve.training.sde == "vesde"
+
+
+def test_a_misspelt_key_is_an_error_that_names_it():
+    from configs import digits_vp
+
+    config = digits_vp.get_config()
+    with pytest.raises(AttributeError, match=r'n_iter.*Did you mean "n_iters"'):
+        config.training.n_iter = 5

@@ -1,0 +1,130 @@
+"""Checkpoints: orbax CheckpointManager over {train state, data iterator, config}.
+
+Orbax writes each step to a temporary folder and renames it when complete, so a run
+killed mid-save leaves the previous checkpoints as they were. We never delete or
+overwrite a checkpoint we could not read: a bad workdir is reported, not repaired.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from training.errors import CheckpointError
+
+# Config sections that fix the shapes and meaning of what a checkpoint holds. Changing
+# anything else (n_iters, log_freq, sampler) and resuming is fine.
+_IDENTITY_KEYS = ("model", "data.dataset", "data.image_size", "data.num_channels",
+                  "data.centered", "training.sde", "training.continuous", "optim.optimizer")
+
+
+def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The flat {key: value} of the config entries a checkpoint depends on."""
+    flat: dict[str, Any] = {}
+    for key in _IDENTITY_KEYS:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        if isinstance(node, ml_collections.ConfigDict):
+            for sub, value in node.items():
+                flat[f"{key}.{sub}"] = value
+        else:
+            flat[key] = node
+    # JSON round-trip so tuples and lists compare equal after a save/load.
+    return json.loads(json.dumps(flat, default=str))
+
+
+class Checkpointer:
+    """Saves and restores a run's state in `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.identity = config_identity(config)
+        training = config.training
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=training.max_to_keep,
+            keep_period=training.snapshot_freq,
+            create=True,
+        )
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot open checkpoints in {self.directory}: {err}") from err
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def check_identity(self, step: int) -> None:
+        """Fails if the checkpoint at `step` was written by an incompatible config."""
+        saved = self._read_meta(step)["identity"]
+        diffs = [
+            f"{k}: {saved.get(k)!r} in checkpoint vs {v!r} now"
+            for k, v in self.identity.items()
+            if saved.get(k) != v
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"{self.directory} holds a checkpoint of another config ("
+                + "; ".join(diffs[:3])
+                + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+                + "): use another --workdir"
+            )
+
+    def _read_meta(self, step: int) -> dict:
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+        except Exception as err:  # orbax raises many types for a damaged folder
+            raise self._unreadable(step, err) from err
+        return restored.meta
+
+    def _unreadable(self, step: int, err: Exception) -> CheckpointError:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return CheckpointError(
+            f"checkpoint {self.directory / str(step)} cannot be read ({reason[:200]}); "
+            "it was left as is: move it aside to resume from an earlier one, or use another "
+            "--workdir"
+        )
+
+    def save(self, step: int, state: Any, data_state: dict | None) -> None:
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state or {}),
+                meta=ocp.args.JsonSave({"identity": self.identity, "step": step}),
+            ),
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores the state (placed by `abstract_state`'s shardings) and the data state."""
+        self.check_identity(step)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as err:
+            raise self._unreadable(step, err) from err
+        return restored.state, restored.data
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs that tell orbax where each restored array goes."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
+    )

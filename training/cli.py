@@ -1,0 +1,111 @@
+"""What the CLIs share: one-line errors for bad input, and the multi-host start."""
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from training.errors import UserError
+
+_DEBUG_ENV = "SCOREGEN_DEBUG"
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for multi-host runs (jax.distributed.initialize); unset on a "
+    "single host. TPU pods and SLURM clusters may pass --multihost alone (auto-detect).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-host job when asked to (by --multihost or --coordinator_address)."""
+    if not (MULTIHOST.value or COORDINATOR.value):
+        return
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=COORDINATOR.value,
+        num_processes=NUM_PROCESSES.value,
+        process_id=PROCESS_ID.value,
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) < 600 else text[:600] + "..."
+
+
+def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """Bad input (UserError, ValueError, a locked-config AttributeError) -> one line, exit 1.
+
+    Set SCOREGEN_DEBUG=1 to get the full traceback instead.
+    """
+
+    def wrapper(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except (UserError, ValueError, FileNotFoundError) as err:
+            if os.environ.get(_DEBUG_ENV):
+                raise
+            prog = os.path.basename(sys.argv[0])
+            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _override_message(err: BaseException) -> str:
+    """ml_collections nests an escaped KeyError repr in its AttributeError; unpack it."""
+    text = str(err)
+    key = re.search(r"[\\']*([A-Za-z_][\w.]*)[\\']*", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    if isinstance(err, AttributeError | KeyError) and key:
+        return f"unknown config key {key.group(1)!r}" + (
+            f"; did you mean {hint.group(1)!r}?" if hint else ""
+        )
+    return f"bad config override: {_one_line(err)}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, plus one-line errors for bad `--config.x.y=` overrides.
+
+    ml_collections raises plain AttributeError/KeyError/TypeError for an unknown or
+    ill-typed override, which absl would let escape as a traceback.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        print(f"{os.path.basename(argv[0])}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        if os.environ.get(_DEBUG_ENV):
+            raise
+        print(f"{os.path.basename(argv[0])}: error: {_override_message(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+class _OwnInfoOnly(logging.Filter):
+    """Passes our own INFO lines and everyone's warnings; orbax and tfds log every file
+    they touch at INFO, which would bury the training log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname
+        if record.levelno >= logging.WARNING:
+            # tfds suggests OpenCV for decoding; PIL is what we want for tiny images.
+            return "OpenCV is not installed" not in record.getMessage()
+        return path.startswith(_REPO_ROOT) and "site-packages" not in path
+
+
+def quiet_library_logs() -> None:
+    absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    quiet_library_logs()
+    app.run(guarded(main), flags_parser=_parse_flags)

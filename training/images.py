@@ -1,0 +1,46 @@
+"""Image grids and PNG/NPZ output shared by training snapshots and sample.py."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images01: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8, rounding to the nearest level."""
+    return np.clip(np.rint(np.asarray(images01, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1,
+              min_size: int = 256) -> np.ndarray:
+    """Tiles uint8 (N, H, W, C) images into one (H', W', C) picture.
+
+    Small images (8x8 digits) are enlarged by an integer nearest-neighbour factor so
+    that the grid is at least `min_size` pixels wide and stays pixel-exact.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, H, W, C), got {images.shape}")
+    n, h, w, c = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    scale = max(1, math.ceil(min_size / (ncol * (w + pad))))
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = h * scale, w * scale
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top : top + h, left : left + w] = img
+    return grid
+
+
+def save_png(path: str | Path, picture: np.ndarray) -> None:
+    """Writes an (H, W, 1|3) uint8 picture atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = picture[..., 0] if picture.shape[-1] == 1 else picture
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(picture).save(tmp, format="PNG")
+    tmp.replace(path)

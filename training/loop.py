@@ -1,0 +1,228 @@
+"""The training loop: thin, family-agnostic and resumable.
+
+`run(config, workdir)` trains the family named by the config, resuming from the latest
+checkpoint in `workdir`. Everything that varies by model lives in the family's
+`init_state` / `train_step` / `eval_step` / `make_sampler`; this file only schedules them.
+"""
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data import pipeline
+from training import images, sharding
+from training.checkpoint import Checkpointer, abstract_with_shardings
+from training.errors import NonFiniteLossError, UserError
+from training.families import get_family
+from training.monitor import Monitor
+from training.state import TrainState
+
+# Metrics that must stay finite; a NaN gradient norm means the next parameters are NaN.
+_GUARDED_METRICS = ("loss", "grad_norm", "d_loss", "g_loss")
+
+
+class _TerminationRequest:
+    """Turns SIGTERM (preemption, `kill`) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def state_shardings(abstract_state: TrainState, mesh, rules) -> TrainState:
+    """Replicated step and rng; parameters and optimizer state by the sharding rules."""
+    tree = lambda t: sharding.tree_shardings(t, mesh, rules)
+    return TrainState(
+        step=sharding.replicated(mesh),
+        params=tree(abstract_state.params),
+        opt_state=tree(abstract_state.opt_state),
+        ema_params=tree(abstract_state.ema_params),
+        rng=sharding.replicated(mesh),
+        aux=tree(abstract_state.aux),
+    )
+
+
+class _MetricBuffer:
+    """Keeps per-step device metrics and fetches them in one transfer when needed."""
+
+    def __init__(self):
+        self._pending: list[tuple[int, dict]] = []
+
+    def add(self, step: int, metrics: dict) -> None:
+        self._pending.append((step, metrics))
+
+    def drain(self, last_good_step: int | None, checkpoint_dir: Path) -> dict[str, float]:
+        """Means since the last drain; raises if any guarded metric was not finite."""
+        if not self._pending:
+            return {}
+        steps, values = zip(*self._pending, strict=True)
+        values = jax.device_get(list(values))
+        self._pending = []
+        for step, metrics in zip(steps, values, strict=True):
+            for name in _GUARDED_METRICS:
+                if name in metrics and not np.isfinite(metrics[name]):
+                    where = (f"step {last_good_step} in {checkpoint_dir} is untouched"
+                             if last_good_step is not None else "no checkpoint was written")
+                    raise NonFiniteLossError(
+                        f"{name} became {float(metrics[name])} at step {step}; training "
+                        f"stopped without saving ({where}); try a lower optim.lr or "
+                        "optim.grad_clip"
+                    )
+        return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+
+
+def _global_batch(local: dict, batch_sharding) -> dict:
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+        for k, v in local.items()
+        if k in ("image", "label")
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None) -> dict[str, Any]:
+    """Trains until `config.training.n_iters` steps, resuming from `workdir` if it can.
+
+    Returns the last reported scalars plus `step`. Raises `UserError` subclasses for bad
+    input (config, data, workdir) and `NonFiniteLossError` if training diverges.
+    """
+    workdir = Path(workdir)
+    training = config.training
+    is_chief = jax.process_index() == 0
+    family = get_family(config)
+    mesh = sharding.make_mesh(config.sharding.mesh, devices)
+    sharding.check_batch_divisible(training.batch_size, mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    root_key = jax.random.PRNGKey(config.seed)
+    abstract_state = jax.eval_shape(family.init_state, root_key)
+    state_sh = state_shardings(abstract_state, mesh, config.sharding.rules)
+
+    train_iter = pipeline.make_train_iterator(
+        config.data, global_batch_size=training.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(workdir, config)
+    start_step = ckpt.latest_step()
+    if start_step is not None:
+        state, data_state = ckpt.restore(
+            start_step, abstract_with_shardings(abstract_state, state_sh)
+        )
+        train_iter.set_state(data_state)
+        logging.info("Resuming from checkpoint step %d in %s", start_step, ckpt.directory)
+    else:
+        start_step = 0
+        state = jax.jit(family.init_state, out_shardings=state_sh)(root_key)
+        if is_chief:
+            (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        logging.info("Starting from scratch in %s: %s", workdir, describe(config))
+    last_saved = start_step if start_step > 0 else None
+
+    if start_step >= training.n_iters:
+        logging.info("Step %d already reaches training.n_iters=%d: nothing to do",
+                     start_step, training.n_iters)
+        ckpt.close()
+        return {"step": start_step}
+
+    train_step = jax.jit(
+        family.train_step,
+        in_shardings=(state_sh, batch_sharding),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(family.eval_step, out_shardings=sharding.replicated(mesh))
+    eval_batch = _held_out_batch(config, batch_sharding)
+    eval_key = jax.random.PRNGKey(config.seed + 1)
+    snapshot_sampler = None
+
+    monitor = Monitor(workdir, total_steps=training.n_iters, start_step=start_step,
+                      global_batch=training.batch_size, enabled=is_chief)
+    metrics = _MetricBuffer()
+    reported: dict[str, float] = {}
+    step = start_step
+    try:
+        with _TerminationRequest() as termination:
+            while step < training.n_iters:
+                batch = _global_batch(next(train_iter), batch_sharding)
+                state, step_metrics = train_step(state, batch)
+                step += 1
+                metrics.add(step, step_metrics)
+                monitor.advance()
+                if step == start_step + 1:
+                    monitor.reset_timer(step)  # leave compilation out of the throughput
+                last = step == training.n_iters
+                if step % training.log_freq == 0 or last:
+                    scalars = metrics.drain(last_saved, ckpt.directory)
+                    if eval_batch is not None and (step % training.eval_freq == 0 or last):
+                        scalars.update(jax.device_get(eval_step(state, eval_batch, eval_key)))
+                    reported = monitor.report(step, scalars)
+                snapshot = step % training.snapshot_freq == 0 or last
+                if snapshot or step % training.snapshot_freq_for_preemption == 0 or (
+                    termination.requested
+                ):
+                    metrics.drain(last_saved, ckpt.directory)  # never save a diverged state
+                    ckpt.save(step, state, train_iter.get_state())
+                    last_saved = step
+                if snapshot and training.snapshot_sampling:
+                    if snapshot_sampler is None:
+                        snapshot_sampler = family.make_sampler(training.num_snapshot_samples)
+                    _write_samples(family, snapshot_sampler, state, step, workdir, monitor,
+                                   is_chief)
+                if termination.requested:
+                    logging.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
+                    break
+    finally:
+        ckpt.close()
+        monitor.close()
+    return {**reported, "step": step}
+
+
+def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict | None:
+    """One fixed test batch for a low-noise eval-loss curve (None if the split is small)."""
+    batch_size = config.training.batch_size
+    try:
+        it = pipeline.make_eval_iterator(
+            config.data, batch_size=batch_size // jax.process_count(), split="test",
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+        first = next(iter(it))
+    except (StopIteration, UserError):
+        return None
+    if not np.all(first["mask"]):
+        return None
+    return _global_batch(first, batch_sharding)
+
+
+def _write_samples(family, sampler, state, step: int, workdir: Path, monitor: Monitor,
+                   is_chief: bool) -> None:
+    images01, nfe = sampler(family.sample_params(state), jax.random.PRNGKey(step))
+    picture = images.make_grid(images.to_uint8(jax.device_get(images01)))
+    if is_chief:
+        images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
+        monitor.image(step, "samples", picture)
+        logging.info("step %d: wrote sample grid (%d score evaluations)", step, int(nfe))
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """One line naming what a run trains, for logs."""
+    return json.dumps({"family": config.model.family, "model": config.model.name,
+                       "data": config.data.dataset, "sde": config.training.sde})

@@ -1,0 +1,39 @@
+"""Optimizer from `config.optim`: score_sde's Adam with linear warm-up and global-norm
+clipping, as one optax chain."""
+
+import ml_collections
+import optax
+
+from training.errors import UserError
+
+
+def _adam(optim: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+    return optax.adamw(
+        lr, b1=optim.beta1, b2=0.999, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+
+
+OPTIMIZERS = {"Adam": _adam, "AdamW": _adam}
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up from 0 to `lr` over `warmup` steps, then constant (score_sde)."""
+    if optim.warmup > 0:
+        return optax.linear_schedule(0.0, optim.lr, transition_steps=optim.warmup)
+    return optax.constant_schedule(optim.lr)
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns the optimizer and its learning-rate schedule (for logging)."""
+    if optim.optimizer not in OPTIMIZERS:
+        raise UserError(
+            f"config.optim.optimizer={optim.optimizer!r} is not one of {sorted(OPTIMIZERS)}"
+        )
+    schedule = learning_rate_schedule(optim)
+    parts = []
+    if optim.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip))
+    parts.append(OPTIMIZERS[optim.optimizer](optim, schedule))
+    return optax.chain(*parts), schedule
