@@ -1,4 +1,5 @@
-"""Samples a trained model into a PNG grid and an .npz of uint8 images.
+"""Samples a trained model into a PNG grid and an .npz of uint8 images (2-D toy data:
+float `points` and a density picture).
 
 `python sample.py --config configs/digits_vp.py --workdir runs/digits_vp --num_samples 1000
 --out samples.npz` (EMA weights of the latest checkpoint; --sampler/--steps override the
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> None:
     batch = min(batch, num)
     sample = family.make_sampler(batch, name=_SAMPLER.value, steps=_STEPS.value)
     params = family.sample_params(state, use_ema=_USE_EMA.value)
+    family_is_points = not family.is_image_data
 
     key = jax.random.PRNGKey(_SEED.value)
     chunks, nfe = [], 0
@@ -53,14 +55,19 @@ def main(argv: list[str]) -> None:
         images01 = np.asarray(jax.device_get(images01))
         if not np.isfinite(images01).all():
             raise UserError("the sampler produced non-finite values; nothing was written")
-        chunks.append(images.to_uint8(images01))
+        chunks.append(images01 if family_is_points else images.to_uint8(images01))
     samples = np.concatenate(chunks)[:num]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez_compressed(tmp, images=samples)
+    if family_is_points:  # 2-D toy data: float points and a density picture
+        np.savez_compressed(tmp, points=samples.astype(np.float32))
+        picture = images.points_picture(samples)
+    else:
+        np.savez_compressed(tmp, images=samples)
+        picture = images.make_grid(samples[:100])
     tmp.replace(out)
-    images.save_png(out.with_suffix(".png"), images.make_grid(samples[:100]))
+    images.save_png(out.with_suffix(".png"), picture)
     logging.info("Wrote %d samples from checkpoint step %d (%d score evaluations per batch) "
                  "to %s and %s", num, step, int(nfe), out, out.with_suffix(".png"))
 

@@ -1,6 +1,6 @@
 """Test-wide set-up, done before jax is first imported.
 
-Eight fake CPU devices (sharding tests), and one persistent compilation cache for the
+Eight fake CPU devices (sharding tests), fast compilation, and one persistent cache for the
 whole session so that identical programs (resumed runs, CLI subprocesses, which inherit
 these variables) compile once.
 """
@@ -8,8 +8,12 @@ these variables) compile once.
 import os
 import tempfile
 
+# Tests compile many small programs and run each a few steps: cheap XLA:CPU compilation
+# (no backend optimisation, no expensive LLVM passes) roughly halves the suite's time.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8"
+    + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(

@@ -1,7 +1,9 @@
 """train.py and sample.py end to end, as a user runs them (subprocesses, tiny config)."""
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 
 
+def _env() -> dict[str, str]:
+    """The user's environment: one CPU device (the 8 fake ones only slow compiles here)."""
+    env = os.environ.copy()
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", ""
+    )
+    return env
+
+
 def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
@@ -21,7 +32,7 @@ def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=os.environ.copy(),
+        env=_env(),
     )
 
 
@@ -33,12 +44,23 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory) -> tuple[Path, str]:
     workdir = tmp_path_factory.mktemp("run")
     proc = _run("train.py", f"--config={TINY}", f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr
     assert "Starting from scratch" in proc.stderr
-    return workdir
+    return workdir, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run) -> Path:
+    return trained_run[0]
+
+
+def _logged_loss(log: str, step: int) -> float:
+    match = re.search(rf"step {step}: .*[ ,]loss=([-+.\deE]+)", log)
+    assert match, log
+    return float(match.group(1))
 
 
 def test_train_then_sample_writes_uint8_images_and_a_grid(trained, tmp_path):
@@ -119,7 +141,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
-        env=os.environ.copy(),
+        env=_env(),
     )
     deadline = time.time() + 240
     lines = []
@@ -128,9 +150,34 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         if "step 3:" in line or time.time() > deadline:
             break
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
     log = "".join(lines) + rest
     assert proc.returncode == 0, log
     assert "SIGTERM: saved checkpoint at step" in log
     saved = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert len(saved) == 1 and int(saved[0]) >= 3
+
+
+def test_two_processes_on_localhost_train_like_one(trained_run, tmp_path):
+    """Multi-host through jax.distributed: 2 processes x 2 CPU devices, same global batch."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = _env()
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), f"--config={TINY}",
+             f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
+             "--num_processes=2", f"--process_id={i}"],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=400)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    # Process 0 reports; the global batch and noise equal the one-process run's.
+    single_process_log = trained_run[1]
+    assert _logged_loss(logs[0], 2) == pytest.approx(_logged_loss(single_process_log, 2),
+                                                     rel=1e-3)

@@ -11,6 +11,9 @@ from training.checkpoint import Checkpointer
 from training.errors import NonFiniteLossError
 from training.families import diffusion as diffusion_family
 
+# One device unless the test is about devices: the common case, and faster to compile.
+ONE_DEVICE = jax.devices()[:1]
+
 
 def _restored_params(config, workdir, step):
     family_state = jax.eval_shape(
@@ -27,7 +30,7 @@ def test_one_train_step_per_sde_writes_checkpoint_logs_and_samples(sde, tmp_path
     config = tiny.get_config(sde)
     config.training.n_iters = 1
     config.training.snapshot_freq = 1
-    result = loop.run(config, tmp_path)
+    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
     assert result["step"] == 1
     assert np.isfinite(result["loss"]) and result["loss"] > 0
     assert np.isfinite(result["eval_loss"])
@@ -38,6 +41,19 @@ def test_one_train_step_per_sde_writes_checkpoint_logs_and_samples(sde, tmp_path
     events.Reload()
     assert {"loss", "lr", "grad_norm", "eval_loss"} <= set(events.Tags()["scalars"])
     assert "samples" in events.Tags()["images"]
+
+
+def test_two_dimensional_toy_data_trains_and_snapshots_a_density_picture(tmp_path):
+    config = tiny.get_config("toy")
+    config.training.n_iters = 1
+    config.training.snapshot_freq = 1
+    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
+    assert np.isfinite(result["loss"])
+    picture = tmp_path / "samples" / "step_0000001.png"
+    assert picture.is_file()
+    from PIL import Image
+
+    assert Image.open(picture).size == (256, 256)
 
 
 def test_one_and_eight_devices_give_the_same_loss(tmp_path):
@@ -55,12 +71,12 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     config = tiny.get_config("vpsde")
     config.training.snapshot_sampling = False
     config.training.n_iters = 4
-    loop.run(config, tmp_path / "straight")
+    loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
 
     config.training.n_iters = 2
-    loop.run(config, tmp_path / "resumed")
+    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
     config.training.n_iters = 4
-    result = loop.run(config, tmp_path / "resumed")
+    result = loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
     assert result["step"] == 4
 
     straight = _restored_params(config, tmp_path / "straight", 4)
@@ -85,5 +101,5 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     monkeypatch.setattr(diffusion_family.DiffusionFamily, "train_step", diverging_step)
     expected = r"loss became nan at step 3; .*step 2 .* untouched"
     with pytest.raises(NonFiniteLossError, match=expected):
-        loop.run(config, tmp_path)
+        loop.run(config, tmp_path, devices=ONE_DEVICE)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]

@@ -36,6 +36,21 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1,
     return grid
 
 
+def points_picture(points: np.ndarray, size: int = 256, extent: float = 4.0) -> np.ndarray:
+    """A (size, size, 1) uint8 density picture of 2-D points in [-extent, extent]^2.
+
+    Dark where points are dense (log-scaled counts), y up; what a scatter plot would show,
+    without a plotting library.
+    """
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"expected points of shape (N, 2), got {points.shape}")
+    counts, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=size,
+                                  range=[[-extent, extent], [-extent, extent]])
+    shade = np.log1p(counts[::-1]) / max(np.log1p(counts.max()), 1e-9)
+    return (255 - np.rint(shade * 255)).astype(np.uint8)[..., None]
+
+
 def save_png(path: str | Path, picture: np.ndarray) -> None:
     """Writes an (H, W, 1|3) uint8 picture atomically (temp file, then rename)."""
     path = Path(path)

@@ -201,7 +201,7 @@ def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict |
     batch_size = config.training.batch_size
     try:
         it = pipeline.make_eval_iterator(
-            config.data, batch_size=batch_size // jax.process_count(), split="test",
+            config.data, batch_size=batch_size, split="test",  # global, like training
             process_index=jax.process_index(), process_count=jax.process_count(),
         )
         first = next(iter(it))
@@ -214,8 +214,12 @@ def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict |
 
 def _write_samples(family, sampler, state, step: int, workdir: Path, monitor: Monitor,
                    is_chief: bool) -> None:
-    images01, nfe = sampler(family.sample_params(state), jax.random.PRNGKey(step))
-    picture = images.make_grid(images.to_uint8(jax.device_get(images01)))
+    samples, nfe = sampler(family.sample_params(state), jax.random.PRNGKey(step))
+    samples = jax.device_get(samples)
+    if samples.ndim == 2:
+        picture = images.points_picture(samples)
+    else:
+        picture = images.make_grid(images.to_uint8(samples))
     if is_chief:
         images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
         monitor.image(step, "samples", picture)

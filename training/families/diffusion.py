@@ -114,7 +114,8 @@ class DiffusionFamily:
         return state.ema_params if use_ema else state.params
 
     def make_sampler(self, num: int, *, name: str | None = None, steps: int | None = None):
-        """A jitted `sample(params, key) -> (images in [0, 1], nfe)` for `num` images.
+        """A jitted `sample(params, key) -> (x, nfe)` for `num` samples: images in [0, 1], or
+        2-D points as they are.
 
         By default the config's sampler; `name`/`steps` override it (sample.py's
         --sampler/--steps), taking the config's options that the named sampler accepts.
@@ -141,7 +142,14 @@ class DiffusionFamily:
 
         return sample
 
+    @property
+    def is_image_data(self) -> bool:
+        return len(self.data_shape) == 3
+
     def to_unit_range(self, x: jax.Array) -> jax.Array:
+        """Images to [0, 1]; 2-D toy points are returned as they are."""
+        if not self.is_image_data:
+            return x
         if self.config.data.centered:
             x = (x + 1.0) / 2.0
         return jnp.clip(x, 0.0, 1.0)

@@ -1,0 +1,20 @@
+"""VP SDE with the MLP score network on the 2-D mixture of Gaussians: sampler research on
+data with an exact density (data/toy.py)."""
+
+from configs.default import get_default_config
+
+
+def get_config():
+    config = get_default_config()
+    config.data.dataset = "toy_gmm"
+    config.data.centered = False  # toy points are served as sampled
+    config.model.name = "mlp"
+    config.model.hidden = 128
+    config.model.num_layers = 3
+    config.model.embedding_type = "fourier"
+    config.training.batch_size = 256
+    config.training.n_iters = 3000
+    config.training.reduce_mean = True
+    config.optim.lr = 1e-3
+    config.sampling.steps = 500
+    return config

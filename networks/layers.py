@@ -1,0 +1,383 @@
+"""Building blocks shared by the network zoo (NHWC throughout).
+
+The 3x3 and 1x1 convolutions are the hot spots of every U-Net here, so each has two
+interchangeable implementations over the *same* parameters:
+
+* ``'xla'``: ``jax.lax.conv_general_dilated`` (what accelerators are tuned for);
+* ``'matmul'``: the convolution written as one dense matrix product (3x3: nine shifted
+  slices concatenated on channels, then a (9*Cin, Cout) matmul). XLA:CPU runs large GEMMs
+  far better than its convolution emitter, so this wins on CPU.
+
+``'auto'`` resolves through :func:`resolve_conv_impl` at construction time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+# Measured by bench/bench_conv.py (forward+backward under jit): on CPU the matmul form is
+# about twice as fast for both the 3x3 and the 1x1 convolutions; accelerators get XLA's
+# convolution, which maps onto their conv units without the 9x patch tensor.
+_AUTO_IMPL = {"cpu": "matmul"}
+_AUTO_DEFAULT = "xla"
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """Map a ``conv_impl`` option to ``'xla'`` or ``'matmul'`` ('auto' looks at the backend)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return _AUTO_IMPL.get(jax.default_backend(), _AUTO_DEFAULT)
+    return impl
+
+
+# ----------------------------------------------------------------------------------------
+# Initialisation
+#
+# XLA:CPU compiles jax.random once per output shape, and with (the default) partitionable
+# threefry a 4-D shape takes seconds: eagerly building a U-Net with dozens of parameter
+# shapes took ~20 s on two cores before any training. So every random parameter is cut from
+# fixed-size 1-D blocks drawn by a single compiled kernel, and constants come from numpy.
+
+_BLOCK = 1 << 14
+
+
+@functools.partial(jax.jit, static_argnames="dist")
+def _random_block(key: Array, index: int, dist: str) -> Array:
+    k = jax.random.fold_in(key, index)
+    if dist == "normal":
+        return jax.random.normal(k, (_BLOCK,))
+    return jax.random.uniform(k, (_BLOCK,))
+
+
+def draw(key: Array, shape: Sequence[int], dist: str = "uniform") -> Array | np.ndarray:
+    """U[0, 1) or N(0, 1) float32 samples of ``shape``, a pure function of ``key``.
+
+    With a concrete key the blocks are assembled on the host (numpy, no compilation); a
+    traced key (initialisation under ``jit`` / ``eval_shape``) yields the same numbers via
+    jnp.
+    """
+    n = math.prod(shape)
+    blocks = [_random_block(key, i, dist) for i in range(-(-n // _BLOCK))]
+    if isinstance(key, jax.core.Tracer):
+        return jnp.concatenate(blocks)[:n].reshape(shape)
+    return np.concatenate([np.asarray(b) for b in blocks])[:n].reshape(shape)
+
+
+def const(shape: Sequence[int], value: float = 0.0) -> Array:
+    """A float32 constant parameter value (built by numpy: no per-shape compilation)."""
+    return jnp.asarray(np.full(shape, value, np.float32))
+
+
+def default_init(scale: float = 1.0) -> Callable[[Array, Sequence[int]], Array]:
+    """DDPM's variance-scaling initialiser: uniform, variance ``scale / fan_avg``.
+
+    Fans follow ``jax.nn.initializers`` (in = shape[-2], out = shape[-1], times the
+    receptive field). ``scale == 0`` gives a tiny but non-zero scale, so a "zero" output
+    layer still passes gradients to its kernel from the very first step.
+    """
+    scale = 1e-10 if scale == 0 else scale
+
+    def init(key: Array, shape: Sequence[int]) -> Array:
+        receptive = math.prod(shape[:-2])
+        fan_avg = (shape[-2] + shape[-1]) * receptive / 2
+        limit = math.sqrt(3.0 * scale / fan_avg)
+        return jnp.asarray((2.0 * draw(key, shape) - 1.0) * limit, jnp.float32)
+
+    return init
+
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+class Conv3x3(nnx.Module):
+    """3x3 convolution, zero padding 1, stride 1 or 2, with a swappable implementation.
+
+    Parameters are ``kernel`` (3, 3, Cin, Cout) and ``bias`` (Cout,) whatever the
+    implementation, so checkpoints move freely between backends.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        stride: int = 1,
+        use_bias: bool = True,
+        init_scale: float = 1.0,
+        impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        if stride not in (1, 2):
+            raise ValueError(f"Conv3x3 supports stride 1 or 2, got {stride}")
+        self.stride = stride
+        self.impl = resolve_conv_impl(impl)
+        self.kernel = nnx.Param(default_init(init_scale)(rngs.params(), (3, 3, in_ch, out_ch)))
+        self.bias = nnx.Param(const((out_ch,))) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        kernel = self.kernel[...]
+        if self.impl == "xla":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride, self.stride), ((1, 1), (1, 1)), dimension_numbers=_DIMS
+            )
+        else:
+            y = _conv3x3_matmul(x, kernel, self.stride)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+def _conv3x3_matmul(x: Array, kernel: Array, stride: int) -> Array:
+    """3x3 conv as im2col + one GEMM; patch order (dy, dx, cin) matches kernel.reshape."""
+    _, h, w, c = x.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = [slice(dy, dy + (ho - 1) * stride + 1, stride) for dy in range(3)]
+    cols = [slice(dx, dx + (wo - 1) * stride + 1, stride) for dx in range(3)]
+    patches = jnp.concatenate([xp[:, r, c] for r in rows for c in cols], axis=-1)
+    return jnp.dot(patches, kernel.reshape(9 * c, kernel.shape[-1]))
+
+
+class Conv1x1(nnx.Module):
+    """1x1 convolution ("network in network"): a dense layer over the channel axis.
+
+    ``kernel`` is (Cin, Cout). ``impl='xla'`` routes it through ``conv_general_dilated``;
+    only the benchmark wants that, the matmul is the natural form everywhere.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        init_scale: float = 1.0,
+        impl: str = "matmul",
+        rngs: nnx.Rngs,
+    ):
+        self.impl = resolve_conv_impl(impl)
+        self.kernel = nnx.Param(default_init(init_scale)(rngs.params(), (in_ch, out_ch)))
+        self.bias = nnx.Param(const((out_ch,)))
+
+    def __call__(self, x: Array) -> Array:
+        kernel = self.kernel[...]
+        if self.impl == "xla" and x.ndim == 4:
+            y = jax.lax.conv_general_dilated(
+                x, kernel[None, None], (1, 1), "VALID", dimension_numbers=_DIMS
+            )
+        else:
+            y = jnp.dot(x, kernel)
+        return y + self.bias[...]
+
+
+class Dense(Conv1x1):
+    """A dense layer with DDPM initialisation (same maths as :class:`Conv1x1`)."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, init_scale: float = 1.0, rngs: nnx.Rngs):
+        super().__init__(in_dim, out_dim, init_scale=init_scale, impl="matmul", rngs=rngs)
+
+
+class Embed(nnx.Module):
+    """A learned lookup table (e.g. class labels): ``table`` (num, dim), DDPM init."""
+
+    def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs):
+        self.table = nnx.Param(default_init()(rngs.params(), (num, dim)))
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.table[...], jnp.asarray(ids, jnp.int32), axis=0)
+
+
+def num_groups(channels: int) -> int:
+    """score_sde's GroupNorm group count, min(C // 4, 32), made to divide C."""
+    return math.gcd(channels, max(1, min(channels // 4, 32)))
+
+
+class GroupNorm(nnx.Module):
+    """Group normalisation over (H, W, channels-in-group) of NHWC input, eps 1e-6."""
+
+    def __init__(self, channels: int, *, groups: int | None = None, eps: float = 1e-6):
+        self.groups = num_groups(channels) if groups is None else groups
+        if channels % self.groups:
+            raise ValueError(f"{self.groups} groups do not divide {channels} channels")
+        self.eps = eps
+        self.scale = nnx.Param(const((channels,), 1.0))
+        self.bias = nnx.Param(const((channels,)))
+
+    def __call__(self, x: Array) -> Array:
+        *lead, c = x.shape
+        xg = x.reshape(*lead, self.groups, c // self.groups)
+        axes = (*range(1, len(lead)), len(lead) + 1)
+        mean = jnp.mean(xg, axis=axes, keepdims=True)
+        # Two-pass variance: E[x^2] - E[x]^2 loses precision on large-mean activations.
+        var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+        xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
+        return xg.reshape(x.shape) * self.scale[...] + self.bias[...]
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout as a pure function of ``key``; ``key=None`` means evaluation mode."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Noise-level embeddings
+
+
+def sinusoidal_embedding(c_noise: Array, dim: int, max_positions: float = 10_000.0) -> Array:
+    """DDPM/Transformer positional embedding of a (B,) float input, (B, dim) output."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_positions) * jnp.arange(half) / max(half - 1, 1))
+    args = c_noise.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
+
+
+class NoiseEmbedding(nnx.Module):
+    """Embeds the noise-conditioning input c_noise (B,) into (B, dim).
+
+    ``'positional'``: DDPM sinusoids (suits VP's c_noise = 999 t). ``'fourier'``: random
+    Gaussian Fourier features with std ``fourier_scale`` (NCSN++, suits VE's log sigma).
+    The Fourier frequencies are a Param so that the model state is one pytree, but they get
+    no gradient (as in score_sde): an optimiser without weight decay leaves them alone.
+    """
+
+    KINDS = ("fourier", "positional")
+
+    def __init__(self, kind: str, dim: int, *, fourier_scale: float = 16.0, rngs: nnx.Rngs):
+        if kind not in self.KINDS:
+            raise ValueError(f"embedding_type must be one of {self.KINDS}, got {kind!r}")
+        self.kind = kind
+        self.dim = dim
+        self.freqs = (
+            nnx.Param(jnp.asarray(fourier_scale * draw(rngs.params(), (dim // 2,), "normal")))
+            if kind == "fourier"
+            else None
+        )
+
+    def __call__(self, c_noise: Array) -> Array:
+        if self.freqs is None:
+            return sinusoidal_embedding(c_noise, self.dim)
+        w = jax.lax.stop_gradient(self.freqs[...])
+        args = 2 * jnp.pi * c_noise.astype(jnp.float32)[:, None] * w[None, :]
+        emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+        return jnp.pad(emb, ((0, 0), (0, self.dim - emb.shape[-1])))
+
+
+# ----------------------------------------------------------------------------------------
+# Resampling by 2 (nearest / average pooling, or an FIR filter as in StyleGAN2 / NCSN++)
+
+
+def _fir_1d(x: Array, taps: np.ndarray, axis: int, up: int, down: int, pad: tuple) -> Array:
+    """upfirdn along one axis: zero-stuff by ``up``, pad, convolve with taps, keep every
+    ``down``-th sample. Taps are few (4), so shifted slices beat a depthwise convolution."""
+    config = [(0, 0, 0)] * x.ndim
+    # Interior padding stuffs the zeros; upfirdn also puts up-1 zeros after the last sample.
+    config[axis] = (pad[0], pad[1] + up - 1, up - 1)
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    k = len(taps)
+    n_out = (x.shape[axis] - k) // down + 1
+    flipped = taps[::-1]
+    out = 0.0
+    for j in range(k):
+        sl = jax.lax.slice_in_dim(x, j, j + (n_out - 1) * down + 1, down, axis)
+        out = out + float(flipped[j]) * sl
+    return out
+
+
+def _normalised_taps(kernel: Sequence[float]) -> np.ndarray:
+    taps = np.asarray(kernel, dtype=np.float64)
+    if taps.ndim != 1 or taps.size < 2:
+        raise ValueError(f"fir_kernel must be a 1-D separable kernel of >= 2 taps, got {kernel}")
+    return taps / taps.sum()
+
+
+def upsample_2d(x: Array, fir_kernel: Sequence[float] | None = None) -> Array:
+    """Double H and W: nearest neighbour, or FIR (e.g. (1, 3, 3, 1)) interpolation."""
+    if fir_kernel is None:
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    taps = _normalised_taps(fir_kernel) * 2  # gain of the factor per axis keeps the DC level
+    p = len(taps) - 2
+    pad = ((p + 1) // 2 + 1, p // 2)
+    return _fir_1d(_fir_1d(x, taps, 1, 2, 1, pad), taps, 2, 2, 1, pad)
+
+
+def downsample_2d(x: Array, fir_kernel: Sequence[float] | None = None) -> Array:
+    """Halve H and W: 2x2 average pooling, or FIR anti-aliasing then subsampling."""
+    if fir_kernel is None:
+        b, h, w, c = x.shape
+        return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    taps = _normalised_taps(fir_kernel)
+    p = len(taps) - 2
+    pad = ((p + 1) // 2, p // 2)
+    return _fir_1d(_fir_1d(x, taps, 1, 1, 2, pad), taps, 2, 1, 2, pad)
+
+
+class Upsample(nnx.Module):
+    """x2 upsampling, optionally followed by a 3x3 conv (which may change the channels).
+
+    With FIR and a conv, score_sde fuses a transposed conv with the blur; here the blur
+    comes first and a plain 3x3 conv follows, so every 3x3 conv shares one code path.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        with_conv: bool,
+        fir_kernel: Sequence[float] | None = None,
+        impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        out_ch = in_ch if out_ch is None else out_ch
+        if not with_conv and out_ch != in_ch:
+            raise ValueError("Upsample without a conv cannot change the channel count")
+        self.fir_kernel = None if fir_kernel is None else tuple(fir_kernel)
+        self.conv = Conv3x3(in_ch, out_ch, impl=impl, rngs=rngs) if with_conv else None
+
+    def __call__(self, x: Array) -> Array:
+        h = upsample_2d(x, self.fir_kernel)
+        return h if self.conv is None else self.conv(h)
+
+
+class Downsample(nnx.Module):
+    """x2 downsampling: stride-2 3x3 conv, FIR/average pooling, or FIR then a 3x3 conv."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        with_conv: bool,
+        fir_kernel: Sequence[float] | None = None,
+        impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        out_ch = in_ch if out_ch is None else out_ch
+        if not with_conv and out_ch != in_ch:
+            raise ValueError("Downsample without a conv cannot change the channel count")
+        self.fir_kernel = None if fir_kernel is None else tuple(fir_kernel)
+        # Without FIR the conv itself subsamples (stride 2), as in DDPM.
+        stride = 2 if fir_kernel is None else 1
+        self.conv = (
+            Conv3x3(in_ch, out_ch, stride=stride, impl=impl, rngs=rngs) if with_conv else None
+        )
+
+    def __call__(self, x: Array) -> Array:
+        if self.conv is not None and self.fir_kernel is None:
+            return self.conv(x)
+        h = downsample_2d(x, self.fir_kernel)
+        return h if self.conv is None else self.conv(h)

@@ -1,0 +1,448 @@
+"""The DDPM++ / NCSN++ U-Net family (score_sde's ``NCSNpp``) in Flax NNX, NHWC.
+
+One class covers both names: DDPM++ is the configuration with ``fir=False`` and no
+progressive paths, NCSN++ turns on FIR resampling and the progressive input/output
+pyramids. Differences from score_sde, all deliberate:
+
+* the noise-conditioning input ``c_noise`` arrives ready-made (VP: 999 t, VE: log sigma),
+  so the network never takes a log or rescales its output by sigma;
+* input centring is the data pipeline's job (``config.data.centered``), not the network's;
+* FIR resampling with a conv blurs first and then applies a plain 3x3 conv instead of a
+  fused (transposed) strided conv, so every 3x3 conv goes through ``layers.Conv3x3``;
+* dropout is a pure function of the ``key`` argument (no RNG state in the module).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from networks.layers import (
+    Conv1x1,
+    Conv3x3,
+    Dense,
+    Downsample,
+    Embed,
+    GroupNorm,
+    NoiseEmbedding,
+    Upsample,
+    downsample_2d,
+    dropout,
+    upsample_2d,
+)
+
+Array = jax.Array
+
+RESBLOCK_TYPES = ("ddpm", "biggan")
+PROGRESSIVE = ("none", "output_skip", "residual")
+PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
+COMBINE = ("sum", "cat")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"model.{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+class ResBlock(nnx.Module):
+    """Pre-activation residual block with a time-embedding projection (DDPM++ / BigGAN++).
+
+    ``resample`` ('up' | 'down' | None) makes it the BigGAN-style block that resamples both
+    paths inside; the skip path then gets a 1x1 conv, as it does when channels change.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        temb_dim: int,
+        dropout: float,
+        skip_rescale: bool,
+        init_scale: float,
+        key_index: int,
+        resample: str | None = None,
+        fir_kernel: Sequence[float] | None = None,
+        conv_shortcut: bool = False,
+        conv_impl: str = "auto",
+        nin_impl: str = "matmul",
+        rngs: nnx.Rngs,
+    ):
+        if resample not in (None, "up", "down"):
+            raise ValueError(f"resample must be None, 'up' or 'down', got {resample!r}")
+        self.resample = resample
+        self.fir_kernel = None if fir_kernel is None else tuple(fir_kernel)
+        self.dropout = dropout
+        self.skip_rescale = skip_rescale
+        # Which fold of the model's dropout key this block uses: keys stay independent of
+        # the order in which blocks happen to be called.
+        self.key_index = key_index
+        self.norm0 = GroupNorm(in_ch)
+        self.conv0 = Conv3x3(in_ch, out_ch, impl=conv_impl, rngs=rngs)
+        self.temb_proj = Dense(temb_dim, out_ch, rngs=rngs)
+        self.norm1 = GroupNorm(out_ch)
+        self.conv1 = Conv3x3(out_ch, out_ch, init_scale=init_scale, impl=conv_impl, rngs=rngs)
+        skip: Conv3x3 | Conv1x1 | None = None
+        if in_ch != out_ch or resample is not None:
+            if conv_shortcut and resample is None:
+                skip = Conv3x3(in_ch, out_ch, impl=conv_impl, rngs=rngs)
+            else:
+                skip = Conv1x1(in_ch, out_ch, impl=nin_impl, rngs=rngs)
+        self.skip = skip
+
+    def _resample(self, x: Array) -> Array:
+        if self.resample == "up":
+            return upsample_2d(x, self.fir_kernel)
+        if self.resample == "down":
+            return downsample_2d(x, self.fir_kernel)
+        return x
+
+    def __call__(self, x: Array, temb_act: Array, key: Array | None = None) -> Array:
+        """``temb_act`` is the already-activated time embedding; ``key`` enables dropout."""
+        h = jax.nn.silu(self.norm0(x))
+        h = self._resample(h)
+        x = self._resample(x)
+        h = self.conv0(h)
+        h = h + self.temb_proj(temb_act)[:, None, None, :]
+        h = jax.nn.silu(self.norm1(h))
+        h = dropout(h, self.dropout, key)
+        h = self.conv1(h)
+        if self.skip is not None:
+            x = self.skip(x)
+        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class AttnBlock(nnx.Module):
+    """Single-head self-attention over all H*W positions, residual, NHWC."""
+
+    def __init__(
+        self,
+        ch: int,
+        *,
+        skip_rescale: bool,
+        init_scale: float,
+        nin_impl: str = "matmul",
+        rngs: nnx.Rngs,
+    ):
+        self.skip_rescale = skip_rescale
+        self.norm = GroupNorm(ch)
+        # One fused q|k|v projection (one GEMM). Scale 2 over fan_avg = 2C gives variance
+        # 1/C, the same as three separate (C, C) layers with scale 1.
+        self.qkv = Conv1x1(ch, 3 * ch, init_scale=2.0, impl=nin_impl, rngs=rngs)
+        self.proj = Conv1x1(ch, ch, init_scale=init_scale, impl=nin_impl, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        b, hgt, wid, c = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, hgt * wid, 3, c)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) * (c**-0.5), axis=-1)
+        h = self.proj(jnp.einsum("bij,bjc->bic", w, v).reshape(x.shape))
+        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class NormActConv(nnx.Module):
+    """GroupNorm -> SiLU -> 3x3 conv: the output head and the progressive pyramid heads."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, init_scale: float, impl: str, rngs: nnx.Rngs):
+        self.norm = GroupNorm(in_ch)
+        self.conv = Conv3x3(in_ch, out_ch, init_scale=init_scale, impl=impl, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.conv(jax.nn.silu(self.norm(x)))
+
+
+class Combine(nnx.Module):
+    """Merges the progressive input pyramid into the feature map: 1x1 conv, then sum/cat."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, method: str, impl: str, rngs: nnx.Rngs):
+        _check_choice("progressive_combine", method, COMBINE)
+        self.method = method
+        self.proj = Conv1x1(in_ch, out_ch, impl=impl, rngs=rngs)
+
+    def __call__(self, pyramid: Array, h: Array) -> Array:
+        p = self.proj(pyramid)
+        return p + h if self.method == "sum" else jnp.concatenate([h, p], axis=-1)
+
+
+class Level(nnx.Module):
+    """The modules of one resolution level; the U-Net's forward pass wires them together.
+
+    Unused slots are None. ``resample`` is an Up/Downsample or a resampling ResBlock.
+    """
+
+    def __init__(self) -> None:
+        self.blocks = nnx.List([])
+        self.attns = nnx.List([])
+        # nnx.data: these slots start empty and may be filled with modules later.
+        self.resample: nnx.Module | None = nnx.data(None)
+        self.pyramid_resample: nnx.Module | None = nnx.data(None)
+        self.pyramid_head: NormActConv | None = nnx.data(None)
+        self.combine: Combine | None = nnx.data(None)
+
+
+class UNet(nnx.Module):
+    """score_sde's NCSN++ U-Net: ``model(x, c_noise, *, train, key, class_labels)``.
+
+    ``x`` is (B, H, W, C) with H == W == ``image_size``; the output has x's shape.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        num_channels: int,
+        nf: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        resamp_with_conv: bool = True,
+        skip_rescale: bool = True,
+        resblock_type: str = "biggan",
+        embedding_type: str = "positional",
+        fourier_scale: float = 16.0,
+        init_scale: float = 0.0,
+        conv_impl: str = "auto",
+        nin_impl: str = "matmul",
+        num_classes: int = 0,
+        fir: bool = False,
+        fir_kernel: Sequence[int] = (1, 3, 3, 1),
+        progressive: str = "none",
+        progressive_input: str = "none",
+        progressive_combine: str = "sum",
+        conv_shortcut: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        _check_choice("resblock_type", resblock_type, RESBLOCK_TYPES)
+        _check_choice("progressive", progressive, PROGRESSIVE)
+        _check_choice("progressive_input", progressive_input, PROGRESSIVE_INPUT)
+        n_levels = len(ch_mult)
+        factor = 2 ** (n_levels - 1)
+        if n_levels < 1 or image_size % factor:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by 2**(len(ch_mult)-1) = {factor} "
+                f"(ch_mult={tuple(ch_mult)} halves the resolution {n_levels - 1} times)"
+            )
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.skip_rescale = skip_rescale
+        self.progressive = progressive
+        self.progressive_input = progressive_input
+
+        temb_dim = 4 * nf
+        self.embed = NoiseEmbedding(embedding_type, nf, fourier_scale=fourier_scale, rngs=rngs)
+        self.temb0 = Dense(nf, temb_dim, rngs=rngs)
+        self.temb1 = Dense(temb_dim, temb_dim, rngs=rngs)
+        self.label_embed = Embed(num_classes, temb_dim, rngs=rngs) if num_classes > 0 else None
+
+        fir_k = tuple(fir_kernel) if fir else None
+        n_blocks = 0
+
+        def res_block(cin: int, cout: int, resample: str | None = None) -> ResBlock:
+            nonlocal n_blocks
+            n_blocks += 1
+            return ResBlock(
+                cin, cout, temb_dim=temb_dim, dropout=dropout, skip_rescale=skip_rescale,
+                init_scale=init_scale, key_index=n_blocks, resample=resample, fir_kernel=fir_k,
+                conv_shortcut=conv_shortcut, conv_impl=conv_impl, nin_impl=nin_impl, rngs=rngs,
+            )  # fmt: skip
+
+        def attn(ch: int) -> AttnBlock:
+            return AttnBlock(
+                ch, skip_rescale=skip_rescale, init_scale=init_scale, nin_impl=nin_impl, rngs=rngs
+            )
+
+        def resampler(kind: type, cin: int, cout: int, with_conv: bool) -> nnx.Module:
+            return kind(cin, cout, with_conv=with_conv, fir_kernel=fir_k, impl=conv_impl, rngs=rngs)
+
+        # Construction replays the forward pass on channel counts (NNX has no shape inference).
+        self.conv_in = Conv3x3(num_channels, nf, impl=conv_impl, rngs=rngs)
+        skips, ch, res, pyr_ch = [nf], nf, image_size, num_channels
+        self.down = nnx.List([])
+        for i, mult in enumerate(ch_mult):
+            level = Level()
+            for _ in range(num_res_blocks):
+                level.blocks.append(res_block(ch, nf * mult))
+                ch = nf * mult
+                if res in attn_resolutions:
+                    level.attns.append(attn(ch))
+                skips.append(ch)
+            if i != n_levels - 1:
+                if resblock_type == "ddpm":
+                    level.resample = resampler(Downsample, ch, ch, resamp_with_conv)
+                else:
+                    level.resample = res_block(ch, ch, "down")
+                if progressive_input == "input_skip":
+                    level.pyramid_resample = resampler(Downsample, pyr_ch, pyr_ch, False)
+                    level.combine = Combine(
+                        pyr_ch, ch, method=progressive_combine, impl=nin_impl, rngs=rngs
+                    )
+                    ch = ch if progressive_combine == "sum" else 2 * ch
+                elif progressive_input == "residual":
+                    level.pyramid_resample = resampler(Downsample, pyr_ch, ch, True)
+                    pyr_ch = ch
+                skips.append(ch)
+                res //= 2
+            self.down.append(level)
+
+        self.mid_block0 = res_block(ch, ch)
+        self.mid_attn = attn(ch)
+        self.mid_block1 = res_block(ch, ch)
+
+        self.up = nnx.List([])
+        for i in reversed(range(n_levels)):
+            level = Level()
+            for _ in range(num_res_blocks + 1):
+                level.blocks.append(res_block(ch + skips.pop(), nf * ch_mult[i]))
+                ch = nf * ch_mult[i]
+            if res in attn_resolutions:
+                level.attns.append(attn(ch))
+            coarsest = i == n_levels - 1  # the first level of the up path
+            if progressive == "output_skip":
+                level.pyramid_head = NormActConv(
+                    ch, num_channels, init_scale=init_scale, impl=conv_impl, rngs=rngs
+                )
+                if not coarsest:
+                    level.pyramid_resample = resampler(Upsample, num_channels, num_channels, False)
+            elif progressive == "residual":
+                if coarsest:
+                    level.pyramid_head = NormActConv(
+                        ch, ch, init_scale=1.0, impl=conv_impl, rngs=rngs
+                    )
+                else:
+                    level.pyramid_resample = resampler(Upsample, pyr_ch, ch, True)
+                pyr_ch = ch
+            if i != 0:
+                if resblock_type == "ddpm":
+                    level.resample = resampler(Upsample, ch, ch, resamp_with_conv)
+                else:
+                    level.resample = res_block(ch, ch, "up")
+                res *= 2
+            self.up.append(level)
+        assert not skips, "U-Net skip bookkeeping is unbalanced"
+
+        self.head = (
+            None
+            if progressive == "output_skip"
+            else NormActConv(ch, num_channels, init_scale=init_scale, impl=conv_impl, rngs=rngs)
+        )
+
+    # --------------------------------------------------------------------------------------
+
+    def _temb(self, c_noise: Array, class_labels: Array | None) -> Array:
+        temb = self.temb1(jax.nn.silu(self.temb0(self.embed(c_noise))))
+        if self.label_embed is not None:
+            if class_labels is None:
+                raise ValueError(
+                    f"this model is class-conditional (num_classes={self.num_classes}): "
+                    "pass class_labels"
+                )
+            temb = temb + self.label_embed(class_labels)
+        elif class_labels is not None:
+            raise ValueError("class_labels given to an unconditional model (num_classes=0)")
+        return jax.nn.silu(temb)
+
+    def __call__(
+        self,
+        x: Array,
+        c_noise: Array,
+        *,
+        train: bool = False,
+        key: Array | None = None,
+        class_labels: Array | None = None,
+    ) -> Array:
+        """Score-network output of x's shape; ``key`` drives dropout when ``train``."""
+        if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, self.num_channels):
+            raise ValueError(
+                f"expected x of shape (B, {self.image_size}, {self.image_size}, "
+                f"{self.num_channels}), got {x.shape}"
+            )
+        c_noise = jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (x.shape[0],))
+        temb = self._temb(c_noise, class_labels)
+        use_dropout = train and self.dropout > 0
+        if use_dropout and key is None:
+            raise ValueError("train=True with dropout > 0 needs a PRNG key (key=...)")
+
+        def block(b: ResBlock, h: Array) -> Array:
+            return b(h, temb, jax.random.fold_in(key, b.key_index) if use_dropout else None)
+
+        pyramid = x if self.progressive_input != "none" else None
+        hs = [self.conv_in(x)]
+        for level in self.down:
+            for j, b in enumerate(level.blocks):
+                h = block(b, hs[-1])
+                hs.append(level.attns[j](h) if len(level.attns) else h)
+            if level.resample is None:
+                continue
+            r = level.resample
+            h = block(r, hs[-1]) if isinstance(r, ResBlock) else r(hs[-1])
+            if self.progressive_input == "input_skip":
+                pyramid = level.pyramid_resample(pyramid)
+                h = level.combine(pyramid, h)
+            elif self.progressive_input == "residual":
+                pyramid = self._merge(level.pyramid_resample(pyramid), h)
+                h = pyramid
+            hs.append(h)
+
+        h = block(self.mid_block0, hs[-1])
+        h = block(self.mid_block1, self.mid_attn(h))
+
+        pyramid = None
+        for level in self.up:
+            for b in level.blocks:
+                h = block(b, jnp.concatenate([h, hs.pop()], axis=-1))
+            for a in level.attns:
+                h = a(h)
+            if self.progressive == "output_skip":
+                out = level.pyramid_head(h)
+                pyramid = out if pyramid is None else level.pyramid_resample(pyramid) + out
+            elif self.progressive == "residual":
+                if pyramid is None:
+                    pyramid = level.pyramid_head(h)
+                else:
+                    pyramid = self._merge(level.pyramid_resample(pyramid), h)
+                    h = pyramid
+            if level.resample is not None:
+                r = level.resample
+                h = block(r, h) if isinstance(r, ResBlock) else r(h)
+
+        return pyramid if self.head is None else self.head(h)
+
+    def _merge(self, a: Array, b: Array) -> Array:
+        return (a + b) / math.sqrt(2.0) if self.skip_rescale else a + b
+
+
+def from_config(config: Any, rngs: nnx.Rngs) -> UNet:
+    """Build a :class:`UNet` from ``config.model`` / ``config.data`` (score_sde key names)."""
+    m = config.model
+    return UNet(
+        image_size=config.data.image_size,
+        num_channels=config.data.num_channels,
+        nf=m.nf,
+        ch_mult=tuple(m.ch_mult),
+        num_res_blocks=m.num_res_blocks,
+        attn_resolutions=tuple(m.attn_resolutions),
+        dropout=m.dropout,
+        resamp_with_conv=m.resamp_with_conv,
+        skip_rescale=m.skip_rescale,
+        resblock_type=m.resblock_type,
+        embedding_type=m.embedding_type,
+        fourier_scale=m.get("fourier_scale", 16.0),
+        init_scale=m.get("init_scale", 0.0),
+        conv_impl=m.get("conv_impl", "auto"),
+        num_classes=m.get("num_classes", 0),
+        fir=m.get("fir", False),
+        fir_kernel=tuple(m.get("fir_kernel", (1, 3, 3, 1))),
+        progressive=m.get("progressive", "none"),
+        progressive_input=m.get("progressive_input", "none"),
+        progressive_combine=m.get("progressive_combine", "sum"),
+        conv_shortcut=m.get("conv_shortcut", False),
+        rngs=rngs,
+    )

@@ -1,0 +1,236 @@
+"""Tests for the network zoo: tiny U-Nets (nf 8, ch_mult (1, 2), 1 res block) and the MLP."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+import networks
+from networks import layers
+
+
+def make_config(**overrides) -> ml_collections.ConfigDict:
+    """A tiny DDPM++ config; keys ``image_size``/``num_channels``/``dim`` go to ``data``."""
+    config = ml_collections.ConfigDict()
+    config.data = ml_collections.ConfigDict({"image_size": 8, "num_channels": 1})
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "ddpmpp", "nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1,
+            "attn_resolutions": (4,), "dropout": 0.1, "resamp_with_conv": True,
+            "skip_rescale": True, "resblock_type": "biggan", "embedding_type": "positional",
+            "fourier_scale": 16.0, "init_scale": 0.0, "conv_impl": "auto", "num_classes": 0,
+            "hidden": 16, "num_layers": 2,
+        }
+    )  # fmt: skip
+    for key, value in overrides.items():
+        section = config.data if key in ("image_size", "num_channels", "dim") else config.model
+        section[key] = value
+    return config
+
+
+# Tests compare numbers, not speed: XLA:CPU's backend optimisations double compile time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def jitted(model: nnx.Module):
+    """The trainer's pattern: params as a pytree, merged inside jit. -> f(params, x, c, ...)."""
+    graphdef, params = nnx.split(model)
+
+    @functools.partial(jax.jit, static_argnames="train", compiler_options=FAST_COMPILE)
+    def apply(params, x, c_noise, key=None, class_labels=None, train=False):
+        net = nnx.merge(graphdef, params)
+        return net(x, c_noise, train=train, key=key, class_labels=class_labels)
+
+    return params, apply
+
+
+def _inputs(size: int, channels: int = 1, batch: int = 2):
+    x = jax.random.normal(jax.random.key(1), (batch, size, size, channels))
+    return x, jnp.linspace(1.0, 900.0, batch)
+
+
+# The base model: DDPM++ with BigGAN blocks and attention at 4x4 on 8x8 input, dropout on.
+BASE = dict(dropout=0.5, init_scale=1.0)  # init_scale 1: outputs far from 0, comparisons bite
+
+UNET_VARIANTS = {
+    "ddpmpp-16-ddpm-blocks-fourier": dict(
+        image_size=16, attn_resolutions=(), resblock_type="ddpm", embedding_type="fourier"
+    ),
+    "ncsnpp-8-fir-skip-attn": dict(
+        name="ncsnpp", fir=True, fir_kernel=(1, 3, 3, 1), progressive="output_skip",
+        progressive_input="input_skip", embedding_type="fourier", num_channels=3,
+    ),
+    "ncsnpp-16-fir-residual-attn16": dict(
+        name="ncsnpp", image_size=16, attn_resolutions=(16,), fir=True, resblock_type="ddpm",
+        progressive="residual", progressive_input="residual", resamp_with_conv=False,
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base():
+    """(model, params, apply) of the base config; apply's compilations are shared by tests."""
+    model = networks.get_model(make_config(**BASE), nnx.Rngs(0))
+    return (model, *jitted(model))
+
+
+def test_base_unet_output_shape(base):
+    _, params, apply = base
+    x, c = _inputs(8)
+    y = apply(params, x, c, jax.random.key(0))
+    assert y.shape == x.shape
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+@pytest.mark.parametrize("variant", list(UNET_VARIANTS))
+def test_unet_variant_output_shape(variant):
+    config = make_config(**UNET_VARIANTS[variant])
+    params, apply = jitted(networks.get_model(config, nnx.Rngs(0)))
+    x, c = _inputs(config.data.image_size, config.data.num_channels)
+    y = apply(params, x, c)
+    assert y.shape == x.shape
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+@functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+def _call(layer: nnx.Module, x: jax.Array) -> jax.Array:
+    return layer(x)  # NNX modules are pytrees: they pass straight through jax.jit
+
+
+def test_conv_impls_agree_layerwise():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+    for stride in (1, 2):
+        conv_x = layers.Conv3x3(5, 7, stride=stride, impl="xla", rngs=nnx.Rngs(3))
+        conv_m = layers.Conv3x3(5, 7, stride=stride, impl="matmul", rngs=nnx.Rngs(3))
+        conv_m.bias[...] = jnp.arange(7.0)  # a non-zero bias must be handled identically
+        conv_x.bias[...] = jnp.arange(7.0)
+        y = _call(conv_m, x)
+        np.testing.assert_allclose(_call(conv_x, x), y, atol=1e-5, rtol=1e-5)
+        assert y.shape == (2, 8 // stride, 8 // stride, 7)
+    nin_x = layers.Conv1x1(5, 4, impl="xla", rngs=nnx.Rngs(4))
+    nin_m = layers.Conv1x1(5, 4, impl="matmul", rngs=nnx.Rngs(4))
+    np.testing.assert_allclose(_call(nin_x, x), _call(nin_m, x), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_impls_agree_in_model(base):
+    _, params, apply = base
+    x, c = _inputs(8)
+    key = jax.random.key(0)
+    out = {}
+    for impl in ("xla", "matmul"):
+        # Same seed -> same parameters, whatever the implementation.
+        model = networks.get_model(make_config(conv_impl=impl, **BASE), nnx.Rngs(0))
+        p, a = (params, apply) if impl == layers.resolve_conv_impl("auto") else jitted(model)
+        out[impl] = a(p, x, c, key)
+    assert float(jnp.abs(out["xla"]).max()) > 1e-2
+    np.testing.assert_allclose(out["xla"], out["matmul"], atol=1e-5, rtol=1e-4)
+
+
+def test_auto_conv_impl():
+    expected = "matmul" if jax.default_backend() == "cpu" else "xla"
+    assert layers.resolve_conv_impl("auto") == expected
+    with pytest.raises(ValueError, match="conv_impl"):
+        layers.resolve_conv_impl("cudnn")
+
+
+def test_fir_resampling_matches_naive_for_box_kernel():
+    up2 = jax.jit(layers.upsample_2d, static_argnums=1, compiler_options=FAST_COMPILE)
+    down2 = jax.jit(layers.downsample_2d, static_argnums=1, compiler_options=FAST_COMPILE)
+    x = jax.random.normal(jax.random.key(0), (1, 4, 6, 2))
+    # A (1, 1) FIR kernel is the box filter: nearest upsampling and 2x2 average pooling.
+    np.testing.assert_allclose(up2(x, (1, 1)), up2(x, None), atol=1e-6)
+    np.testing.assert_allclose(down2(x, (1, 1)), down2(x, None), atol=1e-6)
+    ones = jnp.ones((1, 8, 8, 1))
+    up = up2(ones, (1, 3, 3, 1))
+    down = down2(ones, (1, 3, 3, 1))
+    assert up.shape == (1, 16, 16, 1) and down.shape == (1, 4, 4, 1)
+    # Unit DC gain away from the zero-padded border.
+    np.testing.assert_allclose(up[:, 1:-1, 1:-1], 1.0, atol=1e-6)
+    np.testing.assert_allclose(down[:, 1:-1, 1:-1], 1.0, atol=1e-6)
+
+
+def test_dropout_is_a_function_of_the_key(base):
+    model, params, apply = base
+    x, c = _inputs(8)
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    a = apply(params, x, c, k1, train=True)
+    np.testing.assert_array_equal(a, apply(params, x, c, k1, train=True))
+    assert not np.allclose(a, apply(params, x, c, k2, train=True))
+    ev = apply(params, x, c, k1)  # train=False: no randomness, the key is ignored
+    np.testing.assert_array_equal(ev, apply(params, x, c, k2))
+    assert not np.allclose(a, ev)
+    with pytest.raises(ValueError, match="key"):
+        model(x, c, train=True)
+
+
+def test_class_conditioning():
+    model = networks.get_model(make_config(num_classes=10, init_scale=1.0), nnx.Rngs(0))
+    params, apply = jitted(model)
+    x, c = _inputs(8)
+    # Identical inputs in both batch rows: only the label differs.
+    x, c = jnp.concatenate([x[:1], x[:1]]), jnp.full((2,), 3.0)
+    y = apply(params, x, c, class_labels=jnp.array([0, 7]))
+    assert y.shape == x.shape
+    assert not np.allclose(y[0], y[1])
+    with pytest.raises(ValueError, match="class_labels"):
+        model(x, c)  # a conditional model needs labels
+    uncond = networks.get_model(make_config(), nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unconditional"):
+        uncond(x, c, class_labels=jnp.array([1, 2]))
+
+
+def test_bad_image_size():
+    with pytest.raises(ValueError, match=r"image_size 12 .* 2\*\*\(len\(ch_mult\)-1\) = 8"):
+        networks.get_model(make_config(image_size=12, ch_mult=(1, 2, 2, 2)), nnx.Rngs(0))
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match=r"'resnet9000'.*ddpmpp.*mlp.*ncsnpp"):
+        networks.get_model(make_config(name="resnet9000"), nnx.Rngs(0))
+
+
+def test_bad_option_names_the_choices():
+    with pytest.raises(ValueError, match="progressive"):
+        networks.get_model(make_config(progressive="sideways"), nnx.Rngs(0))
+
+
+def test_mlp_shape_and_conditioning():
+    config = make_config(name="mlp", embedding_type="fourier", init_scale=1.0)
+    model = networks.get_model(config, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (5, 2))
+    y = model(x, jnp.linspace(-2.0, 3.0, 5))
+    assert y.shape == (5, 2)
+    assert not np.allclose(y, model(x, jnp.full((5,), 0.5)))
+    with pytest.raises(ValueError, match="unconditional"):
+        model(x, jnp.zeros(5), class_labels=jnp.zeros(5, jnp.int32))
+    model3 = networks.get_model(make_config(name="mlp", dim=3), nnx.Rngs(0))
+    assert model3(jnp.ones((4, 3)), jnp.ones(4)).shape == (4, 3)
+
+
+def test_split_jit_merge_matches_eager(base):
+    model, params, apply = base
+    x, c = _inputs(8)
+    assert all(
+        isinstance(v, nnx.Param)
+        for v in jax.tree.leaves(params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    )
+    eager = model(x, c)
+    np.testing.assert_allclose(apply(params, x, c, jax.random.key(0)), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_fourier_frequencies_get_no_gradient():
+    model = networks.get_model(make_config(name="mlp", embedding_type="fourier"), nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    def loss(params):
+        net = nnx.merge(graphdef, params)
+        return jnp.sum(net(jnp.ones((3, 2)), jnp.ones(3)) ** 2)
+
+    grads = jax.grad(loss)(params)
+    assert float(jnp.abs(grads["embed"]["freqs"][...]).max()) == 0.0
