@@ -4,7 +4,14 @@ import importlib
 
 import pytest
 
-EXPERIMENTS = ["digits_vp", "digits_subvp", "digits_ve", "cifar10_ddpmpp_vp", "cifar10_ncsnpp_ve"]
+EXPERIMENTS = [
+    "digits_vp",
+    "digits_subvp",
+    "digits_ve",
+    "cifar10_ddpmpp_vp",
+    "cifar10_ncsnpp_ve",
+    "toy_gmm_vp",
+]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
