@@ -18,7 +18,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.batch_size = 64  # global: split over all devices and processes
     training.n_iters = 2000
     training.log_freq = 50
-    training.eval_freq = 500  # held-out loss on a test batch
+    training.eval_freq = 500  # held-out loss on a test batch, at log steps divisible by it
     training.snapshot_freq = 1000  # kept checkpoint + sample grid
     training.snapshot_freq_for_preemption = 250  # rolling checkpoint
     training.max_to_keep = 3  # rolling checkpoints kept besides the snapshot ones

@@ -11,7 +11,7 @@ def get_config():
     config.model.name = "mlp"
     config.model.hidden = 128
     config.model.num_layers = 3
-    config.model.embedding_type = "fourier"
+    config.model.embedding_type = "positional"  # VP conditions on 999 t, not log sigma
     config.training.batch_size = 256
     config.training.n_iters = 3000
     config.training.reduce_mean = True

@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.configs import tiny
 from training import loop
 from training.checkpoint import Checkpointer
-from training.errors import NonFiniteLossError
+from training.errors import NonFiniteLossError, UserError
 from training.families import diffusion as diffusion_family
 
 # One device unless the test is about devices: the common case, and faster to compile.
@@ -103,3 +103,10 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     with pytest.raises(NonFiniteLossError, match=expected):
         loop.run(config, tmp_path, devices=ONE_DEVICE)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+
+
+def test_fourier_embedding_with_a_vp_sde_is_refused_with_the_reason():
+    config = tiny.get_config("vpsde")
+    config.model.embedding_type = "fourier"
+    with pytest.raises(UserError, match="expects the log-sigma conditioning of a VE SDE"):
+        diffusion_family.DiffusionFamily(config)

@@ -19,7 +19,7 @@ from absl import logging
 from data import pipeline
 from training import images, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
-from training.errors import NonFiniteLossError, UserError
+from training.errors import NonFiniteLossError
 from training.families import get_family
 from training.monitor import Monitor
 from training.state import TrainState
@@ -187,6 +187,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
                         snapshot_sampler = family.make_sampler(training.num_snapshot_samples)
                     _write_samples(family, snapshot_sampler, state, step, workdir, monitor,
                                    is_chief)
+                if snapshot:
+                    monitor.reset_timer(step)  # steps/s measures training, not sampling
                 if termination.requested:
                     logging.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
                     break
@@ -205,7 +207,7 @@ def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict |
             process_index=jax.process_index(), process_count=jax.process_count(),
         )
         first = next(iter(it))
-    except (StopIteration, UserError):
+    except (StopIteration, ValueError):  # no usable test split: no eval loss
         return None
     if not np.all(first["mask"]):
         return None

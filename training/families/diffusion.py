@@ -22,6 +22,13 @@ class DiffusionFamily:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.sde = sde_lib.get_sde(config)
+        # The network embeds what score.py feeds it: 999 t for VP/subVP, log sigma for VE.
+        # Random Fourier features (scale 16) of 999 t oscillate too fast to learn from.
+        if config.model.embedding_type == "fourier" and not isinstance(self.sde, sde_lib.VESDE):
+            raise UserError(
+                f"model.embedding_type='fourier' expects the log-sigma conditioning of a VE SDE; "
+                f"use 'positional' with training.sde={config.training.sde!r}"
+            )
         self.data_shape = tuple(pipeline.get_info(config.data).shape)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim)
         self.loss_fn = losses.get_loss_fn(
