@@ -4,7 +4,6 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 
 
 @flax.struct.dataclass
@@ -28,8 +27,3 @@ class TrainState:
 def ema_update(ema: Any, params: Any, rate: float | jax.Array) -> Any:
     """ema <- rate * ema + (1 - rate) * params, leaf by leaf."""
     return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
-
-
-def global_norm(tree: Any) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))

@@ -1,0 +1,34 @@
+"""Optimizer, warm-up schedule and EMA: score_sde's training recipe."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.default import get_default_config
+from training import optim
+from training.errors import UserError
+from training.state import ema_update
+
+
+def test_learning_rate_warms_up_linearly_then_stays_constant():
+    config = get_default_config().optim
+    config.lr, config.warmup = 2e-4, 5000
+    schedule = optim.learning_rate_schedule(config)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(2500)) == pytest.approx(1e-4)
+    assert float(schedule(5000)) == pytest.approx(2e-4)
+    assert float(schedule(10**6)) == pytest.approx(2e-4)
+
+
+def test_unknown_optimizer_is_named():
+    config = get_default_config().optim
+    config.optimizer = "Adagrad"
+    with pytest.raises(UserError, match=r"optim\.optimizer='Adagrad' is not one of"):
+        optim.make_optimizer(config)
+
+
+def test_ema_update_matches_its_formula():
+    ema = {"w": jnp.array([1.0, 2.0])}
+    params = {"w": jnp.array([3.0, 0.0])}
+    out = ema_update(ema, params, 0.9)
+    np.testing.assert_allclose(out["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * 0], rtol=1e-6)
