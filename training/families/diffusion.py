@@ -38,7 +38,8 @@ class DiffusionFamily:
             reduce_mean=config.training.reduce_mean,
         )
         # The graph of the network is static; only its parameters travel through jit.
-        model = networks.get_model(config, nnx.Rngs(0))
+        # An abstract build: the graph without initialising any parameters.
+        model = nnx.eval_shape(lambda: networks.get_model(config, nnx.Rngs(0)))
         self.graphdef, _, self._rest = nnx.split(model, nnx.Param, ...)
         self._check_output_shape()
 
