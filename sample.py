@@ -6,10 +6,8 @@ float `points` and a density picture).
 config's sampler).
 """
 
-import math
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,28 +41,26 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--out must end in .npz, got {out}")
 
     family, state, step = inference.restore_latest(_CONFIG.value, _WORKDIR.value)
-    batch = min(batch, num)
-    sample = family.make_sampler(batch, name=_SAMPLER.value, steps=_STEPS.value)
-    params = family.sample_params(state, use_ema=_USE_EMA.value)
+    samples, nfe = inference.generate(
+        family, state, num, batch_size=batch, seed=_SEED.value, sampler=_SAMPLER.value,
+        steps=_STEPS.value, use_ema=_USE_EMA.value,
+    )
     family_is_points = not family.is_image_data
-
-    key = jax.random.PRNGKey(_SEED.value)
-    chunks, nfe = [], 0
-    for i in range(math.ceil(num / batch)):
-        images01, nfe = sample(params, jax.random.fold_in(key, i))
-        images01 = np.asarray(jax.device_get(images01))
-        if not np.isfinite(images01).all():
-            raise UserError("the sampler produced non-finite values; nothing was written")
-        chunks.append(images01 if family_is_points else images.to_uint8(images01))
-    samples = np.concatenate(chunks)[:num]
+    # Recorded with the samples so that evaluate.py can state how they were drawn.
+    provenance = {
+        "sampler": np.str_(_SAMPLER.value or _CONFIG.value.sampling.method),
+        "nfe": np.int64(nfe),
+        "seed": np.int64(_SEED.value),
+        "step": np.int64(step),
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.npz")
     if family_is_points:  # 2-D toy data: float points and a density picture
-        np.savez_compressed(tmp, points=samples.astype(np.float32))
+        np.savez_compressed(tmp, points=samples, **provenance)
         picture = images.points_picture(samples)
     else:
-        np.savez_compressed(tmp, images=samples)
+        np.savez_compressed(tmp, images=samples, **provenance)
         picture = images.make_grid(samples[:100])
     tmp.replace(out)
     images.save_png(out.with_suffix(".png"), picture)

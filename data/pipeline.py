@@ -186,6 +186,30 @@ def get_info(data_config: Mapping[str, Any]) -> DatasetInfo:
     return _open(data_config, "train", read=False)[1].info
 
 
+def read_split(
+    data_config: Mapping[str, Any], split: str, *, limit: int | None = None
+) -> dict[str, np.ndarray]:
+    """The stored examples of `split` in order, untransformed: {'image', 'label'}.
+
+    Images come back as uint8 (N, H, W, C) at the served size (no flip, no dequantization,
+    no centring): what evaluation compares samples with. Toy data comes back as float32
+    points (N, 2). `limit` reads only the first examples.
+    """
+    _, data = _open(data_config, split)
+    count = len(data.records) if limit is None else min(limit, len(data.records))
+    examples = [data.decode(data.records[i]) for i in range(count)]
+    dtype = np.uint8 if data.info.is_image else np.float32
+    if not examples:
+        return {
+            "image": np.zeros((0, *data.info.shape), dtype),
+            "label": np.zeros((0,), np.int32),
+        }
+    return {
+        "image": np.stack([np.asarray(e["image"], dtype) for e in examples]),
+        "label": np.asarray([e["label"] for e in examples], np.int32),
+    }
+
+
 def _transform(
     opts: _Options, is_image: bool, *, flip: bool
 ) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:

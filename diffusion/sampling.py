@@ -42,6 +42,7 @@ __all__ = [
     "ODE_SOLVERS",
     "PREDICTORS",
     "SAMPLERS",
+    "CountingPID",
     "euler_maruyama_step",
     "get_sampler",
     "get_sampler_from_config",
@@ -251,7 +252,7 @@ ODE_SOLVERS: dict[str, type[diffrax.AbstractRungeKutta]] = {
 }
 
 
-class _CountingPID(diffrax.AbstractAdaptiveStepSizeController):
+class CountingPID(diffrax.AbstractAdaptiveStepSizeController):
     """A PID controller that also counts the attempts made from the initial point.
 
     An FSAL Runge–Kutta solver evaluates its first stage only until a step is accepted
@@ -273,8 +274,8 @@ class _CountingPID(diffrax.AbstractAdaptiveStepSizeController):
     def norm(self) -> Callable[[Any], Any]:
         return self.pid.norm
 
-    def wrap(self, direction: Any) -> _CountingPID:
-        return _CountingPID(self.pid.wrap(direction))
+    def wrap(self, direction: Any) -> CountingPID:
+        return CountingPID(self.pid.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -325,7 +326,7 @@ def ode_sampler(
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
     adaptive = steps is None
     if adaptive:
-        controller = _CountingPID(diffrax.PIDController(rtol=rtol, atol=atol))
+        controller = CountingPID(diffrax.PIDController(rtol=rtol, atol=atol))
         dt0 = (eps - sde.T) / 100.0  # passed so that no probing evaluations are hidden
     else:
         controller = diffrax.StepTo(ts=np.linspace(sde.T, eps, steps + 1))

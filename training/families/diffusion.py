@@ -10,7 +10,7 @@ from flax import nnx
 
 import networks
 from data import pipeline
-from diffusion import losses, sampling, score, sde_lib
+from diffusion import likelihood, losses, sampling, score, sde_lib
 from training import optim
 from training.errors import UserError
 from training.state import TrainState, ema_update
@@ -149,6 +149,19 @@ class DiffusionFamily:
             return self.to_unit_range(x), nfe
 
         return sample
+
+    def make_log_likelihood(self, **options):
+        """A jitted `log_likelihood(params, key, x) -> (logp (B,), nfe)` in nats, for data
+        `x` in the model's data space, by the probability-flow ODE (options: those of
+        `diffusion.likelihood.get_likelihood_fn`)."""
+        likelihood_fn = likelihood.get_likelihood_fn(self.sde, **options)
+
+        @jax.jit
+        def log_likelihood(params, key, x):
+            logp, _, nfe = likelihood_fn(key, self.score_fn(params), x)
+            return logp, nfe
+
+        return log_likelihood
 
     @property
     def is_image_data(self) -> bool:

@@ -1,0 +1,54 @@
+"""Measures a trained model: FD, KID, precision/recall, classifier score, class balance and
+bits/dim, each beside the same metric for real test images (the real-data floor).
+
+`python evaluate.py --config configs/digits_vp.py --workdir runs/digits_vp
+[--samples samples.npz] [--num_samples N] [--metrics fd,kid,pr,cs,bpd]` prints a table and
+writes metrics.json (default WORKDIR/metrics.json) with every setting that decides the
+numbers. Without --samples it draws --num_samples samples from the latest checkpoint.
+"""
+
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from evaluation import runner
+from training import cli
+from training.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+_SAMPLES = flags.DEFINE_string("samples", None, "An .npz of samples (as sample.py writes); "
+                               "default: draw them from the latest checkpoint.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "How many samples to draw (or to "
+                                    "use from --samples); default config.eval.num_samples.")
+_METRICS = flags.DEFINE_string("metrics", None, "Comma-separated subset of fd,kid,pr,cs,bpd "
+                               "(default config.eval.metrics).")
+_INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights file "
+                                 "(pt_inception-2015-12-05-6726825d.pth) for non-digits data.")
+_OUT = flags.DEFINE_string("out", None, "Output JSON (default WORKDIR/metrics.json).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    which = runner.parse_metrics(_METRICS.value or config.eval.metrics)
+    if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
+        raise UserError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
+    out = Path(_OUT.value or Path(_WORKDIR.value) / "metrics.json")
+    if out.suffix != ".json":
+        raise UserError(f"--out must end in .json, got {out}")
+    if _INCEPTION.value and not Path(_INCEPTION.value).is_file():
+        raise UserError(f"Inception weights file not found: {_INCEPTION.value}")
+    report = runner.evaluate(config, _WORKDIR.value, which=which, samples_path=_SAMPLES.value,
+                             num_samples=_NUM_SAMPLES.value,
+                             inception_weights=_INCEPTION.value or "")
+    runner.write_json(report, out)
+    print(runner.format_table(report))
+    logging.info("Wrote %s", out)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,1 @@
+"""Evaluation: feature networks and sample-quality metrics that work offline."""

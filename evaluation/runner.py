@@ -1,0 +1,354 @@
+"""One evaluation protocol for every model: samples and real data through the same feature
+network, the same metrics, and the real-data floor beside every number.
+
+Protocol (recorded in every report):
+- The reference set is the whole train split. The floor compares the test split with it;
+  the model's samples are compared with it in the same way.
+- Sample-size-sensitive metrics (FD, precision/recall) are computed at the same size on
+  both sides, `eval_size = min(n_fake, n_test)`: the floor on the first `eval_size` test
+  images, the model on each disjoint `eval_size` chunk of its samples (mean and std over
+  chunks). KID is unbiased and uses subsets of min(1000, eval_size).
+- Classifier score, class histogram and conditional accuracy use every sample.
+- Bits/dim: the whole test split through the data pipeline (padded, masked batches),
+  uniformly dequantized with a fixed seed, by the probability-flow ODE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from data import pipeline
+from evaluation import metrics as M
+from evaluation.extractor import FeatureExtractor
+from training.errors import UserError
+
+METRICS = ("fd", "kid", "pr", "cs", "bpd")
+SAMPLE_METRICS = ("fd", "kid", "pr", "cs")
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """'fd,kid' -> ('fd', 'kid'); unknown names are a UserError naming them."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+    if not names:
+        raise UserError(f"no metrics asked for; choose from {', '.join(METRICS)}")
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """uint8 images (N, H, W, C), optional requested class labels, and how they were drawn."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    provenance: Mapping[str, Any]
+
+
+def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...]) -> Samples:
+    """Reads and checks an .npz of samples (`images`: uint8, or float in [0, 1]).
+
+    Optional arrays: `labels` (int, one per image: the classes asked of a conditional
+    model) and the provenance sample.py records (`sampler`, `nfe`, `seed`, `step`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"samples file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable .npz file: {err}") from err
+    if "images" not in arrays:
+        raise UserError(f"{path} has no 'images' array (keys: {sorted(arrays)})")
+    images = arrays["images"]
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+        raise UserError(
+            f"{path}: images have shape {images.shape}, expected (N, "
+            f"{', '.join(map(str, image_shape))}) for this config's data"
+        )
+    if len(images) == 0:
+        raise UserError(f"{path} holds no images")
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+            raise UserError(
+                f"{path}: float images must lie in [0, 1], got values in "
+                f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]"
+            )
+        images = np.round(images * 255.0).astype(np.uint8)
+    elif images.dtype != np.uint8:
+        raise UserError(f"{path}: images must be uint8 (or float in [0, 1]), got {images.dtype}")
+    labels = arrays.get("labels")
+    if labels is not None:
+        if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+            raise UserError(
+                f"{path}: labels must be integers of shape ({len(images)},), got "
+                f"{labels.dtype} {labels.shape}"
+            )
+    provenance = {
+        key: arrays[key].item() for key in ("sampler", "nfe", "seed", "step") if key in arrays
+    }
+    return Samples(images, labels, provenance)
+
+
+def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: str = "",
+                  batch_size: int = 500) -> FeatureExtractor:
+    """The configured feature network: the project's digits CNN on digits, else Inception."""
+    dataset = config.data.dataset
+    if feature_net == "auto":
+        feature_net = "digits_cnn" if dataset == "digits" else "inception"
+    if feature_net == "digits_cnn":
+        if dataset != "digits":
+            raise UserError(f"feature network 'digits_cnn' is for digits, not {dataset!r}")
+        from evaluation import digits_features
+
+        return digits_features.make_digits_extractor(
+            data_dir=config.data.data_dir, batch_size=batch_size
+        )
+    if feature_net == "inception":
+        if not inception_weights:
+            raise UserError(
+                f"dataset {dataset!r} is measured with Inception-v3 features: pass "
+                "--inception_weights PATH (pt_inception-2015-12-05-6726825d.pth)"
+            )
+        from evaluation import inception
+
+        try:
+            return inception.make_inception_extractor(inception_weights, batch_size=50)
+        except inception.WeightsError as err:
+            raise UserError(str(err)) from err
+    raise UserError(f"unknown feature network {feature_net!r}; known: auto, digits_cnn, inception")
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    features: np.ndarray
+    logits: np.ndarray
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i * size, (i + 1) * size) for i in range(n // size)]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def compare(reference: Features, other: Features, *, which: tuple[str, ...], eval_size: int,
+            num_classes: int, seed: int, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """The sample metrics of `other` against `reference` under the protocol above."""
+    out: dict[str, Any] = {}
+    chunks = _chunks(len(other.features), eval_size)
+    if "fd" in which:
+        fds = [M.fd_from_features(reference.features, other.features[c]) for c in chunks]
+        out["fd"], out["fd_std"] = _mean_std(fds)
+    if "kid" in which:
+        out["kid"], out["kid_std"] = M.kernel_inception_distance(
+            reference.features, other.features, subset_size=min(1000, eval_size), seed=seed
+        )
+    if "pr" in which:
+        pairs = [M.precision_recall(reference.features, other.features[c]) for c in chunks]
+        out["precision"], out["precision_std"] = _mean_std([p for p, _ in pairs])
+        out["recall"], out["recall_std"] = _mean_std([r for _, r in pairs])
+    if "cs" in which:
+        out["classifier_score"] = M.classifier_score(other.logits)
+        if num_classes:
+            counts = M.class_histogram(other.logits, num_classes)
+            out["class_counts"] = counts.tolist()
+            out["class_entropy"] = M.normalized_entropy(counts)
+    if labels is not None and num_classes:
+        out["conditional_accuracy"] = M.conditional_accuracy(other.logits, labels)
+    return out
+
+
+class SampleEvaluator:
+    """Reference features, the real-data floor and the feature network, built once.
+
+    `evaluator(images, labels=None) -> metrics` then scores uint8 samples; the training
+    loop holds one to evaluate every `eval_freq` steps.
+    """
+
+    def __init__(self, config: Any, which: tuple[str, ...], *, inception_weights: str = ""):
+        self.which = tuple(m for m in which if m in SAMPLE_METRICS)
+        self.seed = int(config.eval.seed)
+        data_config = config.data
+        self.extractor = get_extractor(
+            config, feature_net=config.eval.feature_net,
+            inception_weights=inception_weights or config.eval.inception_weights,
+            batch_size=int(config.eval.batch_size),
+        )
+        info = pipeline.get_info(data_config)
+        # Class statistics only where the feature network classifies the dataset's classes.
+        self.num_classes = info.num_classes if info.num_classes == self.extractor.num_classes else 0
+        self.image_shape = tuple(info.shape)
+        train = pipeline.read_split(data_config, "train")
+        self.test = pipeline.read_split(data_config, "test")
+        self.n_train, self.n_test = len(train["image"]), len(self.test["image"])
+        self.reference = Features(*self.extractor(train["image"]))
+        self.test_features = Features(*self.extractor(self.test["image"]))
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+        eval_size = min(len(images), self.n_test)
+        return compare(self.reference, Features(*self.extractor(images)), which=self.which,
+                       eval_size=eval_size, num_classes=self.num_classes, seed=self.seed,
+                       labels=labels)
+
+    def floor(self, n_fake: int) -> dict[str, Any]:
+        """The same metrics for the first min(n_fake, n_test) test images vs train."""
+        eval_size = min(n_fake, self.n_test)
+        test = Features(self.test_features.features[:eval_size],
+                        self.test_features.logits[:eval_size])
+        floor = compare(self.reference, test, which=self.which, eval_size=eval_size,
+                        num_classes=self.num_classes, seed=self.seed)
+        if self.num_classes and "cs" in self.which:
+            floor["classifier_accuracy"] = M.conditional_accuracy(
+                test.logits, self.test["label"][:eval_size]
+            )
+        return floor
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.extractor.name, "sha256": self.extractor.checksum,
+                "feature_dim": self.extractor.feature_dim, **self.extractor.settings}
+
+
+def bits_per_dim(config: Any, family: Any, state: Any) -> dict[str, Any]:
+    """NLL in bits/dim on the whole test split (see the module docstring)."""
+    from diffusion.likelihood import bits_per_dim as to_bits
+
+    if not hasattr(family, "make_log_likelihood"):
+        raise UserError(f"bits/dim needs a likelihood; model family {config.model.family!r} "
+                        "has none")
+    if not family.is_image_data:
+        raise UserError("bits/dim is defined for 8-bit image data, not 2-D points")
+    ev = config.eval
+    options = dict(divergence=ev.bpd_divergence, eps=ev.bpd_eps, rtol=ev.bpd_rtol,
+                   atol=ev.bpd_atol)
+    log_likelihood = family.make_log_likelihood(**options)
+    data_config = dict(config.data.to_dict(), uniform_dequantization=True)
+    batches = pipeline.make_eval_iterator(data_config, batch_size=int(ev.batch_size),
+                                          split="test", seed=int(ev.seed))
+    params = family.sample_params(state)
+    key = jax.random.PRNGKey(int(ev.seed))
+    bpds, nfes = [], []
+    for i, batch in enumerate(batches):
+        logp, nfe = log_likelihood(params, jax.random.fold_in(key, i), batch["image"])
+        bpd = np.asarray(to_bits(logp, family.data_shape, centered=config.data.centered))
+        bpds.append(bpd[batch["mask"]])
+        nfes.append(int(nfe))
+    bpds = np.concatenate(bpds)
+    if not np.isfinite(bpds).all():
+        raise UserError("the likelihood is not finite on some test images")
+    return {
+        "bpd": float(bpds.mean()),
+        "bpd_sem": float(bpds.std(ddof=1) / math.sqrt(len(bpds))) if len(bpds) > 1 else 0.0,
+        "bpd_settings": {
+            "n_test": len(bpds), "dequantization": "uniform, (k + U[0,1)) / 256",
+            "method": "probability-flow ODE (diffrax tsit5, adaptive)", **options,
+            "mean_nfe_per_batch": float(np.mean(nfes)), "seed": int(ev.seed),
+        },
+    }
+
+
+def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
+             samples_path: str | None = None, num_samples: int | None = None,
+             inception_weights: str = "") -> dict[str, Any]:
+    """The full report: metrics of the model's samples, the real-data floor, bits/dim.
+
+    Samples come from `samples_path` or are drawn from the workdir's latest checkpoint
+    (EMA weights, the config's sampler). Raises UserError on bad input before any work.
+    """
+    from training import inference
+
+    start = time.time()
+    info = pipeline.get_info(config.data)
+    samples = None
+    if samples_path is not None:
+        samples = load_samples(samples_path, tuple(info.shape))
+        if num_samples is not None:
+            samples = dataclasses.replace(
+                samples, images=samples.images[:num_samples],
+                labels=None if samples.labels is None else samples.labels[:num_samples])
+    sample_metrics = tuple(m for m in which if m in SAMPLE_METRICS)
+    evaluator = (SampleEvaluator(config, which, inception_weights=inception_weights)
+                 if sample_metrics else None)
+    family = state = step = None
+    if "bpd" in which or (sample_metrics and samples is None):
+        family, state, step = inference.restore_latest(config, workdir)
+    if sample_metrics and samples is None:
+        num = int(num_samples or config.eval.num_samples)
+        images, nfe = inference.generate(family, state, num, batch_size=int(config.eval.batch_size),
+                                         seed=int(config.eval.seed))
+        samples = Samples(images, None, {"sampler": config.sampling.method, "nfe": nfe,
+                                         "seed": int(config.eval.seed), "step": step})
+    report: dict[str, Any] = {"dataset": config.data.dataset, "workdir": str(workdir),
+                              "metrics_asked": list(which)}
+    if evaluator is not None:
+        n_fake = len(samples.images)
+        if "fd" in which and min(n_fake, evaluator.n_test) <= evaluator.extractor.feature_dim:
+            raise UserError(
+                f"Fréchet distance needs more samples than feature dimensions: got "
+                f"{min(n_fake, evaluator.n_test)} samples of "
+                f"{evaluator.extractor.feature_dim}-dimensional features")
+        report.update(
+            feature_network=evaluator.describe(),
+            samples={"file": samples_path, "n_fake": n_fake, **samples.provenance},
+            n_real_reference=evaluator.n_train, n_real_test=evaluator.n_test,
+            eval_size=min(n_fake, evaluator.n_test), seed=evaluator.seed,
+            model=evaluator(samples.images, samples.labels),
+            real_floor=evaluator.floor(n_fake),
+        )
+    if "bpd" in which:
+        report.setdefault("model", {}).update(bits_per_dim(config, family, state))
+        report["checkpoint_step"] = step
+    report["seconds"] = round(time.time() - start, 1)
+    return report
+
+
+def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Writes `report` atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    os.replace(tmp, path)
+
+
+_ROWS = (("fd", "FD"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
+         ("classifier_score", "classifier score"), ("class_entropy", "class entropy"),
+         ("conditional_accuracy", "conditional accuracy"), ("bpd", "bits/dim"))
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as a small text table: metric, model, real-data floor."""
+    model, floor = report.get("model", {}), report.get("real_floor", {})
+    lines = [f"{'metric':<22}{'model':>18}{'real floor':>14}"]
+    for key, label in _ROWS:
+        if key not in model:
+            continue
+        value = f"{model[key]:.4g}"
+        spread = model.get(f"{key}_std", model.get(f"{key}_sem"))
+        if spread:
+            value += f" ± {spread:.2g}"
+        floor_value = f"{floor[key]:.4g}" if key in floor else "-"
+        lines.append(f"{label:<22}{value:>18}{floor_value:>14}")
+    if "feature_network" in report:
+        fn = report["feature_network"]
+        lines.append(
+            f"features: {fn['name']} (sha256 {fn['sha256'][:12]}), n_fake "
+            f"{report['samples']['n_fake']}, eval_size {report['eval_size']}, reference: "
+            f"{report['n_real_reference']} train images, floor: test images"
+        )
+    return "\n".join(lines)
