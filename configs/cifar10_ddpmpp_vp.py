@@ -48,5 +48,6 @@ def get_config():
     optim.beta1 = 0.9
     optim.eps = 1e-8
     optim.warmup = 5000
+    optim.schedule = "constant"
     optim.grad_clip = 1.0
     return config

@@ -16,5 +16,7 @@ def get_config():
     config.training.n_iters = 3000
     config.training.reduce_mean = True
     config.optim.lr = 1e-3
+    config.optim.schedule = "constant"
+    config.model.ema_rate = 0.995
     config.sampling.steps = 500
     return config

@@ -130,7 +130,7 @@ def train(recipe: Recipe, data_dir: str | None = None) -> tuple[FeatureCNN, floa
 def _flat_params(model: FeatureCNN) -> dict[str, np.ndarray]:
     """Parameters by '/'-joined path, e.g. 'conv1/kernel'."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return {"/".join(map(str, path)): np.asarray(var.value) for path, var in flat}
+    return {"/".join(map(str, path)): np.asarray(var[...]) for path, var in flat}
 
 
 def _write_reproducible_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -195,7 +195,7 @@ def _load(path: Path, recipe: Recipe, image_shape: tuple[int, ...]) -> FeatureCN
         return None
     state = nnx.state(model, nnx.Param)
     for key_path, var in nnx.to_flat_state(state):
-        var.value = jnp.asarray(arrays["/".join(map(str, key_path))])
+        var[...] = jnp.asarray(arrays["/".join(map(str, key_path))])
     nnx.update(model, state)
     return model
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from data import pipeline
 from evaluation import metrics as M
@@ -223,6 +224,42 @@ class SampleEvaluator:
                 "feature_dim": self.extractor.feature_dim, **self.extractor.settings}
 
 
+class TrainingEvaluator:
+    """`evaluator(state) -> {metric: float}`: `config.eval.metrics_during_training`, on
+    `config.eval.num_samples` samples (EMA weights, the config's sampler, compiled once)
+    and, if asked, bits/dim; what the training loop writes to TensorBoard."""
+
+    def __init__(self, config: Any, family: Any):
+        from training import inference
+
+        self.config, self.family = config, family
+        self.which = parse_metrics(config.eval.metrics_during_training)
+        self.samples = None
+        if any(m in SAMPLE_METRICS for m in self.which):
+            self.samples = SampleEvaluator(config, self.which)
+            _check_fd_size(self.which, int(config.eval.num_samples), self.samples)
+            self.generate = inference.make_generator(
+                family, int(config.eval.num_samples), batch_size=int(config.eval.batch_size)
+            )
+
+    def __call__(self, state: Any) -> dict[str, float]:
+        out: dict[str, Any] = {}
+        if self.samples is not None:
+            images, _ = self.generate(state, int(self.config.eval.seed))
+            out.update(self.samples(images))
+        if "bpd" in self.which:
+            out.update(bits_per_dim(self.config, self.family, state))
+        return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
+
+
+def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: SampleEvaluator) -> None:
+    """Fails early, before sampling or training, if FD could not be computed."""
+    size, dim = min(n_fake, evaluator.n_test), evaluator.extractor.feature_dim
+    if "fd" in which and size <= dim:
+        raise UserError(f"Fréchet distance needs more samples than feature dimensions: got "
+                        f"{size} samples of {dim}-dimensional features")
+
+
 def bits_per_dim(config: Any, family: Any, state: Any) -> dict[str, Any]:
     """NLL in bits/dim on the whole test split (see the module docstring)."""
     from diffusion.likelihood import bits_per_dim as to_bits
@@ -281,26 +318,24 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
                 samples, images=samples.images[:num_samples],
                 labels=None if samples.labels is None else samples.labels[:num_samples])
     sample_metrics = tuple(m for m in which if m in SAMPLE_METRICS)
-    evaluator = (SampleEvaluator(config, which, inception_weights=inception_weights)
-                 if sample_metrics else None)
+    num = len(samples.images) if samples else int(num_samples or config.eval.num_samples)
+    evaluator = None
+    if sample_metrics:
+        evaluator = SampleEvaluator(config, which, inception_weights=inception_weights)
+        _check_fd_size(which, num, evaluator)
     family = state = step = None
     if "bpd" in which or (sample_metrics and samples is None):
         family, state, step = inference.restore_latest(config, workdir)
     if sample_metrics and samples is None:
-        num = int(num_samples or config.eval.num_samples)
-        images, nfe = inference.generate(family, state, num, batch_size=int(config.eval.batch_size),
-                                         seed=int(config.eval.seed))
+        logging.info("Drawing %d samples from checkpoint step %d", num, step)
+        images, nfe = inference.generate(family, state, num, seed=int(config.eval.seed),
+                                         batch_size=int(config.eval.batch_size))
         samples = Samples(images, None, {"sampler": config.sampling.method, "nfe": nfe,
                                          "seed": int(config.eval.seed), "step": step})
     report: dict[str, Any] = {"dataset": config.data.dataset, "workdir": str(workdir),
                               "metrics_asked": list(which)}
     if evaluator is not None:
         n_fake = len(samples.images)
-        if "fd" in which and min(n_fake, evaluator.n_test) <= evaluator.extractor.feature_dim:
-            raise UserError(
-                f"Fréchet distance needs more samples than feature dimensions: got "
-                f"{min(n_fake, evaluator.n_test)} samples of "
-                f"{evaluator.extractor.feature_dim}-dimensional features")
         report.update(
             feature_network=evaluator.describe(),
             samples={"file": samples_path, "n_fake": n_fake, **samples.provenance},
@@ -310,6 +345,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
             real_floor=evaluator.floor(n_fake),
         )
     if "bpd" in which:
+        logging.info("Bits/dim on the test split (%s divergence)", config.eval.bpd_divergence)
         report.setdefault("model", {}).update(bits_per_dim(config, family, state))
         report["checkpoint_step"] = step
     report["seconds"] = round(time.time() - start, 1)

@@ -20,5 +20,7 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="scoregen-test-jax-cache-")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The digits feature network is trained once per session, into a cache of its own.
+os.environ.setdefault("SCOREGEN_CACHE_DIR", tempfile.mkdtemp(prefix="scoregen-test-cache-"))
 # Keep the test-prepared digits out of the user's ~/tensorflow_datasets.
 os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="scoregen-test-tfds-"))

@@ -44,6 +44,7 @@ def test_cifar10_configs_carry_the_published_hyperparameters():
         assert (config.data.image_size, config.data.num_channels) == (32, 3)
     assert vp.model.ema_rate == 0.9999
     assert ve.model.ema_rate == 0.999
+    assert vp.optim.schedule == ve.optim.schedule == "constant"  # score_sde's: no decay
     assert vp.training.sde == "vpsde" and ve.training.sde == "vesde"
 
 

@@ -43,6 +43,31 @@ def test_one_train_step_per_sde_writes_checkpoint_logs_and_samples(sde, tmp_path
     assert "samples" in events.Tags()["images"]
 
 
+def test_sample_quality_metrics_during_training_go_to_tensorboard(tmp_path):
+    config = tiny.get_config("vpsde")
+    config.training.n_iters = 1
+    config.training.snapshot_sampling = False
+    config.eval.metrics_during_training = "fd,pr,cs"
+    config.eval.num_samples = 70  # FD needs more samples than the 64 feature dimensions
+    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
+    for name in ("eval/fd", "eval/precision", "eval/recall", "eval/classifier_score",
+                 "eval/class_entropy"):
+        assert np.isfinite(result[name]), name
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"eval/fd", "eval/precision", "eval/classifier_score"} <= set(
+        events.Tags()["scalars"])
+
+
+def test_too_few_evaluation_samples_for_fd_are_refused_before_training(tmp_path):
+    config = tiny.get_config("vpsde")
+    config.eval.metrics_during_training = "fd"
+    config.eval.num_samples = 32
+    with pytest.raises(UserError, match="Fréchet distance needs more samples than feature"):
+        loop.run(config, tmp_path, devices=ONE_DEVICE)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_two_dimensional_toy_data_trains_and_snapshots_a_density_picture(tmp_path):
     config = tiny.get_config("toy")
     config.training.n_iters = 1

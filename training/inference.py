@@ -37,22 +37,20 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path):
     return family, state, step
 
 
-def generate(
+def make_generator(
     family,
-    state: TrainState,
     num: int,
     *,
     batch_size: int = 256,
-    seed: int = 0,
     sampler: str | None = None,
     steps: int | None = None,
     use_ema: bool = True,
-) -> tuple[np.ndarray, int]:
-    """`num` samples and the score evaluations per batch: uint8 images (N, H, W, C), or
-    float32 points (N, 2) for 2-D toy data.
+):
+    """`generate(state, seed=0) -> (samples, nfe per batch)` for `num` samples, compiled once.
 
+    Samples are uint8 images (N, H, W, C), or float32 points (N, 2) for 2-D toy data.
     Batch `i` uses `fold_in(PRNGKey(seed), i)`, so a seed gives the same samples whatever
-    the caller. Raises UserError if the sampler produces non-finite values.
+    the caller. `generate` raises UserError if the sampler produces non-finite values.
     """
     if num <= 0:
         raise UserError(f"the number of samples must be positive, got {num}")
@@ -60,13 +58,23 @@ def generate(
         raise UserError(f"the sampling batch size must be positive, got {batch_size}")
     batch_size = min(batch_size, num)
     sample = family.make_sampler(batch_size, name=sampler, steps=steps)
-    params = family.sample_params(state, use_ema=use_ema)
-    key = jax.random.PRNGKey(seed)
-    chunks, nfe = [], 0
-    for i in range(math.ceil(num / batch_size)):
-        x, nfe = sample(params, jax.random.fold_in(key, i))
-        x = np.asarray(jax.device_get(x))
-        if not np.isfinite(x).all():
-            raise UserError("the sampler produced non-finite values; nothing was written")
-        chunks.append(images.to_uint8(x) if family.is_image_data else x.astype(np.float32))
-    return np.concatenate(chunks)[:num], int(nfe)
+
+    def generate(state: TrainState, seed: int = 0) -> tuple[np.ndarray, int]:
+        params = family.sample_params(state, use_ema=use_ema)
+        key = jax.random.PRNGKey(seed)
+        chunks, nfe = [], 0
+        for i in range(math.ceil(num / batch_size)):
+            x, nfe = sample(params, jax.random.fold_in(key, i))
+            x = np.asarray(jax.device_get(x))
+            if not np.isfinite(x).all():
+                raise UserError("the sampler produced non-finite values; nothing was written")
+            chunks.append(images.to_uint8(x) if family.is_image_data else x.astype(np.float32))
+        return np.concatenate(chunks)[:num], int(nfe)
+
+    return generate
+
+
+def generate(family, state: TrainState, num: int, *, seed: int = 0, **options):
+    """`num` samples from `state` and the score evaluations per batch (see make_generator,
+    whose keyword options this takes)."""
+    return make_generator(family, num, **options)(state, seed)

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from data import pipeline
+from evaluation import runner
 from training import images, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.errors import NonFiniteLossError
@@ -116,6 +117,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
     abstract_state = jax.eval_shape(family.init_state, root_key)
     state_sh = state_shardings(abstract_state, mesh, config.sharding.rules)
 
+    # Sample-quality metrics every eval_freq steps, if asked; bad settings fail here, early.
+    sample_eval = (runner.TrainingEvaluator(config, family)
+                   if config.eval.metrics_during_training else None)
     train_iter = pipeline.make_train_iterator(
         config.data, global_batch_size=training.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -175,6 +179,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
                     if eval_batch is not None and (step % training.eval_freq == 0 or last):
                         scalars.update(jax.device_get(eval_step(state, eval_batch, eval_key)))
                     reported = monitor.report(step, scalars)
+                    if sample_eval is not None and (step % training.eval_freq == 0 or last):
+                        reported.update(monitor.write(step, sample_eval(state)))
+                        monitor.reset_timer(step)  # steps/s measures training, not sampling
                 snapshot = step % training.snapshot_freq == 0 or last
                 if snapshot or step % training.snapshot_freq_for_preemption == 0 or (
                     termination.requested

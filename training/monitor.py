@@ -33,6 +33,15 @@ class Monitor:
     def advance(self, n: int = 1) -> None:
         self._bar.update(n)
 
+    def write(self, step: int, scalars: dict[str, float]) -> dict[str, float]:
+        """Logs scalars at `step` as they are (no rates): e.g. sample-quality metrics."""
+        if self.enabled:
+            for name, value in scalars.items():
+                self._writer.add_scalar(name, value, step)
+            logging.info("step %d: %s", step,
+                         ", ".join(f"{k}={v:.5g}" for k, v in sorted(scalars.items())))
+        return scalars
+
     def report(self, step: int, scalars: dict[str, float]) -> dict[str, float]:
         """Logs scalars at `step`, adding steps/s and images/s since the last report."""
         now = time.perf_counter()
@@ -42,13 +51,9 @@ class Monitor:
             scalars = {**scalars, "steps_per_sec": rate, "images_per_sec": rate * self.global_batch}
         self._last_step, self._last_time = step, now
         if self.enabled:
-            for name, value in scalars.items():
-                self._writer.add_scalar(name, value, step)
             shown = {k: f"{v:.4g}" for k, v in scalars.items() if k != "lr"}
             self._bar.set_postfix(shown, refresh=False)
-            logging.info("step %d: %s", step,
-                         ", ".join(f"{k}={v:.5g}" for k, v in sorted(scalars.items())))
-        return scalars
+        return self.write(step, scalars)
 
     def image(self, step: int, name: str, picture: np.ndarray) -> None:
         if self.enabled:

@@ -24,6 +24,7 @@ def get_config(sde: str = "vpsde"):
     config.model.sigma_max = 10.0
     config.optim.warmup = 0
     config.optim.lr = 1e-3
+    config.optim.schedule = "constant"  # resume tests extend n_iters, which moves a cosine
     if sde == "toy":  # 2-D mixture of Gaussians with the MLP score network
         config.training.sde = "vpsde"
         config.data.dataset = "toy_gmm"

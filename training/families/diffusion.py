@@ -30,7 +30,7 @@ class DiffusionFamily:
                 f"use 'positional' with training.sde={config.training.sde!r}"
             )
         self.data_shape = tuple(pipeline.get_info(config.data).shape)
-        self.tx, self.lr_schedule = optim.make_optimizer(config.optim)
+        self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         self.loss_fn = losses.get_loss_fn(
             self.sde,
             continuous=config.training.continuous,

@@ -1,0 +1,165 @@
+"""evaluate.py and the evaluation protocol: a full report with its floor and settings, and
+bad input refused in one line with nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from evaluation import runner
+from tests.configs import tiny
+from training import loop
+from training.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "configs" / "tiny.py")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = os.environ.copy()
+    env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--config={TINY}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("run")
+    loop.run(tiny.get_config("vpsde"), workdir, devices=jax.devices()[:1])
+    return workdir
+
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _digits(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+
+
+def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
+    config = tiny.get_config("vpsde")
+    config.eval.bpd_rtol = config.eval.bpd_atol = 1e-3
+    config.eval.batch_size = 360  # the whole test split in one likelihood batch
+    report = runner.evaluate(config, trained, which=runner.METRICS, num_samples=100)
+    model, floor = report["model"], report["real_floor"]
+    for key in ("fd", "kid", "kid_std", "precision", "recall", "classifier_score",
+                "class_entropy", "bpd"):
+        assert np.isfinite(model[key]), key
+    assert set(floor) >= {"fd", "kid", "precision", "recall", "classifier_score"}
+    assert len(model["class_counts"]) == 10 and sum(model["class_counts"]) == 100
+    # An untrained model is far from the data, and real test digits are close to it.
+    assert model["fd"] > 5 * floor["fd"] and floor["precision"] > 0.8
+    assert 0 < model["bpd"] < 20
+    fn = report["feature_network"]
+    assert fn["name"] == "digits_cnn" and len(fn["sha256"]) == 64 and fn["test_accuracy"] >= 0.97
+    assert report["samples"]["n_fake"] == 100 and report["samples"]["sampler"] == "pc"
+    assert report["samples"]["nfe"] == 4  # 3 steps + denoising
+    assert report["n_real_reference"] == 1437 and report["n_real_test"] == 360
+    assert report["eval_size"] == 100 and report["seed"] == 0
+    settings = model["bpd_settings"]
+    assert settings["n_test"] == 360 and settings["dequantization"].startswith("uniform")
+    table = runner.format_table(report)
+    assert "real floor" in table and "bits/dim" in table and "digits_cnn" in table
+
+
+def test_samples_file_is_used_as_given_with_its_provenance(tmp_path):
+    samples = _npz(tmp_path / "s.npz", images=_digits(80), sampler=np.str_("ode"),
+                   nfe=np.int64(57), labels=np.arange(80) % 10)
+    out = tmp_path / "m.json"
+    proc = _run(f"--workdir={tmp_path}", f"--samples={samples}", "--metrics=fd,cs",
+                f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["samples"]["sampler"] == "ode" and report["samples"]["nfe"] == 57
+    assert set(report["model"]) >= {"fd", "classifier_score", "conditional_accuracy"}
+    assert "kid" not in report["model"] and "bpd" not in report["model"]
+    assert "FD" in proc.stdout and "real floor" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"samples": _digits(80)}, "no 'images' array"),
+        ({"images": _digits(80).astype(np.int32)}, "must be uint8"),
+        ({"images": _digits(80).astype(np.float32)}, "must lie in [0, 1]"),
+        ({"images": np.zeros((80, 16, 16, 1), np.uint8)}, "expected (N, 8, 8, 1)"),
+        ({"images": _digits(80), "labels": np.zeros(3, np.int64)}, "labels must be integers"),
+    ],
+)
+def test_bad_samples_files_are_refused_naming_the_problem(tmp_path, arrays, message):
+    path = _npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(UserError, match=None) as err:
+        runner.load_samples(path, (8, 8, 1))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num_samples=40", "--metrics=fd"],
+         "Fréchet distance needs more samples than feature dimensions: got 40 samples of "
+         "64-dimensional features"),
+        (["--metrics=fd,fid"], "unknown metric 'fid'"),
+        (["--config.eval.feature_net=inception", "--inception_weights=/no/such.pth"],
+         "Inception weights file not found: /no/such.pth"),
+    ],
+)
+def test_bad_requests_are_one_line_and_write_nothing(tmp_path, flags, message):
+    samples = _npz(tmp_path / "s.npz", images=_digits(80))
+    proc = _run(f"--workdir={tmp_path}", f"--samples={samples}", *flags)
+    assert message in _error_line(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
+def test_a_wrong_npz_key_from_the_cli_is_one_line(tmp_path):
+    samples = _npz(tmp_path / "s.npz", pictures=_digits(80))
+    proc = _run(f"--workdir={tmp_path}", f"--samples={samples}", "--metrics=cs")
+    assert "has no 'images' array (keys: ['pictures'])" in _error_line(proc)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_inception_weights_of_the_wrong_shape_are_refused_naming_the_key(tmp_path):
+    from evaluation import inception
+
+    shapes = inception.expected_shapes()
+    arrays = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    arrays["fc.weight"] = np.zeros((10, 2048), np.float32)
+    weights = _npz(tmp_path / "w.npz", **arrays)
+    config = tiny.get_config("vpsde")
+    with pytest.raises(UserError, match=r"fc\.weight.*\(10, 2048\).*\(1008, 2048\)"):
+        runner.get_extractor(config, feature_net="inception", inception_weights=str(weights))
+
+
+def test_non_digits_data_without_inception_weights_says_what_to_pass():
+    config = tiny.get_config("vpsde")
+    config.data.dataset = "cifar10"
+    with pytest.raises(UserError, match="pass --inception_weights PATH"):
+        runner.get_extractor(config)
+
+
+def test_the_floor_and_the_model_are_measured_at_the_same_size():
+    rng = np.random.default_rng(0)
+    reference = runner.Features(rng.normal(size=(500, 4)), rng.normal(size=(500, 3)))
+    other = runner.Features(rng.normal(size=(250, 4)), rng.normal(size=(250, 3)))
+    out = runner.compare(reference, other, which=("fd", "pr"), eval_size=100,
+                         num_classes=3, seed=0)
+    # Two disjoint chunks of 100 (the remaining 50 are not used for FD/PR).
+    fds = [runner.M.fd_from_features(reference.features, other.features[s])
+           for s in (slice(0, 100), slice(100, 200))]
+    assert out["fd"] == pytest.approx(np.mean(fds)) and out["fd_std"] == pytest.approx(
+        np.std(fds))
