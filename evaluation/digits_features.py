@@ -79,8 +79,9 @@ def _shifted(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def train(recipe: Recipe, data_dir: str | None = None) -> tuple[FeatureCNN, float]:
-    """Trains the CNN on the digits train split; returns it and its test accuracy."""
+def train(recipe: Recipe, data_dir: str | None = None) -> tuple[FeatureCNN, float, float]:
+    """Trains the CNN on the digits train split; returns it, its test accuracy and its
+    feature scale (see `_feature_scale`)."""
     data_config = _digits_config(data_dir)
     train_split = pipeline.read_split(data_config, "train")
     test_split = pipeline.read_split(data_config, "test")
@@ -124,7 +125,7 @@ def train(recipe: Recipe, data_dir: str | None = None) -> tuple[FeatureCNN, floa
     model = nnx.merge(graphdef, params)
     test_logits = model(jnp.asarray(test_split["image"], jnp.float32) / 255.0)[1]
     accuracy = float(np.mean(np.argmax(test_logits, -1) == test_split["label"]))
-    return model, accuracy
+    return model, accuracy, _feature_scale(model, train_split["image"])
 
 
 def _flat_params(model: FeatureCNN) -> dict[str, np.ndarray]:
@@ -154,15 +155,14 @@ def _write_reproducible_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Non
 _EXTRAS = ("test_accuracy", "feature_scale")
 
 
-def _feature_scale(model: FeatureCNN, data_dir: str | None) -> np.float64:
+def _feature_scale(model: FeatureCNN, train_images: np.ndarray) -> np.float64:
     """RMS of the raw features over the train split.
 
     Features are divided by it so that their mean square per dimension is 1 on real data:
     the scale KID's kernel (x.y/d + 1)^3 is designed for (Inception features have about
     it); raw, the kernel's values run to 1e4 and KID drowns in its own variance.
     """
-    train = pipeline.read_split(_digits_config(data_dir), "train")["image"]
-    features = model(jnp.asarray(train, jnp.float32) / 255.0)[0]
+    features = model(jnp.asarray(train_images, jnp.float32) / 255.0)[0]
     return np.float64(np.sqrt(np.mean(np.square(np.asarray(features, np.float64)))))
 
 
@@ -170,8 +170,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load(path: Path, recipe: Recipe, image_shape: tuple[int, ...]) -> FeatureCNN | None:
-    """The cached network, or None if the file is missing or unusable (then rebuilt)."""
+def _load(
+    path: Path, recipe: Recipe, image_shape: tuple[int, ...]
+) -> tuple[FeatureCNN, float, float] | None:
+    """The cached network, its test accuracy and feature scale, from one read of the file;
+    None if the file is missing or unusable (then rebuilt)."""
     model = FeatureCNN(
         image_shape=image_shape,
         width=recipe.width,
@@ -197,7 +200,7 @@ def _load(path: Path, recipe: Recipe, image_shape: tuple[int, ...]) -> FeatureCN
     for key_path, var in nnx.to_flat_state(state):
         var[...] = jnp.asarray(arrays["/".join(map(str, key_path))])
     nnx.update(model, state)
-    return model
+    return model, float(arrays["test_accuracy"]), float(arrays["feature_scale"])
 
 
 def load_or_train(
@@ -207,17 +210,17 @@ def load_or_train(
     and its feature scale."""
     path = cache_dir() / f"{NAME}-{recipe.digest()}.npz"
     image_shape = (8, 8, 1)
-    model = _load(path, recipe, image_shape)
-    if model is None:
+    loaded = _load(path, recipe, image_shape)
+    if loaded is None:
         logging.info("training the digits feature network (once; cached at %s)", path)
-        model, accuracy = train(recipe, data_dir)
+        model, accuracy, scale = train(recipe, data_dir)
         arrays = dict(_flat_params(model), test_accuracy=np.float64(accuracy),
-                      feature_scale=_feature_scale(model, data_dir))
+                      feature_scale=scale)
         _write_reproducible_npz(path, arrays)
-        model = _load(path, recipe, image_shape)
-        assert model is not None, f"just wrote {path} but cannot read it back"
-    with np.load(path) as stored:
-        accuracy, scale = float(stored["test_accuracy"]), float(stored["feature_scale"])
+        # Served from the file, so a fresh build and a cache hit are the same network.
+        loaded = _load(path, recipe, image_shape)
+        assert loaded is not None, f"just wrote {path} but cannot read it back"
+    model, accuracy, scale = loaded
     return model, path, accuracy, scale
 
 

@@ -241,6 +241,8 @@ class TrainingEvaluator:
             self.generate = inference.make_generator(
                 family, int(config.eval.num_samples), batch_size=int(config.eval.batch_size)
             )
+        # Compiled once here, not at every evaluation.
+        self._log_likelihood = _make_log_likelihood(config, family) if "bpd" in self.which else None
 
     def __call__(self, state: Any) -> dict[str, float]:
         out: dict[str, Any] = {}
@@ -248,7 +250,7 @@ class TrainingEvaluator:
             images, _ = self.generate(state, int(self.config.eval.seed))
             out.update(self.samples(images))
         if "bpd" in self.which:
-            out.update(bits_per_dim(self.config, self.family, state))
+            out.update(bits_per_dim(self.config, self.family, state, self._log_likelihood))
         return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
 
 
@@ -260,19 +262,28 @@ def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: SampleEvaluat
                         f"{size} samples of {dim}-dimensional features")
 
 
-def bits_per_dim(config: Any, family: Any, state: Any) -> dict[str, Any]:
-    """NLL in bits/dim on the whole test split (see the module docstring)."""
-    from diffusion.likelihood import bits_per_dim as to_bits
+def _bpd_options(config: Any) -> dict[str, Any]:
+    ev = config.eval
+    return dict(divergence=ev.bpd_divergence, eps=ev.bpd_eps, rtol=ev.bpd_rtol, atol=ev.bpd_atol)
 
+
+def _make_log_likelihood(config: Any, family: Any):
     if not hasattr(family, "make_log_likelihood"):
         raise UserError(f"bits/dim needs a likelihood; model family {config.model.family!r} "
                         "has none")
     if not family.is_image_data:
         raise UserError("bits/dim is defined for 8-bit image data, not 2-D points")
+    return family.make_log_likelihood(**_bpd_options(config))
+
+
+def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None) -> dict[str, Any]:
+    """NLL in bits/dim on the whole test split (see the module docstring); pass
+    `log_likelihood` (family.make_log_likelihood) to reuse a compiled one."""
+    from diffusion.likelihood import bits_per_dim as to_bits
+
+    log_likelihood = log_likelihood or _make_log_likelihood(config, family)
     ev = config.eval
-    options = dict(divergence=ev.bpd_divergence, eps=ev.bpd_eps, rtol=ev.bpd_rtol,
-                   atol=ev.bpd_atol)
-    log_likelihood = family.make_log_likelihood(**options)
+    options = _bpd_options(config)
     data_config = dict(config.data.to_dict(), uniform_dequantization=True)
     batches = pipeline.make_eval_iterator(data_config, batch_size=int(ev.batch_size),
                                           split="test", seed=int(ev.seed))
