@@ -4,6 +4,16 @@ float `points` and a density picture).
 `python sample.py --config configs/digits_vp.py --workdir runs/digits_vp --num_samples 1000
 --out samples.npz` (EMA weights of the latest checkpoint; --sampler/--steps override the
 config's sampler).
+
+Controllable generation:
+- class-conditional models: `--class_label K` (default: classes 0..K-1 in turn) and
+  `--guidance_scale W` (classifier-free guidance, (1 + W) s(x, y) - W s(x));
+- classifier guidance (any model): `--classifier_workdir DIR --classifier_config CFG
+  [--classifier_scale S]` with a `model.family='noise_classifier'` run;
+- from one input image (each of the num_samples samples starts from it):
+  `--image in.png --mask mask.png` (inpainting: white = known, black = fill),
+  `--image gray.png --colorize` (RGB models), `--image in.png --edit_strength S` (SDEdit).
+The .npz records what was done; `labels` holds the requested classes.
 """
 
 from pathlib import Path
@@ -12,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from training import cli, images, inference
+from training import cli, image_input, images
 from training.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -21,38 +31,167 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "How many images to draw.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per sampler call.")
 _OUT = flags.DEFINE_string("out", None, "Output .npz (default WORKDIR/samples.npz); the PNG "
                            "grid goes beside it with a .png suffix.")
-_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: the config's).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: the config's); with "
+                               "--image, the predictor of the predictor-corrector steps.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config.sampling.steps).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights.")
+_CLASS_LABEL = flags.DEFINE_integer("class_label", None, "Class of every sample (conditional "
+                                    "or classifier-guided models; default: 0..K-1 in turn).")
+_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight W >= 0 "
+                               "(default: config.sampling.guidance_scale).")
+_CLASSIFIER_WORKDIR = flags.DEFINE_string("classifier_workdir", None, "Workdir of a trained "
+                                          "noise classifier, for classifier guidance.")
+_CLASSIFIER_CONFIG = config_flags.DEFINE_config_file("classifier_config", None,
+                                                     "The noise classifier's config file.")
+_CLASSIFIER_SCALE = flags.DEFINE_float("classifier_scale", None, "Classifier guidance scale "
+                                       "(default 1: the exact conditional score).")
+_IMAGE = flags.DEFINE_string("image", None, "Input image (PNG) for --mask, --colorize or "
+                             "--edit_strength; the model's size and channels.")
+_MASK = flags.DEFINE_string("mask", None, "Inpainting mask (PNG, the image's size): white = "
+                            "known pixel, black = to fill.")
+_COLORIZE = flags.DEFINE_bool("colorize", False, "Colorize the gray --image (RGB models).")
+_EDIT_STRENGTH = flags.DEFINE_float("edit_strength", None, "SDEdit of --image: noise it to "
+                                    "time S*T, S in (0, 1], and denoise.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _task() -> str:
+    """The task the flags ask for; UserError for a combination that makes no sense."""
+    edits = {"--mask": _MASK.value is not None, "--colorize": _COLORIZE.value,
+             "--edit_strength": _EDIT_STRENGTH.value is not None}
+    asked = [flag for flag, on in edits.items() if on]
+    if _IMAGE.value is None:
+        if asked:
+            raise UserError(f"{asked[0]} needs --image (the input picture)")
+        return "sample"
+    if len(asked) != 1:
+        raise UserError("--image goes with exactly one of --mask (inpainting), --colorize or "
+                        f"--edit_strength (SDEdit), got {', '.join(asked) or 'none'}")
+    strength = _EDIT_STRENGTH.value
+    if strength is not None and not 0.0 < strength <= 1.0:
+        raise UserError(f"--edit_strength must lie in (0, 1], got {strength}")
+    return {"--mask": "inpaint", "--colorize": "colorize", "--edit_strength": "sdedit"}[asked[0]]
+
+
+def _check_flags() -> tuple[Path, str]:
+    num, batch, steps = _NUM_SAMPLES.value, _BATCH_SIZE.value, _STEPS.value
+    if num <= 0:
+        raise UserError(f"--num_samples must be positive, got {num}")
+    if batch <= 0:
+        raise UserError(f"--batch_size must be positive, got {batch}")
+    if steps is not None and steps <= 0:
+        raise UserError(f"--steps must be positive, got {steps}")
+    out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
+    if out.suffix != ".npz":
+        raise UserError(f"--out must end in .npz, got {out}")
+    if (_CLASSIFIER_WORKDIR.value is None) != (_CLASSIFIER_CONFIG.value is None):
+        raise UserError("classifier guidance needs both --classifier_workdir and "
+                        "--classifier_config")
+    if _CLASSIFIER_SCALE.value is not None and _CLASSIFIER_WORKDIR.value is None:
+        raise UserError("--classifier_scale needs a classifier: pass --classifier_workdir and "
+                        "--classifier_config")
+    task = _task()
+    if task == "colorize" and _CONFIG.value.data.num_channels == 1:
+        raise UserError(f"--colorize needs an RGB model; {_CONFIG.value.data.dataset!r} has 1 "
+                        "channel")
+    _check_conditioning(_CONFIG.value)
+    return out, task
+
+
+def _check_conditioning(config) -> None:
+    """Class label and guidance flags against the config (the sampler checks them again)."""
+    k, label, w = config.model.num_classes, _CLASS_LABEL.value, _GUIDANCE.value
+    if label is not None:
+        if not k and _CLASSIFIER_WORKDIR.value is None:
+            raise UserError("--class_label needs a class-conditional model or a classifier; "
+                            "this model is unconditional (model.num_classes=0)")
+        if label < 0 or (k and label >= k):
+            raise UserError(f"--class_label {label} is out of range: the classes are "
+                            f"0..{k - 1 if k else 'K-1'}")
+    if w is not None:
+        if not w >= 0:
+            raise UserError(f"--guidance_scale must be >= 0, got {w}")
+        if w > 0 and not k:
+            raise UserError("--guidance_scale (classifier-free guidance) needs a "
+                            "class-conditional model; this one is unconditional "
+                            "(model.num_classes=0)")
+        if w > 0 and not config.training.class_dropout > 0:
+            raise UserError("--guidance_scale needs a model trained with "
+                            "training.class_dropout > 0 (a null label); this one has none")
+    scale = _CLASSIFIER_SCALE.value
+    if scale is not None and not scale >= 0:
+        raise UserError(f"--classifier_scale must be >= 0, got {scale}")
+
+
+def _inputs(config, task: str) -> tuple[dict, dict]:
+    """(image/mask arrays for the sampler in data space, what to record of them)."""
+    if task == "sample":
+        return {}, {}
+    data = config.data
+    shape = (data.image_size, data.image_size, data.num_channels)
+    expected = (*shape[:2], 1) if task == "colorize" else shape
+    pixels, image = image_input.load_image(_IMAGE.value, expected, centered=data.centered,
+                                         what="--image")
+    arrays = {"image": image}
+    record = {"input_path": np.str_(_IMAGE.value), "input_image": pixels}
+    if task == "inpaint":
+        mask = image_input.load_mask(_MASK.value, shape, what="--mask")
+        arrays["mask"] = mask
+        record.update(mask_path=np.str_(_MASK.value), input_mask=mask.astype(np.uint8))
+    if task == "sdedit":
+        record["edit_strength"] = np.float64(_EDIT_STRENGTH.value)
+    return arrays, record
+
+
+def _sampler_name(config, task: str) -> str:
+    cfg = config.sampling
+    if task == "sample":
+        return _SAMPLER.value or cfg.method
+    predictor = cfg.predictor if _SAMPLER.value in (None, "pc") else _SAMPLER.value
+    return f"{task}: pc({predictor}, {cfg.corrector})"
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    num, batch = _NUM_SAMPLES.value, _BATCH_SIZE.value
-    if num <= 0:
-        raise UserError(f"--num_samples must be positive, got {num}")
-    if batch <= 0:
-        raise UserError(f"--batch_size must be positive, got {batch}")
-    out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
-    if out.suffix != ".npz":
-        raise UserError(f"--out must end in .npz, got {out}")
+    out, task = _check_flags()
+    config = _CONFIG.value
+    arrays, record = _inputs(config, task)
+    from training import inference  # jax: after the checks, so that bad input fails at once
 
-    family, state, step = inference.restore_latest(_CONFIG.value, _WORKDIR.value)
-    samples, nfe = inference.generate(
-        family, state, num, batch_size=batch, seed=_SEED.value, sampler=_SAMPLER.value,
-        steps=_STEPS.value, use_ema=_USE_EMA.value,
+    family, state, step = inference.restore_latest(config, _WORKDIR.value)
+    classifier = None
+    if _CLASSIFIER_WORKDIR.value is not None:
+        cls_family, cls_state, cls_step = inference.restore_classifier(
+            config, _CLASSIFIER_CONFIG.value, _CLASSIFIER_WORKDIR.value)
+        classifier = (cls_family, cls_state)
+        record.update(classifier_workdir=np.str_(_CLASSIFIER_WORKDIR.value),
+                      classifier_step=np.int64(cls_step),
+                      classifier_scale=np.float64(_CLASSIFIER_SCALE.value or 1.0))
+    generate = inference.make_generator(
+        family, _NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value, sampler=_SAMPLER.value,
+        steps=_STEPS.value, use_ema=_USE_EMA.value, class_label=_CLASS_LABEL.value,
+        guidance_scale=_GUIDANCE.value, classifier=classifier,
+        classifier_scale=1.0 if _CLASSIFIER_SCALE.value is None else _CLASSIFIER_SCALE.value,
+        task=task, edit_strength=_EDIT_STRENGTH.value, **arrays,
     )
+    samples, nfe = generate(state, _SEED.value)
     family_is_points = not family.is_image_data
     # Recorded with the samples so that evaluate.py can state how they were drawn.
     provenance = {
-        "sampler": np.str_(_SAMPLER.value or _CONFIG.value.sampling.method),
+        "sampler": np.str_(_sampler_name(config, task)),
         "nfe": np.int64(nfe),
         "seed": np.int64(_SEED.value),
         "step": np.int64(step),
+        "task": np.str_(task),
+        **record,
     }
+    if getattr(family, "is_conditional", False):
+        provenance["guidance_scale"] = np.float64(
+            config.sampling.guidance_scale if _GUIDANCE.value is None else _GUIDANCE.value)
+    if generate.labels is not None:
+        provenance["labels"] = generate.labels.astype(np.int32)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.npz")
@@ -64,8 +203,9 @@ def main(argv: list[str]) -> None:
         picture = images.make_grid(samples[:100])
     tmp.replace(out)
     images.save_png(out.with_suffix(".png"), picture)
-    logging.info("Wrote %d samples from checkpoint step %d (%d score evaluations per batch) "
-                 "to %s and %s", num, step, int(nfe), out, out.with_suffix(".png"))
+    logging.info("Wrote %d samples (%s) from checkpoint step %d (%d score evaluations per "
+                 "batch) to %s and %s", len(samples), task, step, int(nfe), out,
+                 out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,13 @@ def test_workdir_of_another_config_is_refused_and_left_alone(trained):
     [
         ("--num_samples=0", "--num_samples must be positive"),
         ("--sampler=no_such_sampler", "no_such_sampler"),
+        ("--steps=0", "--steps must be positive, got 0"),
+        ("--guidance_scale=2", "--guidance_scale (classifier-free guidance) needs a class-"),
+        ("--class_label=1", "--class_label needs a class-conditional model or a classifier"),
+        ("--classifier_scale=2", "--classifier_scale needs a classifier"),
+        ("--mask=mask.png", "--mask needs --image"),
+        ("--colorize", "--colorize needs --image"),
+        ("--edit_strength=0.5", "--edit_strength needs --image"),
     ],
 )
 def test_bad_sampling_request_is_one_line_and_writes_nothing(trained, tmp_path, flag, message):
@@ -181,3 +188,41 @@ def test_two_processes_on_localhost_train_like_one(trained_run, tmp_path):
     single_process_log = trained_run[1]
     assert _logged_loss(logs[0], 2) == pytest.approx(_logged_loss(single_process_log, 2),
                                                      rel=1e-3)
+
+
+def _png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--image=BIG"], "--image goes with exactly one of --mask (inpainting), --colorize"),
+        (["--image=GRAY", "--mask=GRAY", "--colorize"], "got --mask, --colorize"),
+        (["--image=BIG", "--edit_strength=0.5"], "is 16x16 with 1 channel; expected 8x8 with 1"),
+        (["--image=RGB", "--edit_strength=0.5"], "is 8x8 with 3 channels; expected 8x8 with 1"),
+        (["--image=GRAY", "--mask=BIG"], "must match the image: 8x8 with 1 channel(s)"),
+        (["--image=GRAY", "--mask=missing.png"], "--mask file not found: missing.png"),
+        (["--image=GRAY", "--edit_strength=1.5"], "--edit_strength must lie in (0, 1], got 1.5"),
+        (["--image=GRAY", "--edit_strength=0"], "--edit_strength must lie in (0, 1], got 0"),
+        (["--image=GRAY", "--colorize"], "--colorize needs an RGB model"),
+    ],
+)
+def test_bad_input_image_is_one_line_and_writes_nothing(trained, tmp_path, flags, message):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    files = {
+        "GRAY": _png(inputs / "gray.png", np.zeros((8, 8, 1), np.uint8)),
+        "RGB": _png(inputs / "rgb.png", np.zeros((8, 8, 3), np.uint8)),
+        "BIG": _png(inputs / "big.png", np.zeros((16, 16, 1), np.uint8)),
+    }
+    for name, path in files.items():
+        flags = [f.replace(f"={name}", f"={path}") for f in flags]
+    out = tmp_path / "out" / "s.npz"
+    proc = _run("sample.py", f"--config={TINY}", f"--workdir={trained}", *flags, f"--out={out}")
+    assert proc.returncode == 1
+    assert message in _error_line(proc)
+    assert not out.parent.exists()

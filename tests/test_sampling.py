@@ -18,8 +18,23 @@ SDES = {
 SAMPLER_CASES = {
     "euler_maruyama": {"steps": 200},
     "reverse_diffusion": {"steps": 200},
+    "ancestral": {"steps": 200},
     "pc": {"steps": 100},
+    "annealed_langevin": {"steps": 300, "snr": 0.6},
     "ode": {},
+    "euler": {"steps": 500},
+    "heun": {"steps": 50},
+    # 30 steps: the two-mode mixture needs them (the Gaussian alone is recovered at 10-20
+    # steps, see test_fast_samplers.py); sub-VP, with sigma(eps) = 1e-4, is the slowest.
+    "edm_heun": {"steps": 30},
+    "dpm_solver_pp": {"steps": 30},
+}
+# (sampler, SDE) pairs that must be refused, with the refusal.
+REFUSED = {
+    ("ancestral", "subvp"): "ancestral sampling is defined for VP .DDPM. and VE .SMLD. SDEs, "
+    "not subVPSDE",
+    ("annealed_langevin", "vp"): "annealed_langevin .* VE SDEs, not VPSDE",
+    ("annealed_langevin", "subvp"): "annealed_langevin .* VE SDEs, not subVPSDE",
 }
 
 # N(MU, S^2 I) in three dimensions.
@@ -45,8 +60,13 @@ def _counting(score_fn, counter):
 
 
 def test_samplers_registry():
-    assert {"euler_maruyama", "reverse_diffusion", "pc", "ode"} <= set(sampling.SAMPLERS)
+    assert {
+        "euler_maruyama", "reverse_diffusion", "ancestral", "pc", "annealed_langevin", "ode",
+        "euler", "heun", "edm_heun", "dpm_solver_pp",
+    } == set(sampling.SAMPLERS)  # fmt: skip
     assert set(SAMPLER_CASES) == set(sampling.SAMPLERS)
+    assert {"ancestral", "none"} <= set(sampling.PREDICTORS)
+    assert {"langevin", "annealed_langevin", "none"} <= set(sampling.CORRECTORS)
 
 
 @pytest.mark.parametrize("name", SAMPLER_CASES)
@@ -55,6 +75,10 @@ def test_sampler_recovers_gaussian_and_mixture(sde_name, name):
     """Two problems through one compiled sampler (the data parameters are traced): the
     Gaussian N(MU, S^2 I) and a two-mode mixture, both in three dimensions."""
     sde = SDES[sde_name]
+    if (name, sde_name) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[name, sde_name]):
+            sampling.get_sampler(name, sde, (N_SAMPLES, 3), **SAMPLER_CASES[name])
+        return
     sampler = sampling.get_sampler(name, sde, (N_SAMPLES, 3), **SAMPLER_CASES[name])
 
     @jax.jit
@@ -78,24 +102,34 @@ def test_sampler_recovers_gaussian_and_mixture(sde_name, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "expected"),
+    ("name", "options", "expected", "sde_name"),
     [
-        ("euler_maruyama", {"steps": 7}, 7 + 1),
-        ("reverse_diffusion", {"steps": 5, "denoise": False}, 5),
-        ("pc", {"steps": 4, "n_corrector_steps": 3, "predictor": "reverse_diffusion"}, 17),
-        ("ode", {"steps": 5}, 1 + 6 * 5 + 1),
-        ("ode", {}, None),
-        ("ode", {"solver": "dopri5", "rtol": 1e-3, "atol": 1e-3}, None),
+        ("euler_maruyama", {"steps": 7}, 7 + 1, "vp"),
+        ("reverse_diffusion", {"steps": 5, "denoise": False}, 5, "vp"),
+        ("ancestral", {"steps": 6}, 6 + 1, "vp"),
+        ("pc", {"steps": 4, "n_corrector_steps": 3, "predictor": "reverse_diffusion"}, 17, "vp"),
+        ("pc", {"steps": 4, "predictor": "none", "corrector": "annealed_langevin"}, 5, "subvp"),
+        ("annealed_langevin", {"steps": 3, "n_corrector_steps": 2}, 3 * 2 + 1, "ve"),
+        ("ode", {"steps": 5}, 1 + 6 * 5 + 1, "vp"),
+        ("ode", {}, None, "vp"),
+        ("ode", {"solver": "dopri5", "rtol": 1e-3, "atol": 1e-3}, None, "vp"),
+        ("euler", {"steps": 5, "denoise": False}, 5, "vp"),
+        ("heun", {"steps": 5, "time_grid": "uniform"}, 2 * 5 + 1, "subvp"),
+        ("edm_heun", {"steps": 4}, 2 * 4 + 1, "vp"),
+        ("edm_heun", {"steps": 4, "S_churn": 10.0, "denoise": False}, 2 * 4, "ve"),
+        ("dpm_solver_pp", {"steps": 5}, 5 + 1, "vp"),
+        ("dpm_solver_pp", {"steps": 5, "time_grid": "uniform", "denoise": False}, 5, "ve"),
     ],
 )
-def test_nfe_is_the_number_of_score_evaluations(name, options, expected):
-    sde = SDES["vp"]
+def test_nfe_is_the_number_of_score_evaluations(name, options, expected, sde_name):
+    sde = SDES[sde_name]
     counter = [0]
     score_fn = _counting(score.mixture_score_fn(sde, MIX_MEANS, [MIX_STD] * 2), counter)
     sampler = sampling.get_sampler(name, sde, (8, 2), **options)
     x, nfe = jax.jit(lambda key: sampler(key, score_fn))(jax.random.key(1))
     jax.block_until_ready(x)
     jax.effects_barrier()
+    assert np.all(np.isfinite(x))
     assert int(nfe) == counter[0]
     if expected is not None:
         assert isinstance(nfe, int) or nfe.shape == ()
@@ -122,7 +156,7 @@ def test_ode_nfe_counts_rejected_steps_and_first_stage_reevaluations():
 def test_compiled_graph_does_not_grow_with_steps():
     sde = SDES["ve"]
     score_fn = score.mixture_score_fn(sde, MIX_MEANS, [MIX_STD] * 2)
-    for name in ("euler_maruyama", "pc"):
+    for name in sorted(set(sampling.SAMPLERS) - {"ode"}):
         sizes = []
         for steps in (3, 300):
             sampler = sampling.get_sampler(name, sde, (4, 2), steps=steps)
@@ -131,14 +165,17 @@ def test_compiled_graph_does_not_grow_with_steps():
         assert sizes[0] == sizes[1], (name, sizes)
 
 
-@pytest.mark.parametrize("name", ["pc", "ode"])
-def test_image_batches_and_determinism(name):
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("pc", {"steps": 3}), ("ode", {}), ("edm_heun", {"steps": 3, "S_churn": 5.0})],
+)
+def test_image_batches_and_determinism(name, options):
     """NHWC batches work (per-example scalars broadcast over H, W, C), and the sample is a
     function of the key alone."""
     sde = SDES["ve"]
     shape = (4, 3, 3, 2)
     score_fn = score.mixture_score_fn(sde, np.zeros((1, 18)), [1.0])  # N(0, I) data
-    sampler = sampling.get_sampler(name, sde, shape, steps=3 if name != "ode" else None)
+    sampler = sampling.get_sampler(name, sde, shape, **options)
     run = jax.jit(lambda key: sampler(key, score_fn)[0])
     a, b, c = run(jax.random.key(3)), run(jax.random.key(3)), run(jax.random.key(4))
     assert a.shape == shape and np.all(np.isfinite(a))
@@ -185,6 +222,19 @@ def test_get_sampler_from_config_maps_score_sde_fields(monkeypatch):
     sampling.get_sampler_from_config(
         _config(method="ode", noise_removal=True, rtol=1e-3), sde, (8, 2)
     )
+    # score_sde's names of the ancestral predictor and the annealed Langevin corrector.
+    sampling.get_sampler_from_config(
+        _config(method="pc", predictor="ancestral_sampling", corrector="ald", steps=3),
+        sde,
+        (8, 2),
+    )
+    # Any other sampler: steps and the options the config sets, by name.
+    sampling.get_sampler_from_config(
+        _config(method="DPM_Solver_PP", time_grid="uniform", steps=7, snr=0.3), sde, (8, 2)
+    )
+    sampling.get_sampler_from_config(
+        _config(method="annealed_langevin", snr=0.3, n_steps_each=2), sde, (8, 2)
+    )
     pc_options = {
         "predictor": "reverse_diffusion",
         "corrector": "langevin",
@@ -206,6 +256,26 @@ def test_get_sampler_from_config_maps_score_sde_fields(monkeypatch):
                 "max_steps": 4096,
             },
         ),
+        (
+            ("pc", sde, (8, 2)),
+            {
+                "eps": 1e-3,
+                "denoise": True,
+                "steps": 3,
+                "predictor": "ancestral",
+                "corrector": "annealed_langevin",
+                "snr": 0.16,
+                "n_corrector_steps": 1,
+            },
+        ),
+        (
+            ("dpm_solver_pp", sde, (8, 2)),
+            {"eps": 1e-3, "denoise": True, "steps": 7, "time_grid": "uniform"},
+        ),
+        (
+            ("annealed_langevin", sde, (8, 2)),
+            {"eps": 1e-3, "denoise": True, "steps": None, "snr": 0.3, "n_corrector_steps": 2},
+        ),
     ]
 
 
@@ -226,19 +296,25 @@ def test_get_sampler_from_config_end_to_end():
     jax.block_until_ready(x)
     jax.effects_barrier()
     assert int(nfe) == counter[0] == 6 * 3 + 1
-    with pytest.raises(ValueError, match=r"'ode'.*'pc'"):
+    with pytest.raises(ValueError, match=r"'dpm_solver_pp'.*'ode'.*'pc'"):
         sampling.get_sampler_from_config(_config(method="ddim"), sde, (8, 2))
     with pytest.raises(ValueError, match="predictor"):
-        sampling.get_sampler_from_config(
-            _config(method="pc", predictor="ancestral_sampling"), sde, (8, 2)
-        )
+        sampling.get_sampler_from_config(_config(method="pc", predictor="leapfrog"), sde, (8, 2))
+    # Another method end to end: EDM's sampler with the config's steps and churn.
+    counter[0] = 0
+    config = _config(method="edm_heun", steps=3, S_churn=1.0, noise_removal=False)
+    sampler = sampling.get_sampler_from_config(config, sde, (8, 2))
+    x, nfe = jax.jit(lambda key: sampler(key, score_fn))(jax.random.key(6))
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    assert int(nfe) == counter[0] == 2 * 3
 
 
 def test_errors():
     sde = SDES["vp"]
     shape = (4, 2)
     with pytest.raises(ValueError, match=r"'euler_maruyama'.*'ode'.*'pc'.*'reverse_diffusion'"):
-        sampling.get_sampler("heun", sde, shape)
+        sampling.get_sampler("ddim", sde, shape)
     for steps in (0, -3):
         with pytest.raises(ValueError, match="steps"):
             sampling.get_sampler("euler_maruyama", sde, shape, steps=steps)
@@ -248,10 +324,12 @@ def test_errors():
         sampling.get_sampler("euler_maruyama", sde, shape, snr=0.1)
     with pytest.raises(TypeError, match="bogus"):
         sampling.get_sampler("pc", sde, shape, bogus=1)
-    with pytest.raises(ValueError, match=r"'euler_maruyama'.*'reverse_diffusion'"):
-        sampling.get_sampler("pc", sde, shape, predictor="ancestral")
-    with pytest.raises(ValueError, match=r"'langevin'.*'none'"):
+    with pytest.raises(ValueError, match=r"'ancestral'.*'euler_maruyama'.*'none'"):
+        sampling.get_sampler("pc", sde, shape, predictor="ancestral_sampling")
+    with pytest.raises(ValueError, match=r"'annealed_langevin'.*'langevin'.*'none'"):
         sampling.get_sampler("pc", sde, shape, corrector="ald")
+    with pytest.raises(ValueError, match="predictor or a corrector"):
+        sampling.get_sampler("pc", sde, shape, predictor="none", corrector="none")
     with pytest.raises(ValueError, match=r"'dopri5'.*'tsit5'"):
         sampling.get_sampler("ode", sde, shape, solver="euler")
     with pytest.raises(ValueError, match="n_corrector_steps"):
@@ -265,3 +343,15 @@ def test_errors():
         "snr": 0.16,
         "n_corrector_steps": 1,
     }
+    assert sampling.sampler_options("ancestral") == {}
+    assert sampling.sampler_options("annealed_langevin") == {"snr": 0.316, "n_corrector_steps": 1}
+    assert sampling.sampler_options("euler") == {"time_grid": "edm", "rho": 7.0}
+    assert sampling.sampler_options("heun") == {"time_grid": "edm", "rho": 7.0}
+    assert sampling.sampler_options("edm_heun") == {
+        "S_churn": 0.0,
+        "S_min": 0.0,
+        "S_max": float("inf"),
+        "S_noise": 1.0,
+        "rho": 7.0,
+    }
+    assert sampling.sampler_options("dpm_solver_pp") == {"time_grid": "logsnr"}

@@ -4,6 +4,8 @@ A family is built from the config and exposes `init_state(key) -> TrainState`,
 `train_step(state, batch) -> (state, metrics)`, `eval_step(state, batch, key) -> metrics`,
 `make_sampler(num, ...) -> sample(params, key) -> (images in [0, 1], nfe)` and
 `sample_params(state)`. The loop jits the steps; the family keeps them pure.
+`noise_classifier` trains a classifier p(y | x_t, t) for classifier guidance: its
+`make_sampler` refuses, and it exposes `log_prob_fn(params) -> log_prob(x, t, labels)`.
 """
 
 from collections.abc import Callable
@@ -13,9 +15,11 @@ import ml_collections
 
 from training.errors import UserError
 from training.families.diffusion import DiffusionFamily
+from training.families.noise_classifier import NoiseClassifierFamily
 
 FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "diffusion": DiffusionFamily,
+    "noise_classifier": NoiseClassifierFamily,
 }
 
 

@@ -1,10 +1,17 @@
-"""Score-SDE diffusion as a training family: network + SDE + loss + sampler."""
+"""Score-SDE diffusion as a training family: network + SDE + loss + sampler.
+
+Class-conditional models (`model.num_classes > 0`) take the batch's labels; with
+`training.class_dropout > 0` a label is replaced by the null label `num_classes` at that
+rate during training, so that the one network is also the unconditional model that
+classifier-free guidance needs (the network gets `num_classes + 1` label embeddings).
+"""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -14,6 +21,25 @@ from diffusion import likelihood, losses, sampling, score, sde_lib
 from training import optim
 from training.errors import UserError
 from training.state import TrainState, ema_update
+
+TASKS = ("sample", "inpaint", "colorize", "sdedit")
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+    """Each label replaced by `null_label` with probability `rate`, independently."""
+    drop = jax.random.bernoulli(key, rate, labels.shape)
+    return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
+def balanced_labels(num: int, num_classes: int) -> np.ndarray:
+    """0, 1, ..., K-1, 0, 1, ... (int32, `num` of them): equal classes, in order."""
+    return (np.arange(num) % num_classes).astype(np.int32)
+
+
+def _check_image_shape(what: str, got: tuple, expected: tuple, num: int) -> None:
+    got = tuple(got)
+    if got != expected and got != (num, *expected):
+        raise UserError(f"the {what} has shape {got}; expected {expected} (or ({num}, ...))")
 
 
 class DiffusionFamily:
@@ -29,7 +55,11 @@ class DiffusionFamily:
                 f"model.embedding_type='fourier' expects the log-sigma conditioning of a VE SDE; "
                 f"use 'positional' with training.sde={config.training.sde!r}"
             )
-        self.data_shape = tuple(pipeline.get_info(config.data).shape)
+        info = pipeline.get_info(config.data)
+        self.data_shape = tuple(info.shape)
+        self.num_classes, self.class_dropout = self._check_labels(config, info)
+        # The null label (unconditional model) exists only if training drops labels.
+        self.null_label = self.num_classes if self.class_dropout > 0 else None
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         self.loss_fn = losses.get_loss_fn(
             self.sde,
@@ -39,15 +69,45 @@ class DiffusionFamily:
         )
         # The graph of the network is static; only its parameters travel through jit.
         # An abstract build: the graph without initialising any parameters.
-        model = nnx.eval_shape(lambda: networks.get_model(config, nnx.Rngs(0)))
+        self._net_config = config
+        if self.null_label is not None:  # one more label embedding: the null label
+            self._net_config = config.copy_and_resolve_references()
+            self._net_config.model.num_classes = self.num_classes + 1
+        model = nnx.eval_shape(lambda: networks.get_model(self._net_config, nnx.Rngs(0)))
         self.graphdef, _, self._rest = nnx.split(model, nnx.Param, ...)
         self._check_output_shape()
+
+    @staticmethod
+    def _check_labels(config: ml_collections.ConfigDict, info) -> tuple[int, float]:
+        num_classes = int(config.model.num_classes)
+        dropout = float(config.training.get("class_dropout", 0.0))
+        if num_classes < 0:
+            raise UserError(f"model.num_classes must be >= 0, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"training.class_dropout must lie in [0, 1), got {dropout}")
+        if num_classes == 0:
+            if dropout > 0:
+                raise UserError("training.class_dropout > 0 needs a class-conditional model "
+                                "(model.num_classes > 0)")
+            return 0, 0.0
+        if num_classes != info.num_classes:
+            raise UserError(
+                f"model.num_classes={num_classes} but dataset {config.data.dataset!r} has "
+                f"{info.num_classes} classes" + (" (no labels)" if not info.num_classes else "")
+            )
+        return num_classes, dropout
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.num_classes > 0
 
     def _check_output_shape(self) -> None:
         x = jax.ShapeDtypeStruct((2, *self.data_shape), jnp.float32)
         try:
             out = jax.eval_shape(
-                lambda params, x: self._net_fn(params, train=False)(x, jnp.ones((2,))),
+                lambda params, x: self._net_fn(
+                    params, train=False, labels=0 if self.is_conditional else None
+                )(x, jnp.ones((2,))),
                 self.init_params(jax.random.PRNGKey(0), abstract=True),
                 x,
             )
@@ -64,18 +124,42 @@ class DiffusionFamily:
 
     def init_params(self, key: jax.Array, abstract: bool = False):
         build = lambda: nnx.split(
-            networks.get_model(self.config, nnx.Rngs(key)), nnx.Param, ...
+            networks.get_model(self._net_config, nnx.Rngs(key)), nnx.Param, ...
         )[1]
         return jax.eval_shape(build) if abstract else build()
 
-    def _net_fn(self, params, *, train: bool, key: jax.Array | None = None):
+    def _net_fn(self, params, *, train: bool, key: jax.Array | None = None,
+                labels: jax.Array | int | None = None):
+        """`net_fn(x, c_noise)`; `labels` (B,) or one label for the batch, if conditional."""
         model = nnx.merge(self.graphdef, params, self._rest)
-        return functools.partial(model, train=train, key=key)
+        net = functools.partial(model, train=train, key=key)
+        if labels is None:
+            return net
 
-    def score_fn(self, params, *, train: bool = False, key: jax.Array | None = None):
-        """The score s(x, t) of the network with these parameters."""
+        def net_fn(x, c_noise):
+            batch_labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), x.shape[:1])
+            return net(x, c_noise, class_labels=batch_labels)
+
+        return net_fn
+
+    def score_fn(self, params, *, train: bool = False, key: jax.Array | None = None,
+                 labels: jax.Array | None = None):
+        """The score s(x, t) of the network with these parameters.
+
+        Class-conditional models take `labels` (B,); without them, the score of the null
+        label, i.e. the unconditional model (a UserError if there is no null label).
+        """
+        if self.is_conditional and labels is None:
+            if self.null_label is None:
+                raise UserError(
+                    "this class-conditional model was trained without a null label "
+                    "(training.class_dropout=0), so it has no unconditional score: give labels"
+                )
+            labels = self.null_label
+        elif labels is not None and not self.is_conditional:
+            raise UserError("labels given to an unconditional model (model.num_classes=0)")
         return score.get_score_fn(
-            self.sde, self._net_fn(params, train=train, key=key),
+            self.sde, self._net_fn(params, train=train, key=key, labels=labels),
             continuous=self.config.training.continuous,
         )
 
@@ -93,9 +177,10 @@ class DiffusionFamily:
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(state.rng, state.step)
         dropout_key, loss_key = jax.random.split(step_key)
+        labels = self.training_labels(jax.random.fold_in(step_key, 2), batch)
 
         def loss_of(params):
-            score_fn = self.score_fn(params, train=True, key=dropout_key)
+            score_fn = self.score_fn(params, train=True, key=dropout_key, labels=labels)
             return self.loss_fn(score_fn, loss_key, batch["image"])
 
         loss, grads = jax.value_and_grad(loss_of)(state.params)
@@ -114,46 +199,230 @@ class DiffusionFamily:
         }
         return new_state, metrics
 
+    def training_labels(self, key: jax.Array, batch: dict) -> jax.Array | None:
+        """The batch's labels with class dropout applied (None for unconditional models)."""
+        if not self.is_conditional:
+            return None
+        labels = batch["label"].astype(jnp.int32)
+        if self.null_label is None:
+            return labels
+        return drop_labels(key, labels, self.class_dropout, self.null_label)
+
     def eval_step(self, state: TrainState, batch: dict, key: jax.Array) -> dict:
-        """Held-out loss of the EMA parameters (fixed key: a smooth curve)."""
-        return {"eval_loss": self.loss_fn(self.score_fn(state.ema_params), key, batch["image"])}
+        """Held-out loss of the EMA parameters (fixed key: a smooth curve); conditional
+        models are evaluated on the true labels (no class dropout)."""
+        labels = batch["label"].astype(jnp.int32) if self.is_conditional else None
+        score_fn = self.score_fn(state.ema_params, labels=labels)
+        return {"eval_loss": self.loss_fn(score_fn, key, batch["image"])}
 
     def sample_params(self, state: TrainState, use_ema: bool = True):
         return state.ema_params if use_ema else state.params
 
-    def make_sampler(self, num: int, *, name: str | None = None, steps: int | None = None):
-        """A jitted `sample(params, key) -> (x, nfe)` for `num` samples: images in [0, 1], or
-        2-D points as they are.
+    def make_sampler(
+        self,
+        num: int,
+        *,
+        name: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        classifier=None,
+        classifier_scale: float = 1.0,
+        task: str = "sample",
+        edit_strength: float | None = None,
+    ):
+        """`sample(params, key, labels=None, classifier_params=None, image=None, mask=None)
+        -> (x, nfe)` for `num` samples, compiled once: images in [0, 1], or 2-D points as
+        they are. Bad requests raise UserError here or at the call, before any compile.
 
         By default the config's sampler; `name`/`steps` override it (sample.py's
         --sampler/--steps), taking the config's options that the named sampler accepts.
+
+        Conditioning:
+        - class-conditional models sample `labels` (one int for all, or (num,); None:
+          0, 1, ..., K-1 cycling), with classifier-free guidance weight `guidance_scale`
+          (None: `config.sampling.guidance_scale`; > 0 needs training.class_dropout > 0);
+        - `classifier` (a noise_classifier family, with `classifier_params` at the call)
+          adds `classifier_scale * grad log p(y | x_t, t)` for `labels` (also to an
+          unconditional model);
+        - `task`: 'sample'; 'inpaint' (`image` (H, W, C) and `mask` (H, W, 1|C), 1 =
+          known, in data space), 'colorize' (`image` the gray (H, W, 1)), 'sdedit'
+          (`image` perturbed to time `edit_strength * T`, then denoised). These run the
+          config's predictor (or `name`, a predictor) and corrector; `steps` defaults to
+          `config.sampling.steps` (SDEdit: that times the strength).
+        nfe counts score evaluations: a guided step (both halves of classifier-free
+        guidance in one batched call) counts one; classifier gradients are not counted.
         """
+        from diffusion import controllable
+
+        if task not in TASKS:
+            raise UserError(f"unknown sampling task {task!r}; known: {', '.join(TASKS)}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int | np.integer)
+                                  or steps <= 0):
+            raise UserError(f"the number of sampler steps must be a positive int, got {steps!r}")
+        if task != "sample" and not self.is_image_data:
+            raise UserError(f"{task} is for image data, not 2-D points")
+        guidance = self._check_guidance(guidance_scale)
+        label_classes = self.num_classes
+        if classifier is not None:
+            label_classes = self._check_classifier(classifier, classifier_scale)
         shape = (num, *self.data_shape)
-        cfg = self.config.sampling
-        if name is None and steps is None:
-            sampler = sampling.get_sampler_from_config(self.config, self.sde, shape)
-        else:
-            name = name or cfg.method
-            accepted = sampling.sampler_options(name)
-            from_config = {"predictor": cfg.predictor, "corrector": cfg.corrector,
-                           "snr": cfg.snr, "n_corrector_steps": cfg.n_steps_each}
-            options = {k: v for k, v in from_config.items() if k in accepted}
-            if steps is None and name != "ode":  # the ODE sampler is adaptive by default
-                steps = cfg.steps
-            sampler = sampling.get_sampler(name, self.sde, shape, steps=steps, eps=cfg.eps,
-                                           denoise=cfg.noise_removal, **options)
+        draw = self._task_sampler(task, shape, name, steps, edit_strength)
+        image_shape = (*self.data_shape[:-1], 1) if task == "colorize" else self.data_shape
 
         @jax.jit
-        def sample(params, key):
-            x, nfe = sampler(key, self.score_fn(params))
+        def run(params, key, labels, classifier_params, image, mask):
+            score_fn = self._guided_score_fn(params, labels, guidance)
+            if classifier is not None:
+                score_fn = controllable.classifier_guidance(
+                    score_fn, classifier.log_prob_fn(classifier_params), labels,
+                    classifier_scale,
+                )
+            if image is not None:
+                image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (num, *image_shape))
+            if mask is not None:
+                mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), shape)
+            x, nfe = draw(key, score_fn, image, mask)
             return self.to_unit_range(x), nfe
 
+        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None):
+            labels = self.sample_labels(labels, num, label_classes)
+            if (classifier is None) != (classifier_params is None):
+                raise UserError("classifier_params go with a classifier given to make_sampler")
+            if (task == "sample") != (image is None):
+                raise UserError(f"task {task!r} " + ("takes no image" if task == "sample"
+                                                      else "needs an image"))
+            if (task == "inpaint") == (mask is None):
+                raise UserError("a mask goes with inpainting" if task != "inpaint"
+                                else "inpainting needs a mask")
+            if image is not None:
+                _check_image_shape("image", np.shape(image), image_shape, num)
+            if mask is not None:
+                mask_shapes = (self.data_shape, (*self.data_shape[:-1], 1))
+                if tuple(np.shape(mask)[-3:]) not in mask_shapes:
+                    raise UserError(f"the mask has shape {tuple(np.shape(mask))}; it must "
+                                    f"cover the image: {' or '.join(map(str, mask_shapes))}")
+            return run(params, key, labels, classifier_params, image, mask)
+
         return sample
+
+    def _check_guidance(self, guidance_scale: float | None) -> float:
+        cfg = self.config.sampling
+        w = float(cfg.get("guidance_scale", 0.0) if guidance_scale is None else guidance_scale)
+        if not np.isfinite(w) or w < 0:
+            raise UserError(f"the guidance scale must be >= 0, got {w}")
+        if w > 0 and not self.is_conditional:
+            raise UserError(f"classifier-free guidance (scale {w}) needs a class-conditional "
+                            "model; this one is unconditional (model.num_classes=0)")
+        if w > 0 and self.null_label is None:
+            raise UserError(f"classifier-free guidance (scale {w}) needs a model trained with "
+                            "training.class_dropout > 0 (a null label); this one has none")
+        return w
+
+    def _check_classifier(self, classifier, scale: float) -> int:
+        """The classes the classifier guides towards; UserError if it cannot guide."""
+        if not (np.isfinite(scale) and scale >= 0):
+            raise UserError(f"the classifier scale must be >= 0, got {scale}")
+        if tuple(classifier.data_shape) != self.data_shape:
+            raise UserError(f"the classifier takes data of shape {tuple(classifier.data_shape)}, "
+                            f"the model {self.data_shape}")
+        if self.is_conditional and classifier.num_classes != self.num_classes:
+            raise UserError(f"the classifier has {classifier.num_classes} classes, the "
+                            f"class-conditional model {self.num_classes}")
+        return int(classifier.num_classes)
+
+    @staticmethod
+    def sample_labels(labels, num: int, num_classes: int) -> np.ndarray | None:
+        """The (num,) int32 labels to sample, checked against the classes."""
+        if num_classes == 0:
+            if labels is not None:
+                raise UserError("class labels need a class-conditional model or a classifier; "
+                                "this model is unconditional (model.num_classes=0)")
+            return None
+        if labels is None:
+            return balanced_labels(num, num_classes)
+        labels = np.asarray(labels)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"class labels must be integers, got {labels.dtype}")
+        if labels.shape not in ((), (num,)):
+            raise UserError(f"class labels must be one int or ({num},), got {labels.shape}")
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise UserError(f"class label {int(bad.flat[0])} is out of range: the classes are "
+                            f"0..{num_classes - 1}")
+        return np.broadcast_to(labels, (num,)).astype(np.int32)
+
+    def _guided_score_fn(self, params, labels, guidance_scale: float):
+        """The model's score for `labels` (none if unconditional), classifier-free guided."""
+        from diffusion import controllable
+
+        if not self.is_conditional:
+            return self.score_fn(params)
+        if guidance_scale == 0:
+            return self.score_fn(params, labels=labels)
+        return controllable.classifier_free_guidance(
+            lambda x, t, y: self.score_fn(params, labels=y)(x, t), labels, guidance_scale,
+            self.null_label,
+        )
+
+    def _task_sampler(self, task: str, shape, name: str | None, steps: int | None,
+                      edit_strength: float | None):
+        """`draw(key, score_fn, image, mask) -> (x, nfe)` for the task."""
+        from diffusion import controllable
+
+        cfg = self.config.sampling
+        if task != "sdedit" and edit_strength is not None:
+            raise UserError("an edit strength goes with SDEdit only")
+        try:
+            if task == "sample":
+                sampler = self._plain_sampler(shape, name, steps)
+                return lambda key, score_fn, image, mask: sampler(key, score_fn)
+            pc = {"predictor": cfg.predictor if name in (None, "pc") else name,
+                  "corrector": cfg.corrector, "snr": cfg.snr,
+                  "n_corrector_steps": cfg.n_steps_each}
+            common = {"eps": cfg.eps, "denoise": cfg.noise_removal}
+            if task == "sdedit":
+                if edit_strength is None or not 0.0 < float(edit_strength) <= 1.0:
+                    raise UserError(f"the SDEdit strength must lie in (0, 1], got {edit_strength}")
+                strength = float(edit_strength)
+                if steps is None:
+                    steps = max(1, round(strength * cfg.steps))
+                edit = controllable.sdedit(
+                    self.sde, shape, strength=strength, steps=steps,
+                    sampler=pc.pop("predictor"), **pc, **common,
+                )
+                return lambda key, score_fn, image, mask: edit(key, score_fn, image)
+            steps = cfg.steps if steps is None else steps
+            if task == "inpaint":
+                inpaint = controllable.inpainter(self.sde, shape, steps=steps, **pc, **common)
+                return inpaint
+            colorize = controllable.colorizer(self.sde, shape, steps=steps, **pc, **common)
+            return lambda key, score_fn, image, mask: colorize(key, score_fn, image)
+        except UserError:
+            raise
+        except (TypeError, ValueError) as err:
+            what = "sampler" if task == "sample" else f"{task} sampler"
+            raise UserError(f"{what}: {err}") from err
+
+    def _plain_sampler(self, shape, name: str | None, steps: int | None):
+        cfg = self.config.sampling
+        if name is None and steps is None:
+            return sampling.get_sampler_from_config(self.config, self.sde, shape)
+        name = name or cfg.method
+        accepted = sampling.sampler_options(name)
+        from_config = {"predictor": cfg.predictor, "corrector": cfg.corrector,
+                       "snr": cfg.snr, "n_corrector_steps": cfg.n_steps_each}
+        options = {k: v for k, v in from_config.items() if k in accepted}
+        if steps is None and name != "ode":  # the ODE sampler is adaptive by default
+            steps = cfg.steps
+        return sampling.get_sampler(name, self.sde, shape, steps=steps, eps=cfg.eps,
+                                    denoise=cfg.noise_removal, **options)
 
     def make_log_likelihood(self, **options):
         """A jitted `log_likelihood(params, key, x) -> (logp (B,), nfe)` in nats, for data
         `x` in the model's data space, by the probability-flow ODE (options: those of
-        `diffusion.likelihood.get_likelihood_fn`)."""
+        `diffusion.likelihood.get_likelihood_fn`: divergence, eps, solver, rtol, atol,
+        max_steps, num_probes). `key` draws the Hutchinson probes. Bad options fail here,
+        before any compile."""
         likelihood_fn = likelihood.get_likelihood_fn(self.sde, **options)
 
         @jax.jit

@@ -1,0 +1,200 @@
+"""Image quality against cost for every sampler: FD (and precision/recall) of a trained model
+at 5-1000 score evaluations, with wall seconds per 1,000 samples.
+
+    python bench/sampler_nfe.py --config configs/digits_vp.py --workdir runs/digits_vp
+    python bench/sampler_nfe.py --config configs/digits_ve.py --workdir runs/digits_ve \
+        --samplers edm_heun,dpm_solver_pp --nfe 10,20
+
+FD is evaluate.py's: the project's digits features, the train split as reference, chunks of
+the test-split size (360), mean over chunks; the real test-vs-train floor is printed beside.
+A sampler's step count is chosen so that its true nfe (as the sampler reports it, Tweedie
+denoising included) is the largest not above each target; the table records the nfe it
+actually used. The adaptive 'ode' sampler is swept over tolerances instead and placed at the
+nfe it chose. Seconds exclude compilation (the sampler is compiled ahead of time).
+
+Results go to --out (JSON, appended point by point so an interrupted run resumes where it
+stopped), with a markdown table (.md) and a plot (.png) beside it.
+"""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from diffusion import sampling
+from evaluation import runner
+from training import cli, images, inference
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained diffusion model.")
+_SAMPLERS = flags.DEFINE_list("samplers", None, "Sampler names (default: every registered "
+                              "sampler that serves the model's SDE).")
+_NFE = flags.DEFINE_list("nfe", ["5", "10", "20", "35", "50", "100", "1000"],
+                         "Target numbers of score evaluations.")
+_TOLERANCES = flags.DEFINE_list("ode_tolerances", ["1e-1", "1e-2", "1e-3", "1e-4", "1e-5"],
+                                "rtol = atol values of the adaptive 'ode' sampler.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples per point.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1000, "Samples per sampler call.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every point).")
+_OUT = flags.DEFINE_string("out", None, "Results JSON (default WORKDIR/sampler_nfe.json).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Options of a sampler in this benchmark, besides its step count. PC runs the Langevin
+# corrector (that is what distinguishes it from its predictor alone).
+OPTIONS: dict[str, dict] = {
+    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16},
+}
+
+
+def _common(config) -> dict:
+    """The config's final time and denoising, shared by every sampler of the sweep."""
+    return {"eps": float(config.sampling.eps), "denoise": bool(config.sampling.noise_removal)}
+
+
+def _nfe_of(name: str, sde, steps: int, common: dict, options: dict) -> int:
+    """The nfe a fixed-step sampler reports for `steps`, from a one-example run of a
+    closed-form score (cheap and exact: the count does not depend on the score)."""
+    sampler = sampling.get_sampler(name, sde, (1, 1), steps=steps, **common, **options)
+    return int(sampler(jax.random.key(0), lambda x, t: -x)[1])
+
+
+def steps_for_nfe(name: str, sde, target: int, common: dict, options: dict) -> int | None:
+    """The most steps whose nfe is at most `target` (nfe is affine in steps), or None."""
+    one, two = (_nfe_of(name, sde, s, common, options) for s in (1, 2))
+    per_step, fixed = two - one, 2 * one - two
+    if one > target:
+        return None
+    steps = max(1, (target - fixed) // per_step)
+    while steps > 1 and _nfe_of(name, sde, steps, common, options) > target:
+        steps -= 1
+    return steps
+
+
+def _serves(name: str, sde, common: dict) -> bool:
+    try:
+        sampling.get_sampler(name, sde, (1, 1), steps=2, **common, **OPTIONS.get(name, {}))
+    except ValueError:
+        return False
+    return True
+
+
+def _points(sde, names: list[str], targets: list[int], tolerances: list[float],
+            common: dict):
+    """(sampler, steps, options, label) for every point of the sweep."""
+    for name in names:
+        options = dict(OPTIONS.get(name, {}))
+        if name == "ode":
+            for tol in tolerances:
+                yield name, None, {**options, "rtol": tol, "atol": tol}, f"tol={tol:g}"
+            continue
+        chosen = set()
+        for target in targets:
+            steps = steps_for_nfe(name, sde, target, common, options)
+            if steps is not None and steps not in chosen:
+                chosen.add(steps)
+                yield name, steps, options, f"steps={steps}"
+
+
+def _measure(family, state, evaluator, name, steps, options, num, batch, seed):
+    sampler = sampling.get_sampler(name, family.sde, (batch, *family.data_shape), steps=steps,
+                                   **_common(family.config), **options)
+
+    def sample(params, key):
+        x, nfe = sampler(key, family.score_fn(params))
+        return family.to_unit_range(x), nfe
+
+    params = family.sample_params(state)
+    key = jax.random.PRNGKey(seed)
+    compiled = jax.jit(sample).lower(params, key).compile()
+    start, chunks, nfe = time.perf_counter(), [], 0
+    for i in range(math.ceil(num / batch)):
+        x, nfe = compiled(params, jax.random.fold_in(key, i))
+        chunks.append(np.asarray(jax.device_get(x)))
+    seconds = time.perf_counter() - start
+    samples = np.concatenate(chunks)[:num]
+    if not np.isfinite(samples).all():
+        return {"nfe": int(nfe), "seconds_per_1000": seconds * 1000 / num, "fd": None}
+    metrics = evaluator(images.to_uint8(samples))
+    return {"nfe": int(nfe), "seconds_per_1000": seconds * 1000 / num,
+            **{k: metrics[k] for k in ("fd", "fd_std", "precision", "recall")}}
+
+
+def write_table(results: dict, path: Path) -> str:
+    floor = results["floor"]
+    lines = [f"Floor (real test vs train): FD {floor['fd']:.3f}, precision "
+             f"{floor['precision']:.3f}, recall {floor['recall']:.3f}", "",
+             "| sampler | setting | NFE | FD | precision | recall | s / 1000 samples |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for p in sorted(results["points"], key=lambda p: (p["sampler"], p["nfe"])):
+        fd = "diverged" if p["fd"] is None else f"{p['fd']:.3f} ± {p['fd_std']:.3f}"
+        pr = ("-", "-") if p["fd"] is None else (f"{p['precision']:.3f}", f"{p['recall']:.3f}")
+        lines.append(f"| {p['sampler']} | {p['setting']} | {p['nfe']} | {fd} | {pr[0]} | "
+                     f"{pr[1]} | {p['seconds_per_1000']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def write_plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in sorted({p["sampler"] for p in results["points"]}):
+        pts = sorted((p["nfe"], p["fd"]) for p in results["points"]
+                     if p["sampler"] == name and p["fd"] is not None)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1, label="real-data floor")
+    ax.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)",
+           ylabel="FD (digits features)", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    out = Path(_OUT.value or Path(_WORKDIR.value) / "sampler_nfe.json")
+    family, state, step = inference.restore_latest(config, _WORKDIR.value)
+    common = _common(config)
+    names = _SAMPLERS.value or [n for n in sampling.SAMPLERS if _serves(n, family.sde, common)]
+    evaluator = runner.SampleEvaluator(config, ("fd", "pr"))
+    results = json.loads(out.read_text()) if out.exists() else {
+        "workdir": _WORKDIR.value, "checkpoint_step": step, "num_samples": _NUM_SAMPLES.value,
+        "seed": _SEED.value, "device": str(jax.devices()[0]),
+        "floor": evaluator.floor(_NUM_SAMPLES.value), "points": []}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(p["sampler"], p["setting"]) for p in results["points"]}
+    targets = sorted(int(n) for n in _NFE.value)
+    tolerances = [float(t) for t in _TOLERANCES.value]
+    for name, steps, options, setting in _points(family.sde, names, targets, tolerances, common):
+        if (name, setting) in done:
+            continue
+        point = _measure(family, state, evaluator, name, steps, options, _NUM_SAMPLES.value,
+                         min(_BATCH_SIZE.value, _NUM_SAMPLES.value), _SEED.value)
+        results["points"].append({"sampler": name, "setting": setting, **point})
+        out.write_text(json.dumps(results, indent=1))
+        print(f"{name:>18} {setting:>12} nfe {point['nfe']:>5}  FD {point['fd']}  "
+              f"{point['seconds_per_1000']:.1f} s/1000", flush=True)
+    print(write_table(results, out.with_suffix(".md")))
+    write_plot(results, out.with_suffix(".png"), f"{Path(_WORKDIR.value).name} "
+               f"(step {results['checkpoint_step']}, {results['num_samples']} samples)")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,230 @@
+"""Controllable generation, model side: class-conditional training with label dropout,
+classifier-free and classifier guidance, the noise-classifier family, and sample.py's
+conditional and image-conditioned modes (tiny configs, one trained run per module)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion import controllable
+from tests.configs import tiny, tiny_guided
+from tests.test_cli import ROOT, _error_line, _run
+from training import loop
+from training.errors import UserError
+from training.families import diffusion as diffusion_family
+from training.families import get_family
+
+GUIDED = str(ROOT / "tests" / "configs" / "tiny_guided.py")
+ONE_DEVICE = jax.devices()[:1]
+
+
+def _perturbed(params, seed: int = 0):
+    """Initial parameters plus noise: the zero-initialised output layer would make every
+    score zero, and every comparison below trivially true."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(
+        tree, [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys,
+                                                                                strict=True)]
+    )
+
+
+@pytest.fixture(scope="module")
+def cond_family():
+    return get_family(tiny_guided.get_config("cond"))
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory):
+    """The tiny conditional model trained 2 steps by train.py, with a snapshot grid (the
+    loop samples it with the default labels 0..9 in turn)."""
+    workdir = tmp_path_factory.mktemp("cond")
+    proc = _run("train.py", f"--config={GUIDED}:cond", f"--workdir={workdir}",
+                "--config.training.snapshot_sampling=True")
+    assert proc.returncode == 0, proc.stderr
+    assert "step 2:" in proc.stderr and "loss=" in proc.stderr
+    assert (workdir / "samples" / "step_0000002.png").is_file()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    """The tiny noise classifier trained 2 steps by the training loop."""
+    workdir = tmp_path_factory.mktemp("classifier")
+    result = loop.run(tiny_guided.get_config("classifier"), workdir, devices=ONE_DEVICE)
+    return workdir, result
+
+
+@pytest.fixture(scope="module")
+def cond_outputs(cond_family):
+    """(eval loss, conditional score, classifier-free guided score with a traced weight) of
+    perturbed initial parameters, for a few labels and weights; one compiled program."""
+    params = _perturbed(cond_family.init_params(jax.random.PRNGKey(0)))
+    state = cond_family.init_state(jax.random.PRNGKey(0)).replace(ema_params=params)
+    images = jax.random.uniform(jax.random.PRNGKey(2), (4, 8, 8, 1), minval=-1.0, maxval=1.0)
+    t = jnp.full((4,), 0.5)
+
+    @jax.jit
+    def outputs(labels, w):
+        loss = cond_family.eval_step(state, {"image": images, "label": labels},
+                                     jax.random.PRNGKey(3))["eval_loss"]
+        cond = cond_family.score_fn(params, labels=labels)(images, t)
+        # A traced weight always takes the batched (conditional + null) path.
+        guided = controllable.classifier_free_guidance(
+            lambda x, t, y: cond_family.score_fn(params, labels=y)(x, t), labels, w,
+            cond_family.null_label)(images, t)
+        return loss, cond, guided
+
+    labels = jnp.array([0, 3, 7, 9], jnp.int32)
+    return {(shift, w): outputs((labels + shift) % 10, jnp.float32(w))
+            for shift, w in ((0, 0.0), (1, 0.0), (0, -1.0), (0, 2.0))}
+
+
+def test_label_dropout_replaces_labels_by_the_null_label_at_its_rate():
+    labels = jnp.arange(20_000, dtype=jnp.int32) % 10
+    dropped = np.asarray(diffusion_family.drop_labels(jax.random.PRNGKey(0), labels, 0.25, 10))
+    kept = dropped != 10
+    assert abs((~kept).mean() - 0.25) < 0.02
+    np.testing.assert_array_equal(dropped[kept], np.asarray(labels)[kept])
+    none = diffusion_family.drop_labels(jax.random.PRNGKey(0), labels, 0.0, 10)
+    np.testing.assert_array_equal(none, labels)
+
+
+def test_the_family_drops_training_labels_at_the_configured_rate(cond_family):
+    assert cond_family.null_label == 10 and cond_family.class_dropout == 0.5
+    batch = {"label": jnp.arange(10_000, dtype=jnp.int32) % 10}
+    labels = np.asarray(cond_family.training_labels(jax.random.PRNGKey(1), batch))
+    assert abs((labels == 10).mean() - 0.5) < 0.03
+    # The network has one more label embedding: the null label.
+    params = cond_family.init_params(jax.random.PRNGKey(0), abstract=True)
+    assert params["label_embed"]["table"].shape[0] == 11
+
+
+def test_conditional_loss_uses_the_labels(cond_outputs):
+    loss, _, _ = cond_outputs[0, 0.0]
+    other, _, _ = cond_outputs[1, 0.0]
+    assert np.isfinite(loss) and abs(float(loss - other)) > 1e-4 * abs(float(loss))
+
+
+def test_classifier_free_guidance_at_zero_is_the_conditional_score(cond_outputs):
+    _, cond, at_zero = cond_outputs[0, 0.0]
+    _, _, null = cond_outputs[0, -1.0]  # (1 - 1) s(x, y) + 1 s(x, null)
+    _, _, at_two = cond_outputs[0, 2.0]
+    assert float(jnp.abs(cond - null).max()) > 1e-3  # the labels matter
+    np.testing.assert_allclose(at_zero, cond, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(at_two, 3.0 * cond - 2.0 * null, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_and_labels_are_refused_where_they_cannot_apply(cond_family):
+    uncond = get_family(tiny.get_config("vpsde"))
+    with pytest.raises(UserError, match="needs a class-conditional model"):
+        uncond.make_sampler(4, guidance_scale=1.0)
+    with pytest.raises(UserError, match="unconditional"):
+        uncond.make_sampler(4)(None, None, labels=3)
+    with pytest.raises(UserError, match=r"out of range: the classes are 0\.\.9"):
+        cond_family.make_sampler(4)(None, None, labels=10)
+    no_null = tiny_guided.get_config("cond")
+    no_null.training.class_dropout = 0.0
+    with pytest.raises(UserError, match="class_dropout > 0"):
+        get_family(no_null).make_sampler(4, guidance_scale=1.0)
+    with pytest.raises(UserError, match="inpaint sampler: unknown predictor 'ode'"):
+        cond_family.make_sampler(4, name="ode", task="inpaint")
+    with pytest.raises(UserError, match=r"SDEdit strength must lie in \(0, 1\], got 0"):
+        cond_family.make_sampler(4, task="sdedit", edit_strength=0.0)
+    with pytest.raises(UserError, match="colorization needs a colour"):
+        cond_family.make_sampler(4, task="colorize")
+    mismatched = tiny_guided.get_config("cond")
+    mismatched.model.num_classes = 7
+    with pytest.raises(UserError, match="num_classes=7 but dataset 'digits' has 10 classes"):
+        get_family(mismatched)
+
+
+def test_a_sampler_that_cannot_serve_the_sde_is_a_user_error():
+    subvp = get_family(tiny.get_config("subvpsde"))
+    with pytest.raises(UserError, match=r"^sampler: .*subVPSDE"):
+        subvp.make_sampler(4, name="ancestral", steps=2)
+    with pytest.raises(UserError, match="steps must be a positive int"):
+        subvp.make_sampler(4, steps=0)
+
+
+def test_noise_classifier_trains_two_steps_in_the_loop(classifier_run):
+    workdir, result = classifier_run
+    assert result["step"] == 2
+    for name in ("loss", "accuracy", "eval_loss", "eval_accuracy", "eval_accuracy_clean"):
+        assert np.isfinite(result[name]), name
+    assert result["loss"] > 0 and (workdir / "checkpoints" / "2").is_dir()
+    with pytest.raises(UserError, match="draws no samples"):
+        get_family(tiny_guided.get_config("classifier")).make_sampler(4)
+
+
+def _png(path, pixels: np.ndarray):
+    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
+    return path
+
+
+def test_guided_inpainting_keeps_known_pixels_and_writes_the_requested_labels(
+    cond_run, classifier_run, tmp_path
+):
+    """Inpainting with classifier-free and classifier guidance towards one class: one
+    sample.py call (one compile) for every conditioning at once."""
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    image = _png(tmp_path / "in.png", original)
+    known = np.zeros((8, 8, 1), np.uint8)
+    known[:, :4] = 255  # left half known
+    mask = _png(tmp_path / "mask.png", known)
+    out = tmp_path / "guided.npz"
+    proc = _run(
+        "sample.py", f"--config={GUIDED}:cond", f"--workdir={cond_run}", "--num_samples=3",
+        "--steps=1", "--class_label=3", "--guidance_scale=1.5", f"--image={image}",
+        f"--mask={mask}", f"--classifier_workdir={classifier_run[0]}",
+        f"--classifier_config={GUIDED}:classifier", "--classifier_scale=2", f"--out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as npz:
+        assert npz["images"].dtype == np.uint8 and npz["images"].shape == (3, 8, 8, 1)
+        np.testing.assert_array_equal(npz["images"][:, :, :4], np.stack([original[:, :4]] * 3))
+        assert npz["labels"].dtype == np.int32
+        np.testing.assert_array_equal(npz["labels"], [3, 3, 3])
+        assert str(npz["task"]) == "inpaint" and str(npz["mask_path"]) == str(mask)
+        assert float(npz["guidance_scale"]) == 1.5 and float(npz["classifier_scale"]) == 2.0
+        np.testing.assert_array_equal(npz["input_image"], original)
+        np.testing.assert_array_equal(npz["input_mask"], known // 255)
+    assert out.with_suffix(".png").is_file()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--class_label=10"], "--class_label 10 is out of range: the classes are 0..9"),
+        (["--class_label=-1"], "--class_label -1 is out of range: the classes are 0..9"),
+        (["--guidance_scale=-1"], "--guidance_scale must be >= 0, got -1.0"),
+        (["--classifier_workdir=nowhere"], "needs both --classifier_workdir and"),
+        (["--config.training.class_dropout=0", "--guidance_scale=1"],
+         "needs a model trained with training.class_dropout > 0"),
+    ],
+)
+def test_bad_conditional_request_is_one_line_and_writes_nothing(tmp_path, flags, message):
+    out = tmp_path / "out" / "s.npz"
+    proc = _run("sample.py", f"--config={GUIDED}:cond", f"--workdir={tmp_path}", *flags,
+                f"--out={out}")
+    assert proc.returncode == 1
+    assert message in _error_line(proc)
+    assert not out.parent.exists()
+
+
+def test_the_experiment_configs_build_their_families():
+    from configs import digits_noise_classifier, digits_vp, digits_vp_cond
+
+    cond_config = digits_vp_cond.get_config()
+    cond = get_family(cond_config)
+    assert (cond.num_classes, cond.null_label, cond.class_dropout) == (10, 10, 0.1)
+    # Otherwise the digits_vp recipe.
+    plain = digits_vp.get_config()
+    with cond_config.unlocked():
+        cond_config.model.num_classes, cond_config.training.class_dropout = 0, 0.0
+    assert cond_config.to_dict() == plain.to_dict()
+    classifier = get_family(digits_noise_classifier.get_config())
+    assert classifier.num_classes == 10 and classifier.data_shape == (8, 8, 1)
