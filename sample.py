@@ -33,7 +33,8 @@ _OUT = flags.DEFINE_string("out", None, "Output .npz (default WORKDIR/samples.np
                            "grid goes beside it with a .png suffix.")
 _SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: the config's); with "
                                "--image, the predictor of the predictor-corrector steps.")
-_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config.sampling.steps).")
+_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config.sampling.steps "
+                              "for the config's sampler, a sampler's own default otherwise).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights.")
 _CLASS_LABEL = flags.DEFINE_integer("class_label", None, "Class of every sample (conditional "

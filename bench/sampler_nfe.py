@@ -47,11 +47,19 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every point
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default WORKDIR/sampler_nfe.json).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Options of a sampler in this benchmark, besides its step count. PC runs the Langevin
-# corrector (that is what distinguishes it from its predictor alone).
-OPTIONS: dict[str, dict] = {
-    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16},
+# Entries of the sweep besides the registered samplers run with their defaults:
+# name -> (sampler, options besides the step count). PC runs the Langevin corrector (what
+# distinguishes it from its predictor alone); EDM's stochastic sampler takes the churn
+# settings of its ImageNet-64 runs (Karras et al., 2022, Table 5).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "pc": ("pc", {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16}),
+    "edm_heun_churn": ("edm_heun", {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0,
+                                    "S_noise": 1.003}),
 }
+
+
+def _variant(name: str) -> tuple[str, dict]:
+    return VARIANTS.get(name, (name, {}))
 
 
 def _common(config) -> dict:
@@ -79,8 +87,9 @@ def steps_for_nfe(name: str, sde, target: int, common: dict, options: dict) -> i
 
 
 def _serves(name: str, sde, common: dict) -> bool:
+    sampler, options = _variant(name)
     try:
-        sampling.get_sampler(name, sde, (1, 1), steps=2, **common, **OPTIONS.get(name, {}))
+        sampling.get_sampler(sampler, sde, (1, 1), steps=2, **common, **options)
     except ValueError:
         return False
     return True
@@ -88,19 +97,19 @@ def _serves(name: str, sde, common: dict) -> bool:
 
 def _points(sde, names: list[str], targets: list[int], tolerances: list[float],
             common: dict):
-    """(sampler, steps, options, label) for every point of the sweep."""
+    """(entry, sampler, steps, options, label) for every point of the sweep."""
     for name in names:
-        options = dict(OPTIONS.get(name, {}))
-        if name == "ode":
+        sampler, options = _variant(name)
+        if sampler == "ode":
             for tol in tolerances:
-                yield name, None, {**options, "rtol": tol, "atol": tol}, f"tol={tol:g}"
+                yield name, sampler, None, {**options, "rtol": tol, "atol": tol}, f"tol={tol:g}"
             continue
         chosen = set()
         for target in targets:
-            steps = steps_for_nfe(name, sde, target, common, options)
+            steps = steps_for_nfe(sampler, sde, target, common, options)
             if steps is not None and steps not in chosen:
                 chosen.add(steps)
-                yield name, steps, options, f"steps={steps}"
+                yield name, sampler, steps, options, f"steps={steps}"
 
 
 def _measure(family, state, evaluator, name, steps, options, num, batch, seed):
@@ -172,7 +181,8 @@ def main(argv: list[str]) -> None:
     out = Path(_OUT.value or Path(_WORKDIR.value) / "sampler_nfe.json")
     family, state, step = inference.restore_latest(config, _WORKDIR.value)
     common = _common(config)
-    names = _SAMPLERS.value or [n for n in sampling.SAMPLERS if _serves(n, family.sde, common)]
+    names = _SAMPLERS.value or [n for n in dict.fromkeys([*sampling.SAMPLERS, *VARIANTS])
+                                if _serves(n, family.sde, common)]
     evaluator = runner.SampleEvaluator(config, ("fd", "pr"))
     results = json.loads(out.read_text()) if out.exists() else {
         "workdir": _WORKDIR.value, "checkpoint_step": step, "num_samples": _NUM_SAMPLES.value,
@@ -182,10 +192,11 @@ def main(argv: list[str]) -> None:
     done = {(p["sampler"], p["setting"]) for p in results["points"]}
     targets = sorted(int(n) for n in _NFE.value)
     tolerances = [float(t) for t in _TOLERANCES.value]
-    for name, steps, options, setting in _points(family.sde, names, targets, tolerances, common):
+    points = _points(family.sde, names, targets, tolerances, common)
+    for name, sampler, steps, options, setting in points:
         if (name, setting) in done:
             continue
-        point = _measure(family, state, evaluator, name, steps, options, _NUM_SAMPLES.value,
+        point = _measure(family, state, evaluator, sampler, steps, options, _NUM_SAMPLES.value,
                          min(_BATCH_SIZE.value, _NUM_SAMPLES.value), _SEED.value)
         results["points"].append({"sampler": name, "setting": setting, **point})
         out.write_text(json.dumps(results, indent=1))

@@ -251,7 +251,7 @@ class TrainingEvaluator:
         out: dict[str, Any] = {}
         if self.samples is not None:
             images, _ = self.generate(state, int(self.config.eval.seed))
-            out.update(self.samples(images))
+            out.update(self.samples(images, self.generate.labels))
         if "bpd" in self.which:
             out.update(bits_per_dim(self.config, self.family, state, self._log_likelihood))
         return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
@@ -389,10 +389,12 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
         family, state, step = inference.restore_latest(config, workdir)
     if sample_metrics and samples is None:
         logging.info("Drawing %d samples from checkpoint step %d", num, step)
-        images, nfe = inference.generate(family, state, num, seed=int(config.eval.seed),
-                                         batch_size=int(config.eval.batch_size))
-        samples = Samples(images, None, {"sampler": config.sampling.method, "nfe": nfe,
-                                         "seed": int(config.eval.seed), "step": step})
+        generate = inference.make_generator(family, num, batch_size=int(config.eval.batch_size))
+        images, nfe = generate(state, int(config.eval.seed))
+        # A conditional model draws balanced labels: they give the conditional accuracy.
+        samples = Samples(images, generate.labels,
+                          {"sampler": config.sampling.method, "nfe": nfe,
+                           "seed": int(config.eval.seed), "step": step})
     report: dict[str, Any] = {"dataset": config.data.dataset, "workdir": str(workdir),
                               "metrics_asked": list(which)}
     if evaluator is not None:

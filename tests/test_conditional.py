@@ -2,6 +2,8 @@
 classifier-free and classifier guidance, the noise-classifier family, and sample.py's
 conditional and image-conditioned modes (tiny configs, one trained run per module)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,3 +230,25 @@ def test_the_experiment_configs_build_their_families():
     assert cond_config.to_dict() == plain.to_dict()
     classifier = get_family(digits_noise_classifier.get_config())
     assert classifier.num_classes == 10 and classifier.data_shape == (8, 8, 1)
+
+
+def test_evaluate_scores_a_conditional_model_on_the_labels_it_drew(cond_run, tmp_path):
+    """evaluate.py samples a conditional model with balanced labels and reports how many
+    samples the digits classifier assigns to the class that was asked for."""
+    out = tmp_path / "metrics.json"
+    proc = _run("evaluate.py", f"--config={GUIDED}:cond", f"--workdir={cond_run}",
+                "--metrics=cs", "--num_samples=20", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    model = json.loads(out.read_text())["model"]
+    assert 0.0 <= model["conditional_accuracy"] <= 1.0
+    assert sum(model["class_counts"]) == 20
+
+
+def test_a_sampler_named_without_steps_keeps_its_own_default(cond_family):
+    """The config's step count (sampling.steps) belongs to the config's sampler only."""
+    shape = (2, *cond_family.data_shape)
+    edm = cond_family._plain_sampler(shape, "edm_heun", None)
+    assert edm(jax.random.PRNGKey(0), lambda x, t: -x)[1] == 2 * 18 + 1
+    own = cond_family._plain_sampler(shape, cond_family.config.sampling.method, None)
+    steps = cond_family.config.sampling.steps
+    assert own(jax.random.PRNGKey(0), lambda x, t: -x)[1] == steps + 1

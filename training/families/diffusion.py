@@ -412,7 +412,9 @@ class DiffusionFamily:
         from_config = {"predictor": cfg.predictor, "corrector": cfg.corrector,
                        "snr": cfg.snr, "n_corrector_steps": cfg.n_steps_each}
         options = {k: v for k, v in from_config.items() if k in accepted}
-        if steps is None and name != "ode":  # the ODE sampler is adaptive by default
+        # The config's step count belongs to the config's sampler; another sampler named
+        # without steps keeps its own default (18 Heun steps for edm_heun, adaptive 'ode').
+        if steps is None and name == cfg.method and name != "ode":
             steps = cfg.steps
         return sampling.get_sampler(name, self.sde, shape, steps=steps, eps=cfg.eps,
                                     denoise=cfg.noise_removal, **options)
