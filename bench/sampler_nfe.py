@@ -50,11 +50,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Entries of the sweep besides the registered samplers run with their defaults:
 # name -> (sampler, options besides the step count). PC runs the Langevin corrector (what
 # distinguishes it from its predictor alone); EDM's stochastic sampler takes the churn
-# settings of its ImageNet-64 runs (Karras et al., 2022, Table 5).
+# settings of its ImageNet-64 runs (Karras et al., 2022, Table 5); DPM-Solver++ with
+# eta = 1 is SDE-DPM-Solver++(2M).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "pc": ("pc", {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16}),
     "edm_heun_churn": ("edm_heun", {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0,
                                     "S_noise": 1.003}),
+    "dpm_solver_pp_sde": ("dpm_solver_pp", {"eta": 1.0}),
 }
 
 

@@ -247,6 +247,8 @@ def test_option_errors():
             sampling.get_sampler("edm_heun", sde, shape, **bad)
     with pytest.raises(ValueError, match="snr"):
         sampling.get_sampler("annealed_langevin", SDES["ve"], shape, snr=0.0)
+    with pytest.raises(ValueError, match=r"dpm_solver_pp eta must lie in \[0, 1\], got 1.5"):
+        sampling.get_sampler("dpm_solver_pp", sde, shape, eta=1.5)
 
 
 def test_default_step_counts():

@@ -74,12 +74,24 @@ def test_samplers_registry():
 def test_sampler_recovers_gaussian_and_mixture(sde_name, name):
     """Two problems through one compiled sampler (the data parameters are traced): the
     Gaussian N(MU, S^2 I) and a two-mode mixture, both in three dimensions."""
-    sde = SDES[sde_name]
     if (name, sde_name) in REFUSED:
         with pytest.raises(ValueError, match=REFUSED[name, sde_name]):
-            sampling.get_sampler(name, sde, (N_SAMPLES, 3), **SAMPLER_CASES[name])
+            sampling.get_sampler(name, SDES[sde_name], (N_SAMPLES, 3), **SAMPLER_CASES[name])
         return
-    sampler = sampling.get_sampler(name, sde, (N_SAMPLES, 3), **SAMPLER_CASES[name])
+    _assert_recovers_gaussian_and_mixture(SDES[sde_name], name, SAMPLER_CASES[name])
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+def test_dpm_solver_pp_as_an_sde_solver_recovers_gaussian_and_mixture(sde_name):
+    """eta = 1: SDE-DPM-Solver++(2M), fresh noise at every step (more steps than the ODE
+    solver: a first-order noise term)."""
+    _assert_recovers_gaussian_and_mixture(
+        SDES[sde_name], "dpm_solver_pp", {"steps": 100, "eta": 1.0}
+    )
+
+
+def _assert_recovers_gaussian_and_mixture(sde, name, options):
+    sampler = sampling.get_sampler(name, sde, (N_SAMPLES, 3), **options)
 
     @jax.jit
     def run(key, means, stds, weights):
@@ -119,6 +131,7 @@ def test_sampler_recovers_gaussian_and_mixture(sde_name, name):
         ("edm_heun", {"steps": 4, "S_churn": 10.0, "denoise": False}, 2 * 4, "ve"),
         ("dpm_solver_pp", {"steps": 5}, 5 + 1, "vp"),
         ("dpm_solver_pp", {"steps": 5, "time_grid": "uniform", "denoise": False}, 5, "ve"),
+        ("dpm_solver_pp", {"steps": 5, "eta": 1.0}, 5 + 1, "subvp"),
     ],
 )
 def test_nfe_is_the_number_of_score_evaluations(name, options, expected, sde_name):
@@ -354,4 +367,4 @@ def test_errors():
         "S_noise": 1.0,
         "rho": 7.0,
     }
-    assert sampling.sampler_options("dpm_solver_pp") == {"time_grid": "logsnr"}
+    assert sampling.sampler_options("dpm_solver_pp") == {"time_grid": "logsnr", "eta": 0.0}
