@@ -44,6 +44,8 @@ _TOLERANCES = flags.DEFINE_list("ode_tolerances", ["1e-1", "1e-2", "1e-3", "1e-4
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples per point.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1000, "Samples per sampler call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every point).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite the table and plot of "
+                                  "the points already in --out.")
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default WORKDIR/sampler_nfe.json).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -154,6 +156,35 @@ def write_table(results: dict, path: Path) -> str:
     return text
 
 
+def matrix_table(results: dict, targets: list[int]) -> str:
+    """FD per sampler (rows) and NFE budget (columns): each fixed-step point sits in the
+    smallest budget at or above its nfe; adaptive 'ode' points are listed after."""
+    rows: dict[str, dict[int, dict]] = {}
+    adaptive = []
+    for p in results["points"]:
+        if p["setting"].startswith("tol="):
+            adaptive.append(p)
+            continue
+        budget = min((t for t in targets if t >= p["nfe"]), default=None)
+        if budget is not None:
+            rows.setdefault(p["sampler"], {})[budget] = p
+    lines = ["| sampler | " + " | ".join(f"{t} NFE" for t in targets) + " |",
+             "|---|" + "---:|" * len(targets)]
+    for name in sorted(rows):
+        cells = []
+        for t in targets:
+            p = rows[name].get(t)
+            cells.append("-" if p is None else "diverged" if p["fd"] is None
+                         else f"{p['fd']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if adaptive:
+        text += "\nAdaptive probability-flow ODE (Tsit5, rtol = atol = tol): " + "; ".join(
+            f"{p['setting']}: {p['nfe']} NFE, FD {p['fd']:.3f}"
+            for p in sorted(adaptive, key=lambda p: p["nfe"])) + "\n"
+    return text
+
+
 def write_plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -194,7 +225,8 @@ def main(argv: list[str]) -> None:
     done = {(p["sampler"], p["setting"]) for p in results["points"]}
     targets = sorted(int(n) for n in _NFE.value)
     tolerances = [float(t) for t in _TOLERANCES.value]
-    points = _points(family.sde, names, targets, tolerances, common)
+    points = [] if _REPORT_ONLY.value else _points(family.sde, names, targets, tolerances,
+                                                   common)
     for name, sampler, steps, options, setting in points:
         if (name, setting) in done:
             continue
@@ -205,6 +237,7 @@ def main(argv: list[str]) -> None:
         print(f"{name:>18} {setting:>12} nfe {point['nfe']:>5}  FD {point['fd']}  "
               f"{point['seconds_per_1000']:.1f} s/1000", flush=True)
     print(write_table(results, out.with_suffix(".md")))
+    print(matrix_table(results, targets))
     write_plot(results, out.with_suffix(".png"), f"{Path(_WORKDIR.value).name} "
                f"(step {results['checkpoint_step']}, {results['num_samples']} samples)")
 

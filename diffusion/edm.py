@@ -172,7 +172,10 @@ def edm_heun_sampler(
                 churn = (sigma >= S_min) & (sigma <= S_max)
                 sigma_hat = sigma * (1.0 + jnp.where(churn, gamma_max, 0.0))
                 z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-                x = x + jnp.sqrt(sigma_hat**2 - sigma**2) * S_noise * z
+                # Clamped: compiled, sigma_hat^2 - sigma^2 of an unchurned level can round
+                # to a tiny negative number, whose square root is NaN.
+                extra = jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0))
+                x = x + extra * S_noise * z
                 sigma = sigma_hat
             d = (x - denoiser(x, sigma)) / sigma
             x_euler = x + (sigma_next - sigma) * d

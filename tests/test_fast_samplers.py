@@ -276,3 +276,15 @@ def test_default_step_counts():
 
         jax.eval_shape(run, jax.random.key(0))
         assert counts == [nfe], name
+
+
+def test_stochastic_edm_stays_finite_when_only_some_levels_are_churned():
+    """EDM's ImageNet churn on VP: levels outside [S_min, S_max] get no churn, and the
+    compiled sampler must not take the square root of a rounding-negative variance."""
+    sde = SDES["vp"]
+    sampler = sampling.get_sampler(
+        "edm_heun", sde, (2000, 64), steps=9, S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003
+    )
+    score_fn = score.mixture_score_fn(sde, np.zeros((1, 64)), np.array([0.5]))
+    x, _ = jax.jit(lambda key: sampler(key, score_fn))(jax.random.key(0))
+    assert np.isfinite(np.asarray(x)).all()
