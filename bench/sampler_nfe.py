@@ -53,12 +53,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 # name -> (sampler, options besides the step count). PC runs the Langevin corrector (what
 # distinguishes it from its predictor alone); EDM's stochastic sampler takes the churn
 # settings of its ImageNet-64 runs (Karras et al., 2022, Table 5); DPM-Solver++ with
-# eta = 1 is SDE-DPM-Solver++(2M).
+# eta = 1 is SDE-DPM-Solver++(2M), eta = 0.5 half its noise.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "pc": ("pc", {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16}),
     "edm_heun_churn": ("edm_heun", {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0,
                                     "S_noise": 1.003}),
     "dpm_solver_pp_sde": ("dpm_solver_pp", {"eta": 1.0}),
+    "dpm_solver_pp_eta0.5": ("dpm_solver_pp", {"eta": 0.5}),
 }
 
 
@@ -192,11 +193,13 @@ def write_plot(results: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in sorted({p["sampler"] for p in results["points"]}):
+    names = sorted({p["sampler"] for p in results["points"]})
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(names), 2)))
+    for name, colour in zip(names, colours, strict=False):
         pts = sorted((p["nfe"], p["fd"]) for p in results["points"]
                      if p["sampler"] == name and p["fd"] is not None)
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name, color=colour)
     ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1, label="real-data floor")
     ax.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)",
            ylabel="FD (digits features)", title=title)

@@ -2,8 +2,6 @@
 classifier-free and classifier guidance, the noise-classifier family, and sample.py's
 conditional and image-conditioned modes (tiny configs, one trained run per module)."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 from PIL import Image
 
 from diffusion import controllable
+from evaluation import runner
 from tests.configs import tiny, tiny_guided
 from tests.test_cli import ROOT, _error_line, _run
 from training import loop
@@ -232,14 +231,12 @@ def test_the_experiment_configs_build_their_families():
     assert classifier.num_classes == 10 and classifier.data_shape == (8, 8, 1)
 
 
-def test_evaluate_scores_a_conditional_model_on_the_labels_it_drew(cond_run, tmp_path):
+def test_evaluate_scores_a_conditional_model_on_the_labels_it_drew(cond_run):
     """evaluate.py samples a conditional model with balanced labels and reports how many
     samples the digits classifier assigns to the class that was asked for."""
-    out = tmp_path / "metrics.json"
-    proc = _run("evaluate.py", f"--config={GUIDED}:cond", f"--workdir={cond_run}",
-                "--metrics=cs", "--num_samples=20", f"--out={out}")
-    assert proc.returncode == 0, proc.stderr
-    model = json.loads(out.read_text())["model"]
+    report = runner.evaluate(tiny_guided.get_config("cond"), cond_run, which=("cs",),
+                             num_samples=20)
+    model = report["model"]
     assert 0.0 <= model["conditional_accuracy"] <= 1.0
     assert sum(model["class_counts"]) == 20
 
