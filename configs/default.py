@@ -46,6 +46,18 @@ def get_default_config() -> ml_collections.ConfigDict:
     # Classifier-free guidance weight w of class-conditional models: (1 + w) s(x, t, y) -
     # w s(x, t, null); 0 = the conditional model alone. sample.py's --guidance_scale.
     sampling.guidance_scale = 0.0
+    # Options of the other samplers (sample.py --sampler NAME reads those NAME has); unset
+    # = the sampler's own default. dpm_solver_pp: eta (0 = DPM-Solver++(2M), 1 = its SDE
+    # variant), time_grid ('logsnr'); edm_heun: the churn S_churn, S_min, S_max, S_noise and
+    # rho; euler/heun: time_grid ('edm' | 'uniform') and rho.
+    placeholder = ml_collections.config_dict.placeholder
+    sampling.eta = placeholder(float)
+    sampling.time_grid = placeholder(str)
+    sampling.rho = placeholder(float)
+    sampling.S_churn = placeholder(float)
+    sampling.S_min = placeholder(float)
+    sampling.S_max = placeholder(float)
+    sampling.S_noise = placeholder(float)
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "digits"

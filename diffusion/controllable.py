@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import sde_lib
-from diffusion.sampling import CORRECTORS, PREDICTORS, time_grid, tweedie_denoise
+from diffusion.sampling import PREDICTORS, time_grid, tweedie_denoise
 from diffusion.sde_lib import SDE, batch_broadcast
-from diffusion.sde_samplers import check_corrector_options, check_predictor
+from diffusion.sde_samplers import integrate, pc_step, resolve_pc
 
 Array = jax.Array
 ScoreFn = sde_lib.ScoreFn
@@ -91,50 +91,25 @@ class _PC(NamedTuple):
         """Score evaluations per time step."""
         return 1 + (self.n_corrector_steps if self.correct is not None else 0)
 
+    def step(self, sde: SDE, score_fn: ScoreFn, impose: Impose | None = None):
+        """The time step for ``integrate``, with ``impose`` after every update."""
+        return pc_step(sde, score_fn, self.predict, self.correct, self.snr,
+                       self.n_corrector_steps, impose)
+
 
 def _pc_parts(
     sde: SDE, predictor: str, corrector: str, snr: float, n_corrector_steps: int
 ) -> _PC:
-    if PREDICTORS.get(predictor) is None:  # 'none' too: every step must move the time
-        known = sorted(k for k, v in PREDICTORS.items() if v is not None)
-        raise ValueError(f"unknown predictor {predictor!r}; known: {known}")
-    check_predictor(predictor, sde)
-    if corrector not in CORRECTORS:
-        raise ValueError(f"unknown corrector {corrector!r}; known: {sorted(CORRECTORS)}")
-    correct = CORRECTORS[corrector]
-    if correct is not None:
-        check_corrector_options(snr, n_corrector_steps)
-    return _PC(PREDICTORS[predictor], correct, snr, n_corrector_steps)
+    if PREDICTORS.get(predictor, 0) is None:
+        raise ValueError("these samplers move the time at every step: predictor 'none' "
+                         "cannot serve them")
+    predict, correct = resolve_pc(sde, predictor, corrector, snr, n_corrector_steps)
+    return _PC(predict, correct, snr, n_corrector_steps)
 
 
 def _check_image(name: str, value: Array, shape: tuple[int, ...]) -> None:
     if tuple(value.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
-
-
-def _pc_loop(
-    key: Array, sde: SDE, score_fn: ScoreFn, x: Array, grid: Array, pc: _PC, impose: Impose | None
-) -> Array:
-    """Predictor-corrector over ``grid`` (decreasing times); ``impose`` after every step."""
-
-    def maybe_impose(key: Array, x: Array, t: Array) -> Array:
-        return x if impose is None else impose(key, x, t)
-
-    def body(i: Array, x: Array) -> Array:
-        t, t_next = grid[i], grid[i + 1]
-        key_c, key_p, key_i = jax.random.split(jax.random.fold_in(key, i), 3)
-        if pc.correct is not None:
-
-            def corrector_body(j: Array, x: Array) -> Array:
-                k_step, k_imp = jax.random.split(jax.random.fold_in(key_c, j))
-                x = pc.correct(k_step, sde, score_fn, x, t, pc.snr)[0]
-                return maybe_impose(k_imp, x, t)
-
-            x = jax.lax.fori_loop(0, pc.n_corrector_steps, corrector_body, x)
-        x = pc.predict(key_p, sde, score_fn, x, t, t_next)[0]
-        return maybe_impose(key_i, x, t_next)
-
-    return jax.lax.fori_loop(0, grid.shape[0] - 1, body, x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,7 +191,7 @@ def linear_inverse_solver(
         key_prior, key_start, key_loop = jax.random.split(key, 3)
         x = impose(key_start, sde.prior_sampling(key_prior, shape).astype(dtype), sde.T)
         grid = time_grid(sde, steps, eps)
-        x = _pc_loop(key_loop, sde, score_fn, x, grid, pc, impose)
+        x = integrate(key_loop, x, grid, pc.step(sde, score_fn, impose))
         if denoise:
             x = tweedie_denoise(sde, score_fn, x, eps)
         return from_u(jnp.where(mask, known, to_u(x))), nfe
@@ -349,7 +324,7 @@ def sdedit(
         mean, std = sde.marginal_prob(image, t0)
         x = mean + batch_broadcast(std, image) * jax.random.normal(key_start, shape, image.dtype)
         grid = jnp.linspace(t0, eps, steps + 1)
-        x = _pc_loop(key_loop, sde, score_fn, x, grid, pc, None)
+        x = integrate(key_loop, x, grid, pc.step(sde, score_fn))
         if denoise:
             x = tweedie_denoise(sde, score_fn, x, eps)
         return x, nfe

@@ -94,6 +94,7 @@ __all__ = [
     "heun_sampler",
     "langevin_step",
     "ode_sampler",
+    "options_from_config",
     "pc_sampler",
     "reverse_diffusion_step",
     "sampler_options",
@@ -207,16 +208,26 @@ def _ode_from_config(cfg: Any, sde: SDE) -> tuple[str, dict[str, Any]]:
     return "ode", {"steps": getattr(cfg, "ode_steps", None), **options}
 
 
-def _named_from_config(cfg: Any, name: str) -> dict[str, Any]:
-    """Any other sampler: ``steps`` (None: the sampler's default) and each of its options
-    that ``cfg`` sets (``n_corrector_steps`` from ``n_steps_each``)."""
+def options_from_config(cfg: Any, name: str) -> dict[str, Any]:
+    """The options of sampler ``name`` that ``cfg`` (a ``config.sampling``) sets, each under
+    the option's own name (``n_steps_each`` for ``n_corrector_steps``), with score_sde's
+    predictor and corrector names read as ours. Options the config lacks keep the
+    sampler's defaults."""
     options = {}
     for option in sampler_options(name):
         value = getattr(cfg, _OPTION_FIELDS.get(option, option), None)
         if value is not None:
             options[option] = value
+    for option, aliases in (("predictor", _PREDICTOR_ALIASES), ("corrector", _CORRECTOR_ALIASES)):
+        if option in options:
+            value = str(options[option]).lower()
+            options[option] = aliases.get(value, value)
+    return options
+
+
+def _named_from_config(cfg: Any, name: str) -> dict[str, Any]:
     steps = getattr(cfg, "steps", None)
-    return {"steps": None if steps is None else int(steps), **options}
+    return {"steps": None if steps is None else int(steps), **options_from_config(cfg, name)}
 
 
 def get_sampler_from_config(config: Any, sde: SDE, shape: tuple[int, ...]) -> Sampler:

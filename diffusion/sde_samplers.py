@@ -255,6 +255,62 @@ CORRECTORS: dict[str, CorrectorStep | None] = {
 # ---------------------------------------------------------------------------------------
 
 
+def resolve_pc(
+    sde: SDE, predictor: str, corrector: str, snr: float, n_corrector_steps: int
+) -> tuple[PredictorStep | None, CorrectorStep | None]:
+    """The predictor and corrector steps named (None for 'none'), checked against ``sde``
+    and the corrector's options; 'none' for both is a ValueError."""
+    predict = choose("predictor", predictor, PREDICTORS)
+    correct = choose("corrector", corrector, CORRECTORS)
+    if predict is None and correct is None:
+        raise ValueError("pc sampling needs a predictor or a corrector, got 'none' for both")
+    check_predictor(predictor, sde)
+    if correct is not None:
+        check_corrector_options(snr, n_corrector_steps)
+    return predict, correct
+
+
+def pc_step(
+    sde: SDE,
+    score_fn: ScoreFn,
+    predict: PredictorStep | None,
+    correct: CorrectorStep | None,
+    snr: float,
+    n_corrector_steps: int,
+    impose: Callable[[Array, Array, Array], Array] | None = None,
+) -> Callable[[Array, Array, Array, Array], Array]:
+    """One predictor-corrector time step for :func:`integrate`: ``n_corrector_steps``
+    corrector steps at ``t``, then the predictor from ``t`` to ``t_next``. ``impose(key, x,
+    t)``, if given, runs after every corrector step and after the predictor (the
+    replacement of known data in the conditional samplers of ``controllable``)."""
+
+    def then_impose(key: Array, x: Array, t: Array, update) -> Array:
+        if impose is None:
+            return update(key, x)
+        key_update, key_impose = jax.random.split(key)
+        return impose(key_impose, update(key_update, x), t)
+
+    def step(key: Array, x: Array, t: Array, t_next: Array) -> Array:
+        key_corrector, key_predictor = jax.random.split(key)
+        if correct is not None:
+            x = jax.lax.fori_loop(
+                0,
+                n_corrector_steps,
+                lambda j, x: then_impose(
+                    jax.random.fold_in(key_corrector, j), x, t,
+                    lambda k, x: correct(k, sde, score_fn, x, t, snr)[0],
+                ),
+                x,
+            )
+        if predict is None:
+            return x
+        return then_impose(
+            key_predictor, x, t_next, lambda k, x: predict(k, sde, score_fn, x, t, t_next)[0]
+        )
+
+    return step
+
+
 def pc_sampler(
     sde: SDE,
     shape: tuple[int, ...],
@@ -277,13 +333,7 @@ def pc_sampler(
     nfe = ``steps * (predictor != 'none' + n_corrector_steps) + denoise`` (no corrector term
     for corrector 'none').
     """
-    predict = choose("predictor", predictor, PREDICTORS)
-    correct = choose("corrector", corrector, CORRECTORS)
-    if predict is None and correct is None:
-        raise ValueError("pc sampling needs a predictor or a corrector, got 'none' for both")
-    check_predictor(predictor, sde)
-    if correct is not None:
-        check_corrector_options(snr, n_corrector_steps)
+    predict, correct = resolve_pc(sde, predictor, corrector, snr, n_corrector_steps)
     steps = default_steps(steps, sde.N)
     per_step = int(predict is not None) + (n_corrector_steps if correct is not None else 0)
     nfe = steps * per_step + int(denoise)
@@ -297,22 +347,7 @@ def pc_sampler(
     def sampler(key: Array, score_fn: ScoreFn) -> tuple[Array, int]:
         key_prior, key_loop = jax.random.split(key)
         x = sde.prior_sampling(key_prior, shape)
-
-        def step(key: Array, x: Array, t: Array, t_next: Array) -> Array:
-            key_corrector, key_predictor = jax.random.split(key)
-            if correct is not None:
-                x = jax.lax.fori_loop(
-                    0,
-                    n_corrector_steps,
-                    lambda j, x: correct(
-                        jax.random.fold_in(key_corrector, j), sde, score_fn, x, t, snr
-                    )[0],
-                    x,
-                )
-            if predict is None:
-                return x
-            return predict(key_predictor, sde, score_fn, x, t, t_next)[0]
-
+        step = pc_step(sde, score_fn, predict, correct, snr, n_corrector_steps)
         x = integrate(key_loop, x, grid(), step)
         if denoise:
             x = tweedie_denoise(sde, score_fn, x, eps)

@@ -74,3 +74,28 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     partial.mkdir()
     (partial / "junk").write_text("partial")
     assert Checkpointer(tmp_path, tiny.get_config()).latest_step() == 1
+
+
+def test_label_dropout_on_or_off_is_part_of_a_conditional_checkpoint(tmp_path):
+    """Label dropout adds the null label's embedding, so switching it on or off names
+    class_dropout instead of failing to read the parameters; another rate is fine."""
+    config = tiny.get_config()
+    config.model.num_classes = 10
+    config.training.class_dropout = 0.1
+    ckpt = Checkpointer(tmp_path, config)
+    ckpt.save(1, _state(1.0), {})
+    ckpt.close()
+    config.training.class_dropout = 0.2
+    Checkpointer(tmp_path, config).check_identity(1)
+    config.training.class_dropout = 0.0
+    with pytest.raises(CheckpointError, match=r"class_dropout > 0: True in checkpoint vs False"):
+        Checkpointer(tmp_path, config).restore(1, _abstract())
+
+
+def test_a_key_the_checkpoint_predates_is_not_held_against_it(tmp_path):
+    ckpt = Checkpointer(tmp_path, tiny.get_config())
+    ckpt.save(1, _state(1.0), {})
+    ckpt.close()
+    newer = Checkpointer(tmp_path, tiny.get_config())
+    newer.identity = {**newer.identity, "model.added_later": 3}
+    newer.check_identity(1)

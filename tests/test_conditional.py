@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion import controllable
+from diffusion import controllable, sampling
 from evaluation import runner
 from tests.configs import tiny, tiny_guided
 from tests.test_cli import ROOT, _error_line, _run
@@ -249,3 +249,23 @@ def test_a_sampler_named_without_steps_keeps_its_own_default(cond_family):
     own = cond_family._plain_sampler(shape, cond_family.config.sampling.method, None)
     steps = cond_family.config.sampling.steps
     assert own(jax.random.PRNGKey(0), lambda x, t: -x)[1] == steps + 1
+
+
+def test_a_named_sampler_reads_its_options_from_the_config(cond_family):
+    """`sample.py --sampler dpm_solver_pp --config.sampling.eta=1` is SDE-DPM-Solver++:
+    the options of the named sampler that the config sets reach it; unset ones keep the
+    sampler's defaults."""
+    shape = (2, *cond_family.data_shape)
+    config = tiny_guided.get_config("cond")
+    with config.unlocked():
+        config.sampling.eta = 1.0
+    with_eta = get_family(config)
+    key, score_fn = jax.random.PRNGKey(0), lambda x, t: -x
+    plain = cond_family._plain_sampler(shape, "dpm_solver_pp", 3)(key, score_fn)[0]
+    stochastic = with_eta._plain_sampler(shape, "dpm_solver_pp", 3)(key, score_fn)[0]
+    direct = sampling.get_sampler(
+        "dpm_solver_pp", with_eta.sde, shape, steps=3, eps=config.sampling.eps,
+        denoise=config.sampling.noise_removal, eta=1.0,
+    )(key, score_fn)[0]
+    np.testing.assert_allclose(stochastic, direct, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(plain, stochastic, atol=1e-3)

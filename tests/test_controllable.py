@@ -328,5 +328,7 @@ def test_errors():
         controllable.inpainter(sde, shape, predictor="heun")
     with pytest.raises(ValueError, match="unknown predictor"):
         controllable.sdedit(sde, shape, strength=0.5, sampler="heun")
+    with pytest.raises(ValueError, match="predictor 'none' cannot serve them"):
+        controllable.inpainter(sde, shape, predictor="none")
     with pytest.raises(ValueError, match="eps"):
         controllable.inpainter(sde, shape, eps=0.0)

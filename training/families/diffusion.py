@@ -408,10 +408,7 @@ class DiffusionFamily:
         if name is None and steps is None:
             return sampling.get_sampler_from_config(self.config, self.sde, shape)
         name = name or cfg.method
-        accepted = sampling.sampler_options(name)
-        from_config = {"predictor": cfg.predictor, "corrector": cfg.corrector,
-                       "snr": cfg.snr, "n_corrector_steps": cfg.n_steps_each}
-        options = {k: v for k, v in from_config.items() if k in accepted}
+        options = sampling.options_from_config(cfg, name)
         # The config's step count belongs to the config's sampler; another sampler named
         # without steps keeps its own default (18 Heun steps for edm_heun, adaptive 'ode').
         if steps is None and name == cfg.method and name != "ode":
