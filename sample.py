@@ -181,7 +181,7 @@ def main(argv: list[str]) -> None:
     family_is_points = not family.is_image_data
     # Recorded with the samples so that evaluate.py can state how they were drawn.
     provenance = {
-        "sampler": np.str_(_sampler_name(config, task)),
+        "sampler": np.str_(getattr(family, "sampler_name", None) or _sampler_name(config, task)),
         "nfe": np.int64(nfe),
         "seed": np.int64(_SEED.value),
         "step": np.int64(step),

@@ -113,6 +113,14 @@ def get_default_config() -> ml_collections.ConfigDict:
     model.progressive_input = "none"
     model.hidden = 128  # mlp score network (2-D toy data)
     model.num_layers = 3
+    # GANs (model.family='gan', model.name 'dcgan' | 'resnet'): generator width model.nf,
+    # latent z of latent_dim, discriminator width d_nf, spectral norm in the discriminator.
+    model.latent_dim = 64
+    model.d_nf = 32
+    model.spectral_norm = False
+    # VAEs (model.family='vae', model.name 'conv_vae'): channels of the spatial latent,
+    # image_size / 2**(len(ch_mult) - 1) on a side.
+    model.latent_channels = 2
     model.ema_rate = 0.999
     model.beta_min = 0.1
     model.beta_max = 20.0
@@ -124,6 +132,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     optim.optimizer = "Adam"
     optim.lr = 2e-3
     optim.beta1 = 0.9
+    optim.beta2 = 0.999
     optim.eps = 1e-8
     optim.weight_decay = 0.0
     optim.warmup = 100
@@ -131,6 +140,33 @@ def get_default_config() -> ml_collections.ConfigDict:
     # with EMA 0.999 over 4000 steps halves FD against 2000 constant-rate steps.
     optim.schedule = "cosine"
     optim.grad_clip = 1.0
+
+    # model.family='gan': the adversarial objective and its regularisers.
+    config.gan = gan = ml_collections.ConfigDict()
+    gan.loss = "ns"  # 'ns' (non-saturating logistic) | 'hinge' | 'relativistic' (RpGAN)
+    gan.r1_gamma = 0.0  # gamma / 2 * E ||grad D(real)||^2 (Mescheder et al.); 0 = off
+    gan.r2_gamma = 0.0  # the same on fake data
+    gan.reg_interval = 4  # lazy regularisation: the penalties every k steps, weighted k
+    gan.ema_halflife_images = 10_000  # generator EMA half-life in images; 0 = no EMA
+    gan.ema_rampup = placeholder(float)  # half-life <= rampup * images seen; unset = none
+    gan.augment = ""  # DiffAugment policy for real and fake alike: 'color,translation,cutout'
+    gan.d_lr = placeholder(float)  # discriminator learning rate; unset = optim.lr
+
+    # model.family='vae': the objective; evaluate.py reports the ELBO and the IWAE bound.
+    config.vae = vae = ml_collections.ConfigDict()
+    vae.likelihood = "discretized_logistic"  # | 'discretized_gaussian' | 'bernoulli'
+    vae.num_bins = 256  # levels of the discretised data (8-bit)
+    vae.beta = 1.0  # weight of the KL term
+    vae.kl_warmup_steps = 0  # linear warm-up of the KL weight from 0 to beta
+    vae.free_bits = 0.0  # nats per latent channel below which the KL is not pushed down
+    vae.iwae_samples = 64  # k of the importance-weighted bound (evaluation)
+
+    # model.family='latent_diffusion': the trained VAE whose latent space the diffusion
+    # model lives in (its config file, 'path.py[:arg]', and workdir); latents are scaled
+    # to unit variance over the training split.
+    config.latent = latent = ml_collections.ConfigDict()
+    latent.vae_config = ""
+    latent.vae_workdir = ""
 
     config.sharding = sharding = ml_collections.ConfigDict()
     # Mesh axes and sizes; -1 takes the devices left over. The batch is split over both axes.

@@ -18,7 +18,8 @@ from training.errors import CheckpointError
 # Config sections that fix the shapes and meaning of what a checkpoint holds. Changing
 # anything else (n_iters, log_freq, sampler) and resuming is fine.
 _IDENTITY_KEYS = ("model", "data.dataset", "data.image_size", "data.num_channels",
-                  "data.centered", "training.sde", "training.continuous", "optim.optimizer")
+                  "data.centered", "training.sde", "training.continuous", "optim.optimizer",
+                  "latent")
 
 
 def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

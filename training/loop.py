@@ -26,7 +26,7 @@ from training.monitor import Monitor
 from training.state import TrainState
 
 # Metrics that must stay finite; a NaN gradient norm means the next parameters are NaN.
-_GUARDED_METRICS = ("loss", "grad_norm", "d_loss", "g_loss")
+_GUARDED_METRICS = ("loss", "grad_norm", "d_loss", "g_loss", "d_grad_norm", "g_grad_norm")
 
 
 class _TerminationRequest:

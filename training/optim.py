@@ -9,7 +9,8 @@ from training.errors import UserError
 
 def _adam(optim: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
     return optax.adamw(
-        lr, b1=optim.beta1, b2=0.999, eps=optim.eps, weight_decay=optim.weight_decay
+        lr, b1=optim.beta1, b2=optim.get("beta2", 0.999), eps=optim.eps,
+        weight_decay=optim.weight_decay,
     )
 
 

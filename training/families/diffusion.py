@@ -20,6 +20,7 @@ from data import pipeline
 from diffusion import likelihood, losses, sampling, score, sde_lib
 from training import optim
 from training.errors import UserError
+from training.families import common
 from training.state import TrainState, ema_update
 
 TASKS = ("sample", "inpaint", "colorize", "sdedit")
@@ -29,11 +30,6 @@ def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int)
     """Each label replaced by `null_label` with probability `rate`, independently."""
     drop = jax.random.bernoulli(key, rate, labels.shape)
     return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
-
-
-def balanced_labels(num: int, num_classes: int) -> np.ndarray:
-    """0, 1, ..., K-1, 0, 1, ... (int32, `num` of them): equal classes, in order."""
-    return (np.arange(num) % num_classes).astype(np.int32)
 
 
 def _check_image_shape(what: str, got: tuple, expected: tuple, num: int) -> None:
@@ -55,7 +51,7 @@ class DiffusionFamily:
                 f"model.embedding_type='fourier' expects the log-sigma conditioning of a VE SDE; "
                 f"use 'positional' with training.sde={config.training.sde!r}"
             )
-        info = pipeline.get_info(config.data)
+        info = self._data_info(config)
         self.data_shape = tuple(info.shape)
         self.num_classes, self.class_dropout = self._check_labels(config, info)
         # The null label (unconditional model) exists only if training drops labels.
@@ -69,33 +65,32 @@ class DiffusionFamily:
         )
         # The graph of the network is static; only its parameters travel through jit.
         # An abstract build: the graph without initialising any parameters.
-        self._net_config = config
+        self._net_config = self._network_config(config)
         if self.null_label is not None:  # one more label embedding: the null label
-            self._net_config = config.copy_and_resolve_references()
+            self._net_config = self._net_config.copy_and_resolve_references()
             self._net_config.model.num_classes = self.num_classes + 1
         model = nnx.eval_shape(lambda: networks.get_model(self._net_config, nnx.Rngs(0)))
         self.graphdef, _, self._rest = nnx.split(model, nnx.Param, ...)
         self._check_output_shape()
 
+    def _data_info(self, config: ml_collections.ConfigDict):
+        """What the model is trained on: `shape` and `num_classes` (the dataset's here)."""
+        return pipeline.get_info(config.data)
+
+    def _network_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """The config the score network is built from."""
+        return config
+
     @staticmethod
     def _check_labels(config: ml_collections.ConfigDict, info) -> tuple[int, float]:
-        num_classes = int(config.model.num_classes)
+        num_classes = common.check_num_classes(config, info)
         dropout = float(config.training.get("class_dropout", 0.0))
-        if num_classes < 0:
-            raise UserError(f"model.num_classes must be >= 0, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"training.class_dropout must lie in [0, 1), got {dropout}")
-        if num_classes == 0:
-            if dropout > 0:
-                raise UserError("training.class_dropout > 0 needs a class-conditional model "
-                                "(model.num_classes > 0)")
-            return 0, 0.0
-        if num_classes != info.num_classes:
-            raise UserError(
-                f"model.num_classes={num_classes} but dataset {config.data.dataset!r} has "
-                f"{info.num_classes} classes" + (" (no labels)" if not info.num_classes else "")
-            )
-        return num_classes, dropout
+        if num_classes == 0 and dropout > 0:
+            raise UserError("training.class_dropout > 0 needs a class-conditional model "
+                            "(model.num_classes > 0)")
+        return num_classes, dropout if num_classes else 0.0
 
     @property
     def is_conditional(self) -> bool:
@@ -330,26 +325,7 @@ class DiffusionFamily:
                             f"class-conditional model {self.num_classes}")
         return int(classifier.num_classes)
 
-    @staticmethod
-    def sample_labels(labels, num: int, num_classes: int) -> np.ndarray | None:
-        """The (num,) int32 labels to sample, checked against the classes."""
-        if num_classes == 0:
-            if labels is not None:
-                raise UserError("class labels need a class-conditional model or a classifier; "
-                                "this model is unconditional (model.num_classes=0)")
-            return None
-        if labels is None:
-            return balanced_labels(num, num_classes)
-        labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise UserError(f"class labels must be integers, got {labels.dtype}")
-        if labels.shape not in ((), (num,)):
-            raise UserError(f"class labels must be one int or ({num},), got {labels.shape}")
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        if bad.size:
-            raise UserError(f"class label {int(bad.flat[0])} is out of range: the classes are "
-                            f"0..{num_classes - 1}")
-        return np.broadcast_to(labels, (num,)).astype(np.int32)
+    sample_labels = staticmethod(common.sample_labels)
 
     def _guided_score_fn(self, params, labels, guidance_scale: float):
         """The model's score for `labels` (none if unconditional), classifier-free guided."""
@@ -439,7 +415,5 @@ class DiffusionFamily:
         """Images to [0, 1]; 2-D toy points are returned as they are."""
         if not self.is_image_data:
             return x
-        if self.config.data.centered:
-            x = (x + 1.0) / 2.0
-        return jnp.clip(x, 0.0, 1.0)
+        return common.to_unit_range(x, self.config.data.centered)
 

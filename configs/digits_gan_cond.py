@@ -1,0 +1,10 @@
+"""Class-conditional DCGAN on the digits: the generator embeds the label, the
+discriminator conditions by projection (Miyato & Koyama, 2018); sample.py --class_label."""
+
+from configs import digits_gan
+
+
+def get_config():
+    config = digits_gan.get_config()
+    config.model.num_classes = 10
+    return config

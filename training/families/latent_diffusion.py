@@ -1,0 +1,121 @@
+"""Latent diffusion (Rombach et al., 2022): a score-SDE diffusion model trained in the
+latent space of a trained VAE, the way Stable Diffusion works.
+
+The VAE (`latent.vae_config`, `latent.vae_workdir`) is restored and frozen. Training
+images are encoded to a posterior sample z ~ q(z | x), scaled by `latent_scale`, one over
+the standard deviation of the posterior means over the whole training split (computed
+from the data when the family is built, so the diffusion model sees unit-variance
+latents whatever the VAE); sampling runs any sampler in the latent space and decodes the
+result with the VAE's decoder mean. Everything else is the diffusion family's.
+"""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+import configs
+from data import pipeline
+from training.errors import UserError
+from training.families import common
+from training.families.diffusion import DiffusionFamily
+from training.state import TrainState
+
+# What the VAE must share with the latent model's data.
+_SHARED_DATA = ("dataset", "image_size", "num_channels", "centered")
+
+
+class LatentDiffusionFamily(DiffusionFamily):
+    """`model.family='latent_diffusion'`: `vae`, `vae_params`, `vae_step`, `image_shape`
+    (the data), `data_shape` (the latents) and `latent_scale`."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        from training import inference  # it imports the family registry
+
+        cfg = config.latent
+        if not cfg.vae_config or not cfg.vae_workdir:
+            raise UserError("model.family='latent_diffusion' needs latent.vae_config and "
+                            "latent.vae_workdir: a VAE trained with train.py first")
+        try:
+            vae_config = configs.load(cfg.vae_config)
+        except ValueError as err:
+            raise UserError(f"latent.vae_config: {err}") from err
+        if vae_config.model.family != "vae":
+            raise UserError(f"latent.vae_config is a model.family={vae_config.model.family!r} "
+                            "config, not a VAE")
+        diffs = [f"data.{k}: {vae_config.data[k]!r} (VAE) vs {config.data[k]!r}"
+                 for k in _SHARED_DATA if vae_config.data[k] != config.data[k]]
+        if diffs:
+            raise UserError("the VAE was trained on other data: " + "; ".join(diffs))
+        self.vae, vae_state, self.vae_step = inference.restore_latest(vae_config,
+                                                                      cfg.vae_workdir)
+        self.vae_params = self.vae.sample_params(vae_state)
+        self.image_shape = self.vae.data_shape
+        self.latent_scale = self._scale_from_data(config)
+        super().__init__(config)
+
+    # -- the diffusion family's hooks: latents instead of images ----------------------
+
+    def _data_info(self, config: ml_collections.ConfigDict):
+        info = pipeline.get_info(config.data)
+        return SimpleNamespace(shape=self.vae.latent_shape, num_classes=info.num_classes)
+
+    def _network_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        net_config = config.copy_and_resolve_references()
+        height, _, channels = self.vae.latent_shape
+        net_config.data.image_size = int(height)
+        net_config.data.num_channels = int(channels)
+        return net_config
+
+    def _scale_from_data(self, config: ml_collections.ConfigDict) -> float:
+        images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
+        if config.data.centered:
+            images = 2.0 * images - 1.0
+        encode = jax.jit(lambda x: self.vae.encode_fn(self.vae_params)(x)[0])
+        means = np.concatenate([np.asarray(encode(images[i:i + 512]))
+                                for i in range(0, len(images), 512)])
+        std = float(means.std())
+        if not np.isfinite(std) or std <= 0:
+            raise UserError(f"the VAE's latents of the training split have std {std}: "
+                            "the VAE cannot serve latent diffusion")
+        logging.info("latent scale 1/%.4f from %d training images (VAE step %d)", std,
+                     len(images), self.vae_step)
+        return 1.0 / std
+
+    def encode(self, key: jax.Array, images: jax.Array) -> jax.Array:
+        """Scaled posterior samples of `images` (data space): what the model is trained on."""
+        mean, logvar = self.vae.encode_fn(self.vae_params)(images)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+        return z * self.latent_scale
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """Images in the data space from scaled latents."""
+        return self.vae.decode(self.vae_params, latents / self.latent_scale)
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 0x1A7E)
+        return super().train_step(state, {**batch, "image": self.encode(key, batch["image"])})
+
+    def eval_step(self, state: TrainState, batch: dict, key: jax.Array) -> dict:
+        latents = self.encode(jax.random.fold_in(key, 0x1A7E), batch["image"])
+        return super().eval_step(state, {**batch, "image": latents}, key)
+
+    def to_unit_range(self, x: jax.Array) -> jax.Array:
+        """Sampled latents decoded to images in [0, 1]."""
+        return common.to_unit_range(self.decode(x), self.config.data.centered)
+
+    def make_sampler(self, num: int, **options):
+        """The diffusion family's sampler in the latent space, decoded; image-conditioned
+        tasks and classifier guidance (classifiers of images) are refused."""
+        if options.get("task", "sample") != "sample" or options.get("classifier") is not None:
+            raise UserError("latent diffusion samples (optionally class-conditionally with "
+                            "--guidance_scale); inpainting, colorization, SDEdit and "
+                            "classifier guidance act on images and are not supported")
+        return super().make_sampler(num, **options)
+
+    def make_log_likelihood(self, **options):
+        raise UserError("bits/dim needs the likelihood of the images; a latent diffusion "
+                        "model has the likelihood of its latents only")
