@@ -452,7 +452,9 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
             real_floor=evaluator.floor(n_fake),
         )
     if "bpd" in which:
-        logging.info("Bits/dim on the test split (%s divergence)", config.eval.bpd_divergence)
+        logging.info("Bits/dim on the test split (%s)", "ELBO and IWAE bounds"
+                     if hasattr(family, "make_bounds") else
+                     f"{config.eval.bpd_divergence} divergence")
         report.setdefault("model", {}).update(bits_per_dim(config, family, state))
         report["checkpoint_step"] = step
     report["seconds"] = round(time.time() - start, 1)

@@ -14,6 +14,46 @@ EXPERIMENTS = [
 ]
 
 
+FAMILY_EXPERIMENTS = {
+    "digits_gan": "gan",
+    "digits_gan_cond": "gan",
+    "cifar10_sngan": "gan",
+    "digits_vae": "vae",
+    "cifar10_vae": "vae",
+    "digits_latent_vp": "latent_diffusion",
+    "digits_noise_classifier": "noise_classifier",
+    "digits_vp_cond": "diffusion",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_EXPERIMENTS))
+def test_every_family_experiment_loads_and_sets_only_its_own_settings(name):
+    from training.families import check_family_settings
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model.family == FAMILY_EXPERIMENTS[name]
+    check_family_settings(config)
+
+
+def test_sngan_carries_the_published_hyperparameters():
+    from configs import cifar10_sngan
+
+    config = cifar10_sngan.get_config()
+    assert (config.model.name, config.model.spectral_norm, config.gan.loss) == (
+        "resnet", True, "hinge")
+    assert (config.optim.lr, config.optim.beta1, config.optim.beta2) == (2e-4, 0.0, 0.9)
+    assert (config.data.image_size, config.data.num_channels) == (32, 3)
+
+
+def test_a_config_file_loads_by_path_with_its_argument():
+    import configs
+
+    config = configs.load("tests/configs/tiny_families.py:vae")
+    assert config.model.family == "vae"
+    with pytest.raises(ValueError, match="does not exist"):
+        configs.load("configs/no_such_config.py")
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_loads_with_score_sde_keys(name):
     config = importlib.import_module(f"configs.{name}").get_config()
