@@ -27,3 +27,13 @@ class TrainState:
 def ema_update(ema: Any, params: Any, rate: float | jax.Array) -> Any:
     """ema <- rate * ema + (1 - rate) * params, leaf by leaf."""
     return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
+
+
+def single_network_state(key: jax.Array, init_params, tx) -> TrainState:
+    """Step 0 of a family with one network: `init_params(params_key)`, its optimizer
+    state and an EMA copy; the other half of `key` seeds the run's randomness."""
+    params_key, rng = jax.random.split(key)
+    params = init_params(params_key)
+    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                      opt_state=tx.init(params), ema_params=jax.tree.map(jax.numpy.copy, params),
+                      rng=rng)

@@ -21,7 +21,7 @@ from diffusion import likelihood, losses, sampling, score, sde_lib
 from training import optim
 from training.errors import UserError
 from training.families import common
-from training.state import TrainState, ema_update
+from training.state import TrainState, ema_update, single_network_state
 
 TASKS = ("sample", "inpaint", "colorize", "sdedit")
 
@@ -159,15 +159,7 @@ class DiffusionFamily:
         )
 
     def init_state(self, key: jax.Array) -> TrainState:
-        params_key, rng = jax.random.split(key)
-        params = self.init_params(params_key)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=self.tx.init(params),
-            ema_params=jax.tree.map(jnp.copy, params),
-            rng=rng,
-        )
+        return single_network_state(key, self.init_params, self.tx)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(state.rng, state.step)

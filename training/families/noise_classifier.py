@@ -20,7 +20,7 @@ from diffusion.sde_lib import batch_broadcast
 from networks import noise_classifier
 from training import optim
 from training.errors import UserError
-from training.state import TrainState, ema_update
+from training.state import TrainState, ema_update, single_network_state
 
 # Smallest training time: the marginal is still well conditioned in float32 (as the losses).
 TRAIN_EPS = 1e-5
@@ -94,11 +94,7 @@ class NoiseClassifierFamily:
         return loss, accuracy
 
     def init_state(self, key: jax.Array) -> TrainState:
-        params_key, rng = jax.random.split(key)
-        params = self.init_params(params_key)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params),
-                          ema_params=jax.tree.map(jnp.copy, params), rng=rng)
+        return single_network_state(key, self.init_params, self.tx)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(state.rng, state.step)

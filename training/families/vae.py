@@ -22,7 +22,7 @@ from networks import vae as vae_networks
 from training import optim
 from training.errors import UserError
 from training.families import common
-from training.state import TrainState, ema_update
+from training.state import TrainState, ema_update, single_network_state
 from vae import elbo, likelihoods
 
 NETWORKS = ("conv_vae",)
@@ -127,11 +127,7 @@ class VAEFamily:
     # -- training ---------------------------------------------------------------------
 
     def init_state(self, key: jax.Array) -> TrainState:
-        params_key, rng = jax.random.split(key)
-        params = self.init_params(params_key)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params),
-                          ema_params=jax.tree.map(jnp.copy, params), rng=rng)
+        return single_network_state(key, self.init_params, self.tx)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         cfg = self.config.vae
