@@ -118,6 +118,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     model.latent_dim = 64
     model.d_nf = 32
     model.spectral_norm = False
+    model.convs_per_stage = 1  # DCGAN: 3x3 convs per resolution in G and D
     # VAEs (model.family='vae', model.name 'conv_vae'): channels of the spatial latent,
     # image_size / 2**(len(ch_mult) - 1) on a side.
     model.latent_channels = 2

@@ -131,7 +131,8 @@ def _check_images(x: Array, image_size: int, num_channels: int) -> None:
 
 
 class DCGANGenerator(nnx.Module):
-    """z -> dense 4x4 -> k x [upsample, conv, GroupNorm, ReLU] -> conv -> tanh."""
+    """z -> dense 4x4 -> k x [upsample, conv, GroupNorm, ReLU, (conv, GroupNorm, ReLU) x
+    (convs_per_stage - 1)] -> conv -> tanh."""
 
     def __init__(
         self,
@@ -141,10 +142,13 @@ class DCGANGenerator(nnx.Module):
         num_channels: int,
         nf: int,
         num_classes: int = 0,
+        convs_per_stage: int = 1,
         conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         k = num_stages(image_size)
+        if convs_per_stage < 1:
+            raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage}")
         chs = [nf * min(2 ** (k - i), 8) for i in range(k + 1)]  # 4x4, 8x8, ..., full size
         self.input = LatentInput(latent_dim, chs[0], num_classes=num_classes, rngs=rngs)
         self.norm_in = GroupNorm(chs[0])
@@ -153,6 +157,15 @@ class DCGANGenerator(nnx.Module):
              for i in range(k)]
         )  # fmt: skip
         self.norms = nnx.List([GroupNorm(c) for c in chs[1:]])
+        # The extra convs of each stage, flat: stage i owns [i * (n - 1), (i + 1) * (n - 1)).
+        self.extra_per_stage = convs_per_stage - 1
+        self.extra_convs = nnx.List(
+            [Conv3x3(c, c, impl=conv_impl, rngs=rngs) for c in chs[1:]
+             for _ in range(self.extra_per_stage)]
+        )  # fmt: skip
+        self.extra_norms = nnx.List(
+            [GroupNorm(c) for c in chs[1:] for _ in range(self.extra_per_stage)]
+        )
         self.conv_out = Conv3x3(nf, num_channels, impl=conv_impl, rngs=rngs)
 
     def __call__(
@@ -160,13 +173,21 @@ class DCGANGenerator(nnx.Module):
     ) -> Array:
         """Images (B, H, W, C) in [-1, 1]; ``train`` changes nothing (no batch statistics)."""
         h = jax.nn.relu(self.norm_in(self.input(z, class_labels)))
-        for up, norm in zip(self.ups, self.norms, strict=True):
+        n = self.extra_per_stage
+        for i, (up, norm) in enumerate(zip(self.ups, self.norms, strict=True)):
             h = jax.nn.relu(norm(up(h)))
+            for conv, extra_norm in zip(
+                self.extra_convs[i * n : (i + 1) * n],
+                self.extra_norms[i * n : (i + 1) * n],
+                strict=True,
+            ):
+                h = jax.nn.relu(extra_norm(conv(h)))
         return jnp.tanh(self.conv_out(h))
 
 
 class DCGANDiscriminator(nnx.Module):
-    """conv -> k x [stride-2 conv], LeakyReLU(0.2) after each, flatten -> projection head."""
+    """conv -> k x [stride-2 conv, (conv) x (convs_per_stage - 1)], LeakyReLU(0.2) after
+    each, flatten -> projection head."""
 
     def __init__(
         self,
@@ -176,10 +197,13 @@ class DCGANDiscriminator(nnx.Module):
         nf: int,
         num_classes: int = 0,
         spectral_norm: bool = False,
+        convs_per_stage: int = 1,
         conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         k = num_stages(image_size)
+        if convs_per_stage < 1:
+            raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage}")
         self.image_size = image_size
         self.num_channels = num_channels
         chs = [nf * min(2**i, 8) for i in range(k + 1)]  # full size, ..., 4x4
@@ -189,7 +213,11 @@ class DCGANDiscriminator(nnx.Module):
             return _maybe_sn(layer, spectral_norm, rngs)
 
         self.conv_in = conv(num_channels, chs[0], 1)
-        self.convs = nnx.List([conv(chs[i], chs[i + 1], 2) for i in range(k)])
+        self.convs = nnx.List()
+        for i in range(k):  # the stride-2 conv, then convs_per_stage - 1 at the new size
+            self.convs.append(conv(chs[i], chs[i + 1], 2))
+            for _ in range(convs_per_stage - 1):
+                self.convs.append(conv(chs[i + 1], chs[i + 1], 1))
         self.head = ProjectionHead(
             16 * chs[-1], num_classes=num_classes, spectral_norm=spectral_norm, rngs=rngs
         )
@@ -357,7 +385,8 @@ def from_config(config: Any, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
     """(generator, discriminator) named by ``config.model.name`` (a :data:`GAN_NETWORKS` key).
 
     Reads ``model.latent_dim``, ``.nf`` (G width), ``.d_nf`` (D width), ``.spectral_norm``
-    (D; default False), ``.num_classes`` (default 0), ``.conv_impl`` (default 'auto') and
+    (D; default False), ``.num_classes`` (default 0), ``.convs_per_stage`` (DCGAN's G
+    and D; default 1), ``.conv_impl`` (default 'auto') and
     ``data.image_size`` / ``.num_channels``.
     """
     m, data = config.model, config.data
@@ -371,8 +400,13 @@ def from_config(config: Any, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
         conv_impl=m.get("conv_impl", "auto"),
         rngs=rngs,
     )
-    generator = gen_cls(latent_dim=m.latent_dim, nf=m.nf, **common)
-    discriminator = disc_cls(nf=m.d_nf, spectral_norm=m.get("spectral_norm", False), **common)
+    depth: dict[str, Any] = {}
+    if m.name == "dcgan":  # the ResNet pair's depth is fixed by SNGAN's design
+        depth["convs_per_stage"] = m.get("convs_per_stage", 1)
+    generator = gen_cls(latent_dim=m.latent_dim, nf=m.nf, **depth, **common)
+    discriminator = disc_cls(
+        nf=m.d_nf, spectral_norm=m.get("spectral_norm", False), **depth, **common
+    )
     return generator, discriminator
 
 

@@ -17,9 +17,6 @@ from training.errors import UserError
 from training.families import diffusion as diffusion_family
 from training.families import get_family
 
-# The tests share a module-scoped trained run: one pytest-xdist worker runs them all.
-pytestmark = pytest.mark.xdist_group("test_conditional")
-
 GUIDED = str(ROOT / "tests" / "configs" / "tiny_guided.py")
 ONE_DEVICE = jax.devices()[:1]
 

@@ -19,6 +19,7 @@ FAMILY_EXPERIMENTS = {
     "digits_gan_cond": "gan",
     "cifar10_sngan": "gan",
     "digits_vae": "vae",
+    "digits_latent_ae": "vae",
     "cifar10_vae": "vae",
     "digits_latent_vp": "latent_diffusion",
     "digits_noise_classifier": "noise_classifier",

@@ -16,9 +16,6 @@ from tests.configs import tiny
 from training import loop
 from training.errors import UserError
 
-# The tests share a module-scoped trained run: one pytest-xdist worker runs them all.
-pytestmark = pytest.mark.xdist_group("test_evaluate")
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 

@@ -79,6 +79,39 @@ def test_num_blocks_follow_image_size():
     assert gan.ResNetDiscriminator(image_size=8, **kwargs).num_blocks == 2
 
 
+def param_count(model: nnx.Module) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_convs_per_stage_adds_exactly_one_conv_per_stage():
+    """convs_per_stage=2 adds one 3x3 conv (plus G's GroupNorm) per stage to DCGAN's G and
+    D at the stage's resolution; the output shapes stay the same."""
+    base_g, base_d = gan.from_config(make_config(image_size=16), nnx.Rngs(0))
+    g, d = gan.from_config(make_config(image_size=16, convs_per_stage=2), nnx.Rngs(0))
+    # 16x16: 2 stages, G widths 16 (8x8) and 8 (16x16), D widths 16 (8x8) and 32 (4x4).
+    g_extra = sum(9 * c * c + c + 2 * c for c in (16, 8))
+    d_extra = sum(9 * c * c + c for c in (16, 32))
+    assert param_count(g) - param_count(base_g) == g_extra
+    assert param_count(d) - param_count(base_d) == d_extra
+    images = jitted(g)(latents())
+    assert images.shape == (BATCH, 16, 16, 1)
+    assert jitted(d)(images).shape == (BATCH,)
+    with pytest.raises(ValueError, match="convs_per_stage must be at least 1, got 0"):
+        gan.from_config(make_config(convs_per_stage=0), nnx.Rngs(0))
+
+
+def test_checkpoint_layout_of_the_default_dcgan_is_unchanged():
+    """Runs trained before convs_per_stage existed restore: no new parameters by default."""
+    g, d = gan.from_config(make_config(), nnx.Rngs(0))
+    g_paths = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(g, nnx.Param))}
+    assert g_paths == {
+        "input/dense/kernel", "input/dense/bias", "norm_in/scale", "norm_in/bias",
+        "ups/0/conv/kernel", "ups/0/conv/bias", "norms/0/scale", "norms/0/bias",
+        "conv_out/kernel", "conv_out/bias",
+    }  # fmt: skip
+    assert len(d.convs) == 1
+
+
 @pytest.mark.parametrize("name", sorted(gan.GAN_NETWORKS))
 def test_label_errors(name):
     x = jnp.zeros((2, 8, 8, 1))

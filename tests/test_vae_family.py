@@ -16,9 +16,6 @@ from training import inference, loop
 from training.errors import UserError
 from training.families import get_family
 
-# The tests share a module-scoped trained run: one pytest-xdist worker runs them all.
-pytestmark = pytest.mark.xdist_group("test_vae_family")
-
 ONE_DEVICE = jax.devices()[:1]
 FAMILIES = str(ROOT / "tests" / "configs" / "tiny_families.py")
 

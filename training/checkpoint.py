@@ -12,18 +12,24 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from training.errors import CheckpointError
 
 # Orbax splits a replicated array among its replicas so that each writes a part. For a small
 # array that saves nothing and costs a compiled slice per array and device (over a thousand
 # programs, seconds, on the first save with 8 devices): only arrays with at least 1 MiB per
-# replica are split.
-ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
-    override=True,
-)
+# replica are split. (Orbax warns on every override; this one is deliberate.)
+_verbosity = absl_logging.get_verbosity()
+absl_logging.set_verbosity(absl_logging.ERROR)
+try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
+        override=True,
+    )
+finally:
+    absl_logging.set_verbosity(_verbosity)
 
 # Config sections that fix the shapes and meaning of what a checkpoint holds. Changing
 # anything else (n_iters, log_freq, sampler) and resuming is fine.

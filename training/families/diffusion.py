@@ -70,7 +70,8 @@ class DiffusionFamily:
             self._net_config = self._net_config.copy_and_resolve_references()
             self._net_config.model.num_classes = self.num_classes + 1
         model = nnx.eval_shape(lambda: networks.get_model(self._net_config, nnx.Rngs(0)))
-        self.graphdef, _, self._rest = nnx.split(model, nnx.Param, ...)
+        # Building a network, even abstractly, traces every initialiser: keep the shapes.
+        self.graphdef, self._abstract_params, self._rest = nnx.split(model, nnx.Param, ...)
         self._check_output_shape()
 
     def _data_info(self, config: ml_collections.ConfigDict):
@@ -118,10 +119,10 @@ class DiffusionFamily:
             )
 
     def init_params(self, key: jax.Array, abstract: bool = False):
-        build = lambda: nnx.split(
-            networks.get_model(self._net_config, nnx.Rngs(key)), nnx.Param, ...
-        )[1]
-        return jax.eval_shape(build) if abstract else build()
+        """The network's initial parameters; their shapes only (no work) if `abstract`."""
+        if abstract:
+            return self._abstract_params
+        return nnx.split(networks.get_model(self._net_config, nnx.Rngs(key)), nnx.Param, ...)[1]
 
     def _net_fn(self, params, *, train: bool, key: jax.Array | None = None,
                 labels: jax.Array | int | None = None):
