@@ -168,6 +168,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.latent = latent = ml_collections.ConfigDict()
     latent.vae_config = ""
     latent.vae_workdir = ""
+    # The VAE checkpoint the latent model encodes with; unset = the newest. Training
+    # records the one it used, so a VAE trained further later is caught, not used.
+    latent.vae_step = placeholder(int)
 
     config.sharding = sharding = ml_collections.ConfigDict()
     # Mesh axes and sizes; -1 takes the devices left over. The batch is split over both axes.

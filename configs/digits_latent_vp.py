@@ -1,5 +1,6 @@
 """Latent diffusion on the digits: the digits_vp recipe in the 4x4x2 latent space of the
-VAE trained by configs/digits_vae.py (train that first, into runs/digits_vae)."""
+autoencoder trained by configs/digits_latent_ae.py (train that first, into
+runs/digits_latent_ae)."""
 
 from configs import digits_vp
 
@@ -7,7 +8,7 @@ from configs import digits_vp
 def get_config():
     config = digits_vp.get_config()
     config.model.family = "latent_diffusion"
-    config.latent.vae_config = "configs/digits_vae.py"
-    config.latent.vae_workdir = "runs/digits_vae"
+    config.latent.vae_config = "configs/digits_latent_ae.py"
+    config.latent.vae_workdir = "runs/digits_latent_ae"
     config.model.ch_mult = (1, 2)
     return config

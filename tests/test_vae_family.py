@@ -23,7 +23,9 @@ FAMILIES = str(ROOT / "tests" / "configs" / "tiny_families.py")
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vae")
-    result = loop.run(tiny_families.get_config("vae"), workdir, devices=ONE_DEVICE)
+    config = tiny_families.get_config("vae")
+    config.training.snapshot_freq = 1  # checkpoints 1 and 2: latent models pin one
+    result = loop.run(config, workdir, devices=ONE_DEVICE)
     return workdir, result
 
 
@@ -96,6 +98,13 @@ def test_latent_diffusion_trains_and_decodes_its_samples(latent_config, tmp_path
         runner.bits_per_dim(latent_config, family, state)
     with pytest.raises(UserError, match="inpainting, colorization, SDEdit"):
         family.make_sampler(2, task="sdedit", edit_strength=0.5)
+    # The run recorded the VAE checkpoint it encoded with; another one is refused.
+    assert json.loads((tmp_path / "config.json").read_text())["latent"]["vae_step"] == 2
+    pinned_elsewhere = latent_config.copy_and_resolve_references()
+    pinned_elsewhere.latent.vae_step = 1
+    with pytest.raises(UserError, match=r"trained on the VAE's checkpoint 2, not 1 .*"
+                                        r"--config\.latent\.vae_step=2$"):
+        inference.restore_latest(pinned_elsewhere, tmp_path)
 
 
 def test_latent_diffusion_refuses_a_missing_or_mismatched_vae(latent_config, tmp_path):
@@ -107,6 +116,10 @@ def test_latent_diffusion_refuses_a_missing_or_mismatched_vae(latent_config, tmp
     untrained.latent.vae_workdir = str(tmp_path)
     with pytest.raises(UserError, match="no checkpoints in"):
         get_family(untrained)
+    no_step = latent_config.copy_and_resolve_references()
+    no_step.latent.vae_step = 7
+    with pytest.raises(UserError, match=r"no checkpoint at step 7 in .* \(it has \[1, 2\]\)"):
+        get_family(no_step)
     other_data = latent_config.copy_and_resolve_references()
     other_data.data.centered = False
     with pytest.raises(UserError, match=r"other data: data.centered: True \(VAE\) vs False"):

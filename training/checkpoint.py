@@ -6,22 +6,23 @@ overwrite a checkpoint we could not read: a bad workdir is reported, not repaire
 """
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 
 from training.errors import CheckpointError
 
 # Orbax splits a replicated array among its replicas so that each writes a part. For a small
 # array that saves nothing and costs a compiled slice per array and device (over a thousand
 # programs, seconds, on the first save with 8 devices): only arrays with at least 1 MiB per
-# replica are split. (Orbax warns on every override; this one is deliberate.)
-_verbosity = absl_logging.get_verbosity()
-absl_logging.set_verbosity(absl_logging.ERROR)
+# replica are split. Orbax warns of every override; this one is deliberate, so its warning
+# is dropped (the absl logger is muted for the call only: verbosity is the user's).
+_absl_logger = logging.getLogger("absl")
+_was_disabled, _absl_logger.disabled = _absl_logger.disabled, True
 try:
     ocp.type_handlers.register_type_handler(
         jax.Array,
@@ -29,7 +30,7 @@ try:
         override=True,
     )
 finally:
-    absl_logging.set_verbosity(_verbosity)
+    _absl_logger.disabled = _was_disabled
 
 # Config sections that fix the shapes and meaning of what a checkpoint holds. Changing
 # anything else (n_iters, log_freq, sampler) and resuming is fine.
@@ -78,6 +79,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def check_identity(self, step: int) -> None:
         """Fails if the checkpoint at `step` was written by an incompatible config."""
         saved = self._read_meta(step)["identity"]
@@ -87,6 +91,12 @@ class Checkpointer:
             # A key newer than the checkpoint cannot be checked against it.
             if k in saved and saved[k] != v
         ]
+        if diffs and all(d.startswith("latent.vae_step:") for d in diffs):
+            raise CheckpointError(
+                f"{self.directory} holds a latent model trained on the VAE's checkpoint "
+                f"{saved['latent.vae_step']}, not {self.identity['latent.vae_step']} (its "
+                f"newest, unless set): pass --config.latent.vae_step={saved['latent.vae_step']}"
+            )
         if diffs:
             raise CheckpointError(
                 f"{self.directory} holds a checkpoint of another config ("

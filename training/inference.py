@@ -23,10 +23,13 @@ _SDE_PARAMETERS = {"vpsde": ("model.beta_min", "model.beta_max"),
                    "vesde": ("model.sigma_min", "model.sigma_max")}
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path):
-    """Returns (family, state, step) from the newest checkpoint, placed on one device.
+def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
+                   step: int | None = None):
+    """Returns (family, state, step) from the newest checkpoint (or the one at `step`),
+    placed on one device.
 
-    Raises CheckpointError if the workdir has no checkpoint or one of another config.
+    Raises CheckpointError if the workdir has no checkpoint (at `step`) or one of another
+    config.
     """
     checkpoints = Path(workdir) / "checkpoints"
     if not checkpoints.is_dir():
@@ -34,9 +37,13 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path):
     family = get_family(config)
     ckpt = Checkpointer(workdir, config)
     try:
-        step = ckpt.latest_step()
         if step is None:
-            raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+            step = ckpt.latest_step()
+            if step is None:
+                raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+        elif step not in ckpt.all_steps():
+            raise CheckpointError(f"no checkpoint at step {step} in {workdir} (it has "
+                                  f"{ckpt.all_steps() or 'none'})")
         mesh = sharding.make_mesh((("data", 1), ("fsdp", 1)), jax.devices()[:1])
         abstract: TrainState = jax.eval_shape(family.init_state, jax.random.PRNGKey(0))
         placed = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)

@@ -50,8 +50,11 @@ class LatentDiffusionFamily(DiffusionFamily):
                  for k in _SHARED_DATA if vae_config.data[k] != config.data[k]]
         if diffs:
             raise UserError("the VAE was trained on other data: " + "; ".join(diffs))
-        self.vae, vae_state, self.vae_step = inference.restore_latest(vae_config,
-                                                                      cfg.vae_workdir)
+        self.vae, vae_state, self.vae_step = inference.restore_latest(
+            vae_config, cfg.vae_workdir, step=cfg.vae_step)
+        # Into the config, hence into the checkpoint's identity: a latent model restored
+        # with another VAE checkpoint is refused (training.checkpoint.check_identity).
+        cfg.vae_step = self.vae_step
         self.vae_params = self.vae.sample_params(vae_state)
         self.image_shape = self.vae.data_shape
         self.latent_scale = self._scale_from_data(config)
