@@ -130,6 +130,17 @@ def _check_images(x: Array, image_size: int, num_channels: int) -> None:
 # DCGAN
 
 
+class _ConvNormReLU(nnx.Module):
+    """3x3 conv (same channels), GroupNorm, ReLU: DCGAN G's extra convs of a stage."""
+
+    def __init__(self, channels: int, conv_impl: str, rngs: nnx.Rngs):
+        self.conv = Conv3x3(channels, channels, impl=conv_impl, rngs=rngs)
+        self.norm = GroupNorm(channels)
+
+    def __call__(self, x: Array) -> Array:
+        return jax.nn.relu(self.norm(self.conv(x)))
+
+
 class DCGANGenerator(nnx.Module):
     """z -> dense 4x4 -> k x [upsample, conv, GroupNorm, ReLU, (conv, GroupNorm, ReLU) x
     (convs_per_stage - 1)] -> conv -> tanh."""
@@ -157,15 +168,10 @@ class DCGANGenerator(nnx.Module):
              for i in range(k)]
         )  # fmt: skip
         self.norms = nnx.List([GroupNorm(c) for c in chs[1:]])
-        # The extra convs of each stage, flat: stage i owns [i * (n - 1), (i + 1) * (n - 1)).
-        self.extra_per_stage = convs_per_stage - 1
-        self.extra_convs = nnx.List(
-            [Conv3x3(c, c, impl=conv_impl, rngs=rngs) for c in chs[1:]
-             for _ in range(self.extra_per_stage)]
+        self.extras = nnx.List(  # per stage, the convs after its upsampling one
+            [nnx.List([_ConvNormReLU(c, conv_impl, rngs) for _ in range(convs_per_stage - 1)])
+             for c in chs[1:]]
         )  # fmt: skip
-        self.extra_norms = nnx.List(
-            [GroupNorm(c) for c in chs[1:] for _ in range(self.extra_per_stage)]
-        )
         self.conv_out = Conv3x3(nf, num_channels, impl=conv_impl, rngs=rngs)
 
     def __call__(
@@ -173,15 +179,10 @@ class DCGANGenerator(nnx.Module):
     ) -> Array:
         """Images (B, H, W, C) in [-1, 1]; ``train`` changes nothing (no batch statistics)."""
         h = jax.nn.relu(self.norm_in(self.input(z, class_labels)))
-        n = self.extra_per_stage
-        for i, (up, norm) in enumerate(zip(self.ups, self.norms, strict=True)):
+        for up, norm, extras in zip(self.ups, self.norms, self.extras, strict=True):
             h = jax.nn.relu(norm(up(h)))
-            for conv, extra_norm in zip(
-                self.extra_convs[i * n : (i + 1) * n],
-                self.extra_norms[i * n : (i + 1) * n],
-                strict=True,
-            ):
-                h = jax.nn.relu(extra_norm(conv(h)))
+            for layer in extras:
+                h = layer(h)
         return jnp.tanh(self.conv_out(h))
 
 

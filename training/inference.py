@@ -41,9 +41,9 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
             step = ckpt.latest_step()
             if step is None:
                 raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
-        elif step not in ckpt.all_steps():
+        elif step not in (saved := ckpt.all_steps()):
             raise CheckpointError(f"no checkpoint at step {step} in {workdir} (it has "
-                                  f"{ckpt.all_steps() or 'none'})")
+                                  f"{saved or 'none'})")
         mesh = sharding.make_mesh((("data", 1), ("fsdp", 1)), jax.devices()[:1])
         abstract: TrainState = jax.eval_shape(family.init_state, jax.random.PRNGKey(0))
         placed = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
