@@ -10,6 +10,9 @@ Controllable generation:
   `--guidance_scale W` (classifier-free guidance, (1 + W) s(x, y) - W s(x));
 - classifier guidance (any model): `--classifier_workdir DIR --classifier_config CFG
   [--classifier_scale S]` with a `model.family='noise_classifier'` run;
+- autoguidance (any diffusion model, no labels): `--autoguide_step N` (an earlier checkpoint
+  of the same run) and/or `--autoguide_workdir DIR [--autoguide_config CFG]` (a weaker
+  model of the same data and SDE), `[--autoguidance_scale W]`: (1 + W) s - W s_guide;
 - from one input image (each of the num_samples samples starts from it):
   `--image in.png --mask mask.png` (inpainting: white = known, black = fill),
   `--image gray.png --colorize` (RGB models), `--image in.png --edit_strength S` (SDEdit).
@@ -47,6 +50,15 @@ _CLASSIFIER_CONFIG = config_flags.DEFINE_config_file("classifier_config", None,
                                                      "The noise classifier's config file.")
 _CLASSIFIER_SCALE = flags.DEFINE_float("classifier_scale", None, "Classifier guidance scale "
                                        "(default 1: the exact conditional score).")
+_AUTOGUIDE_WORKDIR = flags.DEFINE_string("autoguide_workdir", None, "Workdir of the autoguide: "
+                                         "a weaker model of the same data and SDE (default: "
+                                         "--workdir, with --autoguide_step).")
+_AUTOGUIDE_CONFIG = config_flags.DEFINE_config_file("autoguide_config", None, "The autoguide's "
+                                                    "config file (default: --config).")
+_AUTOGUIDE_STEP = flags.DEFINE_integer("autoguide_step", None, "Checkpoint step of the autoguide "
+                                       "(default: the newest in --autoguide_workdir).")
+_AUTOGUIDANCE = flags.DEFINE_float("autoguidance_scale", None, "Autoguidance weight W >= 0: "
+                                   "(1 + W) s - W s_guide (default 1).")
 _IMAGE = flags.DEFINE_string("image", None, "Input image (PNG) for --mask, --colorize or "
                              "--edit_strength; the model's size and channels.")
 _MASK = flags.DEFINE_string("mask", None, "Inpainting mask (PNG, the image's size): white = "
@@ -92,12 +104,49 @@ def _check_flags() -> tuple[Path, str]:
     if _CLASSIFIER_SCALE.value is not None and _CLASSIFIER_WORKDIR.value is None:
         raise UserError("--classifier_scale needs a classifier: pass --classifier_workdir and "
                         "--classifier_config")
+    _check_autoguide()
     task = _task()
     if task == "colorize" and _CONFIG.value.data.num_channels == 1:
         raise UserError(f"--colorize needs an RGB model; {_CONFIG.value.data.dataset!r} has 1 "
                         "channel")
     _check_conditioning(_CONFIG.value)
     return out, task
+
+
+def _autoguided() -> bool:
+    return _AUTOGUIDE_WORKDIR.value is not None or _AUTOGUIDE_STEP.value is not None
+
+
+def _check_autoguide() -> None:
+    if _AUTOGUIDE_CONFIG.value is not None and _AUTOGUIDE_WORKDIR.value is None:
+        raise UserError("--autoguide_config needs --autoguide_workdir (the guide's run)")
+    scale = _AUTOGUIDANCE.value
+    if scale is not None and not _autoguided():
+        raise UserError("--autoguidance_scale needs an autoguide: pass --autoguide_step "
+                        "and/or --autoguide_workdir")
+    if scale is not None and not scale >= 0:
+        raise UserError(f"--autoguidance_scale must be >= 0, got {scale}")
+    if _AUTOGUIDE_STEP.value is not None and _AUTOGUIDE_STEP.value < 0:
+        raise UserError(f"--autoguide_step must be >= 0, got {_AUTOGUIDE_STEP.value}")
+
+
+def _restore_guide(inference, config, model_step: int, record: dict):
+    """The autoguide's (family, state), or None; its provenance goes into `record`."""
+    if not _autoguided():
+        return None
+    workdir = _AUTOGUIDE_WORKDIR.value or _WORKDIR.value
+    family, state, step = inference.restore_guide(
+        config, _AUTOGUIDE_CONFIG.value or config, workdir, step=_AUTOGUIDE_STEP.value)
+    if Path(workdir).resolve() == Path(_WORKDIR.value).resolve() and step == model_step:
+        raise UserError(f"the autoguide is the model itself (step {step} of {workdir}): pass "
+                        "an earlier --autoguide_step or another --autoguide_workdir")
+    record.update(autoguide_workdir=np.str_(workdir), autoguide_step=np.int64(step),
+                  autoguidance_scale=np.float64(_autoguidance_scale()))
+    return family, state
+
+
+def _autoguidance_scale() -> float:
+    return 1.0 if _AUTOGUIDANCE.value is None else _AUTOGUIDANCE.value
 
 
 def _check_conditioning(config) -> None:
@@ -170,18 +219,24 @@ def main(argv: list[str]) -> None:
         record.update(classifier_workdir=np.str_(_CLASSIFIER_WORKDIR.value),
                       classifier_step=np.int64(cls_step),
                       classifier_scale=np.float64(_CLASSIFIER_SCALE.value or 1.0))
+    guide = _restore_guide(inference, config, step, record)
     generate = inference.make_generator(
         family, _NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value, sampler=_SAMPLER.value,
         steps=_STEPS.value, use_ema=_USE_EMA.value, class_label=_CLASS_LABEL.value,
         guidance_scale=_GUIDANCE.value, classifier=classifier,
         classifier_scale=1.0 if _CLASSIFIER_SCALE.value is None else _CLASSIFIER_SCALE.value,
-        task=task, edit_strength=_EDIT_STRENGTH.value, **arrays,
+        task=task, edit_strength=_EDIT_STRENGTH.value, guide=guide,
+        guide_scale=_autoguidance_scale(), **arrays,
     )
     samples, nfe = generate(state, _SEED.value)
     family_is_points = not family.is_image_data
     # Recorded with the samples so that evaluate.py can state how they were drawn.
+    sampler = getattr(family, "sampler_name", None) or _sampler_name(config, task)
+    if guide is not None:
+        sampler += (f" + autoguidance (w={_autoguidance_scale():g}, guide "
+                    f"{record['autoguide_workdir']} step {int(record['autoguide_step'])})")
     provenance = {
-        "sampler": np.str_(getattr(family, "sampler_name", None) or _sampler_name(config, task)),
+        "sampler": np.str_(sampler),
         "nfe": np.int64(nfe),
         "seed": np.int64(_SEED.value),
         "step": np.int64(step),

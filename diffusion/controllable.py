@@ -19,8 +19,9 @@ Every builder returns a pure, jittable function returning ``(x, nfe)`` with ``nf
 number of score evaluations (a Python int). Shapes are checked when the function is called
 (shapes are static under ``jax.jit``); bad input raises a one-line ValueError.
 
-Guidance wraps score functions: :func:`classifier_free_guidance` (Ho & Salimans, 2022)
-and :func:`classifier_guidance` (Dhariwal & Nichol, 2021; Song et al., 2021, Sec. 5).
+Guidance wraps score functions: :func:`classifier_free_guidance` (Ho & Salimans, 2022),
+:func:`classifier_guidance` (Dhariwal & Nichol, 2021; Song et al., 2021, Sec. 5) and
+:func:`autoguidance` (Karras et al., 2024), which needs no labels.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ LogProbFn = Callable[[Array, Array, Array], Array]
 Impose = Callable[[Array, Array, Array], Array]
 
 __all__ = [
+    "autoguidance",
     "classifier_free_guidance",
     "classifier_guidance",
     "colorizer",
@@ -400,5 +402,31 @@ def classifier_guidance(
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (batch,))
         grad = jax.grad(lambda v: jnp.sum(log_prob_fn(v, t, y)))(x)
         return score_fn(x, t) + scale * grad
+
+    return guided
+
+
+def autoguidance(score_fn: ScoreFn, guide_score_fn: ScoreFn, scale: float | Array) -> ScoreFn:
+    """Autoguidance (Karras et al., 2024, "Guiding a diffusion model with a bad version of
+    itself"): ``(1 + w) s(x, t) - w s_guide(x, t)`` with ``w = scale >= 0``.
+
+    The guide is a weaker model of the same data and SDE: an earlier checkpoint of the same
+    run, or a smaller network. Where the two disagree the model is unsure, and pushing
+    away from the guide there sharpens samples without the loss of variety that
+    classifier-free guidance trades for it; no labels are needed, so it serves
+    unconditional models. ``w = 0`` is ``score_fn`` itself (the paper's weight is
+    ``1 + w``). Each guided evaluation runs both networks.
+    """
+    w = scale
+    concrete = not isinstance(w, jax.core.Tracer)
+    if concrete:
+        w = float(w)
+        if not w >= 0.0:
+            raise ValueError(f"the autoguidance scale must be >= 0, got {w}")
+
+    def guided(x: Array, t: Array) -> Array:
+        if concrete and w == 0.0:
+            return score_fn(x, t)
+        return (1.0 + w) * score_fn(x, t) - w * guide_score_fn(x, t)
 
     return guided

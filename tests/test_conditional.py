@@ -10,7 +10,7 @@ from PIL import Image
 
 from diffusion import controllable, sampling
 from evaluation import runner
-from tests.configs import tiny, tiny_guided
+from tests.configs import tiny, tiny_families, tiny_guided
 from tests.test_cli import ROOT, _error_line, _run
 from training import loop
 from training.errors import UserError
@@ -205,6 +205,9 @@ def test_guided_inpainting_keeps_known_pixels_and_writes_the_requested_labels(
         (["--classifier_workdir=nowhere"], "needs both --classifier_workdir and"),
         (["--config.training.class_dropout=0", "--guidance_scale=1"],
          "needs a model trained with training.class_dropout > 0"),
+        (["--autoguidance_scale=1"], "--autoguidance_scale needs an autoguide"),
+        (["--autoguide_workdir=x", "--autoguidance_scale=-2"],
+         "--autoguidance_scale must be >= 0, got -2.0"),
     ],
 )
 def test_bad_conditional_request_is_one_line_and_writes_nothing(tmp_path, flags, message):
@@ -239,6 +242,52 @@ def test_evaluate_scores_a_conditional_model_on_the_labels_it_drew(cond_run):
     model = report["model"]
     assert 0.0 <= model["conditional_accuracy"] <= 1.0
     assert sum(model["class_counts"]) == 20
+
+
+def test_autoguidance_by_the_model_itself_changes_nothing_and_a_weaker_guide_does(cond_family):
+    """(1 + w) s - w s_guide: a guide with the model's own weights gives the unguided
+    samples; other weights move them. The guide gets the model's labels."""
+    params = _perturbed(cond_family.init_params(jax.random.PRNGKey(0)))
+    weaker = _perturbed(params, seed=1)
+    key, labels = jax.random.PRNGKey(4), np.array([1, 2, 3], np.int32)
+    guided = cond_family.make_sampler(3, steps=2, guide=cond_family, guide_scale=2.0)
+    plain, nfe = cond_family.make_sampler(3, steps=2)(params, key, labels)
+    same, guided_nfe = guided(params, key, labels, guide_params=params)
+    moved, _ = guided(params, key, labels, guide_params=weaker)
+    np.testing.assert_allclose(same, plain, atol=1e-4)
+    assert np.max(np.abs(np.asarray(moved) - np.asarray(plain))) > 1e-2
+    assert guided_nfe == nfe == 3
+    with pytest.raises(UserError, match="guide_params go with a guide"):
+        guided(params, key, labels)
+    with pytest.raises(UserError, match="autoguidance and classifier-free guidance"):
+        cond_family.make_sampler(3, steps=2, guide=cond_family, guidance_scale=1.0)
+    with pytest.raises(UserError, match=r"autoguide has model\.num_classes=0, the model 10"):
+        cond_family.make_sampler(3, guide=get_family(tiny_guided.get_config("plain")))
+
+
+def test_an_autoguide_of_other_data_or_another_sde_is_refused(tmp_path):
+    from training import inference
+
+    model = tiny_guided.get_config("cond")
+    guide = tiny_guided.get_config("cond")
+    with guide.unlocked():
+        guide.model.beta_max = 10.0
+        guide.data.image_size = 16
+    with pytest.raises(UserError, match=r"guide vs model: data.image_size=16 vs 8; "
+                                        r"model.beta_max=10.0 vs 20.0"):
+        inference.restore_guide(model, guide, tmp_path)
+    with pytest.raises(UserError, match=r"autoguide config is of model\.family='gan'"):
+        inference.restore_guide(model, tiny_families.get_config("gan"), tmp_path)
+
+
+def test_an_autoguide_that_is_the_model_itself_is_one_line_and_writes_nothing(cond_run,
+                                                                              tmp_path):
+    out = tmp_path / "out" / "s.npz"
+    proc = _run("sample.py", f"--config={GUIDED}:cond", f"--workdir={cond_run}",
+                "--autoguide_step=2", "--num_samples=2", "--steps=1", f"--out={out}")
+    assert proc.returncode == 1
+    assert "the autoguide is the model itself (step 2 of" in _error_line(proc)
+    assert not out.parent.exists()
 
 
 def test_a_sampler_named_without_steps_keeps_its_own_default(cond_family):

@@ -299,6 +299,34 @@ def test_classifier_guidance_adds_the_classifier_gradient():
     np.testing.assert_allclose(guided_1, class_score, rtol=1e-4, atol=1e-4)
 
 
+def test_autoguidance_extrapolates_away_from_a_weaker_guide():
+    """Model N(0, s^2) and a wider guide N(0, g^2): the autoguided score at weight w is the
+    score of the Gaussian of precision (1 + w) / v_s - w / v_g (v = the marginal variance
+    at t), narrower than the model's; at w = 0 it is the model's and the guide is never
+    called."""
+    sde = SDES["vp"]
+    s, g = 0.5, 1.0
+    model = score.mixture_score_fn(sde, np.zeros((1, 3)), [s])
+    guide = score.mixture_score_fn(sde, np.zeros((1, 3)), [g])
+    x = jax.random.normal(jax.random.key(7), (6, 3))
+    t = jnp.linspace(0.05, 0.9, 6)
+    scale, std = sde.marginal_scale(t), sde.marginal_std(t)
+    v_s, v_g = scale**2 * s**2 + std**2, scale**2 * g**2 + std**2
+    for w in (0.5, 2.0):
+        precision = (1 + w) / v_s - w / v_g
+        guided = controllable.autoguidance(model, guide, w)(x, t)
+        np.testing.assert_allclose(guided, -precision[:, None] * x, rtol=1e-5, atol=1e-5)
+        assert np.all(precision > 1 / v_s)
+
+    def unusable(x, t):
+        raise AssertionError("the guide is not evaluated at w = 0")
+
+    np.testing.assert_array_equal(controllable.autoguidance(model, unusable, 0.0)(x, t),
+                                  model(x, t))
+    with pytest.raises(ValueError, match=r"autoguidance scale must be >= 0, got -1\.0"):
+        controllable.autoguidance(model, guide, -1.0)
+
+
 # ---------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------

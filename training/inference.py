@@ -69,6 +69,8 @@ def make_generator(
     image: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     edit_strength: float | None = None,
+    guide: tuple | None = None,
+    guide_scale: float = 1.0,
 ):
     """`generate(state, seed=0) -> (samples, nfe per batch)` for `num` samples, compiled once.
 
@@ -81,8 +83,9 @@ def make_generator(
     classes `generate.labels` (int32 (num,)): `class_label` for all, or None for
     0, 1, ..., K-1 cycling; for other models `generate.labels` is None. `guidance_scale`,
     `classifier_scale`, `task`, `image` and `mask` (data space, one image for every sample)
-    and `edit_strength` are those of the family's `make_sampler`. Bad requests raise
-    UserError here, before any compile.
+    and `edit_strength` are those of the family's `make_sampler`. `guide` (a `(family,
+    state)` pair from `restore_guide`) autoguides the model with weight `guide_scale`. Bad
+    requests raise UserError here, before any compile.
     """
     if num <= 0:
         raise UserError(f"the number of samples must be positive, got {num}")
@@ -94,6 +97,7 @@ def make_generator(
         batch_size, name=sampler, steps=steps, guidance_scale=guidance_scale,
         classifier=classifier_family, classifier_scale=classifier_scale, task=task,
         edit_strength=edit_strength,
+        **({} if guide is None else {"guide": guide[0], "guide_scale": guide_scale}),
     )
     num_batches = math.ceil(num / batch_size)
     label_classes = getattr(family, "num_classes", 0) or getattr(classifier_family,
@@ -106,6 +110,8 @@ def make_generator(
         )
     classifier_params = (None if classifier is None
                          else classifier_family.sample_params(classifier_state))
+    # The guide samples with its EMA weights (or raw ones) as the model does.
+    guide_params = None if guide is None else guide[0].sample_params(guide[1], use_ema=use_ema)
 
     def generate(state: TrainState, seed: int = 0) -> tuple[np.ndarray, int]:
         params = family.sample_params(state, use_ema=use_ema)
@@ -114,7 +120,8 @@ def make_generator(
         for i in range(num_batches):
             batch_labels = None if labels is None else labels[i * batch_size:(i + 1) * batch_size]
             x, nfe = sample(params, jax.random.fold_in(key, i), batch_labels,
-                            classifier_params, image, mask)
+                            classifier_params, image, mask,
+                            **({} if guide is None else {"guide_params": guide_params}))
             x = np.asarray(jax.device_get(x))
             if not np.isfinite(x).all():
                 raise UserError("the sampler produced non-finite values; nothing was written")
@@ -138,6 +145,36 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return node
 
 
+def _differing(keys: tuple[str, ...], theirs: ml_collections.ConfigDict,
+               mine: ml_collections.ConfigDict) -> list[str]:
+    return [f"{k}={_get(theirs, k)!r} vs {_get(mine, k)!r}"
+            for k in keys if _get(theirs, k) != _get(mine, k)]
+
+
+def restore_guide(model_config: ml_collections.ConfigDict,
+                  guide_config: ml_collections.ConfigDict, workdir: str | Path,
+                  step: int | None = None):
+    """(family, state, step) of the autoguide in `workdir` (at `step`, else its newest
+    checkpoint): a weaker diffusion model of the model's data and SDE, checked against
+    the model (UserError naming what differs)."""
+    if guide_config.model.family != model_config.model.family:
+        raise UserError(f"the autoguide config is of model.family="
+                        f"{guide_config.model.family!r}, the model's "
+                        f"{model_config.model.family!r}: they must match")
+    if model_config.model.family not in ("diffusion", "latent_diffusion"):
+        raise UserError(f"autoguidance guides diffusion models, not model.family="
+                        f"{model_config.model.family!r}")
+    keys = (_CLASSIFIER_SHARED + _SDE_PARAMETERS.get(model_config.training.sde, ())
+            + ("model.num_classes",))
+    if model_config.model.family == "latent_diffusion":
+        keys += ("latent.vae_config", "latent.vae_workdir")
+    diffs = _differing(keys, guide_config, model_config)
+    if diffs:
+        raise UserError("the autoguide was trained on other data or another SDE than the "
+                        "model (guide vs model: " + "; ".join(diffs) + ")")
+    return restore_latest(guide_config, workdir, step=step)
+
+
 def restore_classifier(model_config: ml_collections.ConfigDict,
                        classifier_config: ml_collections.ConfigDict, workdir: str | Path):
     """(family, state, step) of the noise classifier in `workdir`, checked against the
@@ -146,8 +183,7 @@ def restore_classifier(model_config: ml_collections.ConfigDict,
         raise UserError(f"the classifier config is of model.family="
                         f"{classifier_config.model.family!r}, not 'noise_classifier'")
     keys = _CLASSIFIER_SHARED + _SDE_PARAMETERS.get(model_config.training.sde, ())
-    diffs = [f"{k}={_get(classifier_config, k)!r} vs {_get(model_config, k)!r}"
-             for k in keys if _get(classifier_config, k) != _get(model_config, k)]
+    diffs = _differing(keys, classifier_config, model_config)
     if diffs:
         raise UserError("the classifier was trained on other data or another SDE than the "
                         "model (classifier vs model: " + "; ".join(diffs) + ")")

@@ -1,7 +1,8 @@
 """Seconds-fast configs for controllable generation: `tests/configs/tiny_guided.py:cond` is
 the tiny digits VP model made class-conditional (half the labels dropped, so the null label
-is well trained for its size), `:classifier` a tiny noise classifier of the same digits and
-SDE (for classifier guidance). Both are smaller than tiny's network."""
+is well trained for its size), `:plain` the same network unconditional, `:classifier` a
+tiny noise classifier of the same digits and SDE (for classifier guidance). All are smaller
+than tiny's network."""
 
 from tests.configs import tiny
 
@@ -17,9 +18,12 @@ def get_config(kind: str = "cond"):
     if kind == "cond":
         config.model.num_classes = 10
         config.training.class_dropout = 0.5
+    elif kind == "plain":
+        pass
     elif kind == "classifier":
         config.model.family = "noise_classifier"
         config.model.name = "noise_cnn"
     else:
-        raise ValueError(f"unknown tiny_guided config {kind!r}; known: cond, classifier")
+        raise ValueError(f"unknown tiny_guided config {kind!r}; known: cond, plain, "
+                         "classifier")
     return config

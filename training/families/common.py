@@ -57,12 +57,13 @@ def to_unit_range(x: jax.Array, centered: bool) -> jax.Array:
 
 
 def refuse_sampler_options(family: str, *, name=None, steps=None, guidance_scale=None,
-                           classifier=None, task: str = "sample", edit_strength=None) -> None:
+                           classifier=None, task: str = "sample", edit_strength=None,
+                           guide=None) -> None:
     """A family that draws a sample in one network call has no sampler, steps, guidance
     or image-conditioned tasks: say so instead of ignoring the request."""
     asked = {"--sampler": name is not None, "--steps": steps is not None,
              "--guidance_scale": bool(guidance_scale),
-             "classifier guidance": classifier is not None,
+             "classifier guidance": classifier is not None, "autoguidance": guide is not None,
              f"task {task!r}": task != "sample", "--edit_strength": edit_strength is not None}
     given = [what for what, on in asked.items() if on]
     if given:

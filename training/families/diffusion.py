@@ -217,10 +217,12 @@ class DiffusionFamily:
         classifier_scale: float = 1.0,
         task: str = "sample",
         edit_strength: float | None = None,
+        guide=None,
+        guide_scale: float = 1.0,
     ):
-        """`sample(params, key, labels=None, classifier_params=None, image=None, mask=None)
-        -> (x, nfe)` for `num` samples, compiled once: images in [0, 1], or 2-D points as
-        they are. Bad requests raise UserError here or at the call, before any compile.
+        """`sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
+        guide_params=None) -> (x, nfe)` for `num` samples, compiled once: images in [0, 1],
+        or 2-D points as they are. Bad requests raise UserError here or at the call, before any compile.
 
         By default the config's sampler; `name`/`steps` override it (sample.py's
         --sampler/--steps), taking the config's options that the named sampler accepts.
@@ -232,13 +234,17 @@ class DiffusionFamily:
         - `classifier` (a noise_classifier family, with `classifier_params` at the call)
           adds `classifier_scale * grad log p(y | x_t, t)` for `labels` (also to an
           unconditional model);
+        - `guide` (a weaker diffusion model of the same data and SDE, its family here and
+          `guide_params` at the call): autoguidance, `(1 + guide_scale) s - guide_scale
+          s_guide`, for any model; it does not combine with classifier-free guidance;
         - `task`: 'sample'; 'inpaint' (`image` (H, W, C) and `mask` (H, W, 1|C), 1 =
           known, in data space), 'colorize' (`image` the gray (H, W, 1)), 'sdedit'
           (`image` perturbed to time `edit_strength * T`, then denoised). These run the
           config's predictor (or `name`, a predictor) and corrector; `steps` defaults to
           `config.sampling.steps` (SDEdit: that times the strength).
         nfe counts score evaluations: a guided step (both halves of classifier-free
-        guidance in one batched call) counts one; classifier gradients are not counted.
+        guidance in one batched call; the model and its autoguide) counts one; classifier
+        gradients are not counted.
         """
         from diffusion import controllable
 
@@ -253,13 +259,18 @@ class DiffusionFamily:
         label_classes = self.num_classes
         if classifier is not None:
             label_classes = self._check_classifier(classifier, classifier_scale)
+        if guide is not None:
+            self._check_guide(guide, guide_scale, guidance)
         shape = (num, *self.data_shape)
         draw = self._task_sampler(task, shape, name, steps, edit_strength)
         image_shape = (*self.data_shape[:-1], 1) if task == "colorize" else self.data_shape
 
         @jax.jit
-        def run(params, key, labels, classifier_params, image, mask):
+        def run(params, key, labels, classifier_params, guide_params, image, mask):
             score_fn = self._guided_score_fn(params, labels, guidance)
+            if guide is not None:
+                score_fn = controllable.autoguidance(
+                    score_fn, guide._guided_score_fn(guide_params, labels, 0.0), guide_scale)
             if classifier is not None:
                 score_fn = controllable.classifier_guidance(
                     score_fn, classifier.log_prob_fn(classifier_params), labels,
@@ -272,10 +283,13 @@ class DiffusionFamily:
             x, nfe = draw(key, score_fn, image, mask)
             return self.to_unit_range(x), nfe
 
-        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None):
+        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
+                   guide_params=None):
             labels = self.sample_labels(labels, num, label_classes)
             if (classifier is None) != (classifier_params is None):
                 raise UserError("classifier_params go with a classifier given to make_sampler")
+            if (guide is None) != (guide_params is None):
+                raise UserError("guide_params go with a guide given to make_sampler")
             if (task == "sample") != (image is None):
                 raise UserError(f"task {task!r} " + ("takes no image" if task == "sample"
                                                       else "needs an image"))
@@ -289,7 +303,7 @@ class DiffusionFamily:
                 if tuple(np.shape(mask)[-3:]) not in mask_shapes:
                     raise UserError(f"the mask has shape {tuple(np.shape(mask))}; it must "
                                     f"cover the image: {' or '.join(map(str, mask_shapes))}")
-            return run(params, key, labels, classifier_params, image, mask)
+            return run(params, key, labels, classifier_params, guide_params, image, mask)
 
         return sample
 
@@ -317,6 +331,24 @@ class DiffusionFamily:
             raise UserError(f"the classifier has {classifier.num_classes} classes, the "
                             f"class-conditional model {self.num_classes}")
         return int(classifier.num_classes)
+
+    def _check_guide(self, guide, scale: float, guidance: float) -> None:
+        """UserError unless `guide` can autoguide this model: the same kind of model on
+        the same data shape and classes (inference.restore_guide checks data and SDE)."""
+        if not (np.isfinite(scale) and scale >= 0):
+            raise UserError(f"the autoguidance scale must be >= 0, got {scale}")
+        if type(guide) is not type(self):
+            raise UserError(f"the autoguide is a {type(guide).__name__}, the model a "
+                            f"{type(self).__name__}: it must be the same kind of model")
+        if tuple(guide.data_shape) != self.data_shape:
+            raise UserError(f"the autoguide draws data of shape {tuple(guide.data_shape)}, "
+                            f"the model {self.data_shape}")
+        if guide.num_classes != self.num_classes:
+            raise UserError(f"the autoguide has model.num_classes={guide.num_classes}, the "
+                            f"model {self.num_classes}: they must match")
+        if guidance > 0:
+            raise UserError("autoguidance and classifier-free guidance (--guidance_scale) do "
+                            "not combine here: use one of them")
 
     sample_labels = staticmethod(common.sample_labels)
 

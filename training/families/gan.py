@@ -240,13 +240,13 @@ class GANFamily:
 
     def make_sampler(self, num: int, *, name=None, steps=None, guidance_scale=None,
                      classifier=None, classifier_scale: float = 1.0, task: str = "sample",
-                     edit_strength=None):
+                     edit_strength=None, guide=None, guide_scale: float = 1.0):
         """`sample(params, key, labels=None, ...) -> (images in [0, 1], 1)`: `num`
         generator draws, compiled once; conditional generators draw `labels` (one int or
         (num,); None: 0..K-1 cycling). nfe counts generator calls (one)."""
         common.refuse_sampler_options("GAN", name=name, steps=steps,
                                       guidance_scale=guidance_scale, classifier=classifier,
-                                      task=task, edit_strength=edit_strength)
+                                      task=task, edit_strength=edit_strength, guide=guide)
 
         @jax.jit
         def run(params, key, labels):

@@ -115,9 +115,17 @@ class LatentDiffusionFamily(DiffusionFamily):
         tasks and classifier guidance (classifiers of images) are refused."""
         if options.get("task", "sample") != "sample" or options.get("classifier") is not None:
             raise UserError("latent diffusion samples (optionally class-conditionally with "
-                            "--guidance_scale); inpainting, colorization, SDEdit and "
-                            "classifier guidance act on images and are not supported")
+                            "--guidance_scale, or autoguided); inpainting, colorization, "
+                            "SDEdit and classifier guidance act on images and are not "
+                            "supported")
         return super().make_sampler(num, **options)
+
+    def _check_guide(self, guide, scale: float, guidance: float) -> None:
+        super()._check_guide(guide, scale, guidance)
+        if (guide.vae_step, guide.latent_scale) != (self.vae_step, self.latent_scale):
+            raise UserError(f"the autoguide diffuses the latents of VAE step {guide.vae_step} "
+                            f"(scale {guide.latent_scale:.6g}), the model those of step "
+                            f"{self.vae_step} (scale {self.latent_scale:.6g}): they must match")
 
     def make_log_likelihood(self, **options):
         raise UserError("bits/dim needs the likelihood of the images; a latent diffusion "

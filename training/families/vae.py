@@ -194,12 +194,12 @@ class VAEFamily:
 
     def make_sampler(self, num: int, *, name=None, steps=None, guidance_scale=None,
                      classifier=None, classifier_scale: float = 1.0, task: str = "sample",
-                     edit_strength=None):
+                     edit_strength=None, guide=None, guide_scale: float = 1.0):
         """`sample(params, key) -> (images in [0, 1], 1)`: `num` decoder means of latents
         drawn from the prior, compiled once."""
         common.refuse_sampler_options("VAE", name=name, steps=steps,
                                       guidance_scale=guidance_scale, classifier=classifier,
-                                      task=task, edit_strength=edit_strength)
+                                      task=task, edit_strength=edit_strength, guide=guide)
 
         @jax.jit
         def run(params, key):
