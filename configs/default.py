@@ -151,6 +151,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     gan.ema_halflife_images = 10_000  # generator EMA half-life in images; 0 = no EMA
     gan.ema_rampup = placeholder(float)  # half-life <= rampup * images seen; unset = none
     gan.augment = ""  # DiffAugment policy for real and fake alike: 'color,translation,cutout'
+    # > 0: G and D conditioned on this many k-means clusters of the training images (the
+    # model stays unconditional: sampling draws clusters by their frequency; Liu et al.).
+    gan.self_condition_clusters = 0
     gan.d_lr = placeholder(float)  # discriminator learning rate; unset = optim.lr
 
     # model.family='vae': the objective; evaluate.py reports the ELBO and the IWAE bound.

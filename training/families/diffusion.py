@@ -222,7 +222,8 @@ class DiffusionFamily:
     ):
         """`sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
         guide_params=None) -> (x, nfe)` for `num` samples, compiled once: images in [0, 1],
-        or 2-D points as they are. Bad requests raise UserError here or at the call, before any compile.
+        or 2-D points as they are. Bad requests raise UserError here or at the call, before
+        any compile.
 
         By default the config's sampler; `name`/`steps` override it (sample.py's
         --sampler/--steps), taking the config's options that the named sampler accepts.

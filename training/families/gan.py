@@ -14,11 +14,13 @@ EMA (a half-life in images) follows.
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
 from data import pipeline
-from gan import augment, ema, losses, penalties
+from gan import augment, ema, losses, penalties, self_condition
 from networks import gan as gan_networks
 from networks.spectral_norm import NetState
 from training import optim
@@ -73,6 +75,7 @@ class GANFamily:
                 raise UserError(f"config.gan.{name} must be >= 0, got {cfg[name]}")
         if int(cfg.reg_interval) < 1:
             raise UserError(f"config.gan.reg_interval must be >= 1, got {cfg.reg_interval}")
+        self.num_clusters, self.net_config = self._self_conditioning(config)
         self.latent_dim = int(config.model.latent_dim)
         if self.latent_dim < 1:
             raise UserError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
@@ -83,18 +86,48 @@ class GANFamily:
             d_optim.lr = float(cfg.d_lr)
         self.d_tx, self.d_lr_schedule = optim.make_optimizer(d_optim, n_iters)
         try:
-            g, d = nnx.eval_shape(lambda: gan_networks.from_config(config, nnx.Rngs(0)))
+            g, d = nnx.eval_shape(lambda: gan_networks.from_config(self.net_config,
+                                                                    nnx.Rngs(0)))
         except ValueError as err:
             raise UserError(f"network {config.model.name!r}: {err}") from err
         self.generator, self.discriminator = _Network(g), _Network(d)
         self._check_generator_shape()
+
+    def _self_conditioning(self, config: ml_collections.ConfigDict):
+        """(clusters K, the networks' config): with `gan.self_condition_clusters = K > 0`
+        the networks are conditioned on K k-means clusters of the training split
+        (`cluster_centres`, `cluster_frequencies`); the model itself stays unconditional."""
+        k = int(config.gan.get("self_condition_clusters", 0))
+        if k < 0:
+            raise UserError(f"config.gan.self_condition_clusters must be >= 0, got {k}")
+        if k == 0:
+            return 0, config
+        if self.num_classes:
+            raise UserError("config.gan.self_condition_clusters conditions an unconditional "
+                            "GAN on clusters; this one has labels (model.num_classes="
+                            f"{self.num_classes}): set one of them to 0")
+        images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
+        if config.data.centered:
+            images = 2.0 * images - 1.0
+        if k > len(images):
+            raise UserError(f"config.gan.self_condition_clusters={k} exceeds the "
+                            f"{len(images)} training images")
+        centres, assignment = self_condition.kmeans(images, k, seed=0)
+        self.cluster_centres = jnp.asarray(centres)
+        self.cluster_frequencies = jnp.asarray(np.bincount(assignment, minlength=k)
+                                               / len(assignment), jnp.float32)
+        logging.info("self-conditioning on %d k-means clusters of %d training images "
+                     "(sizes %s)", k, len(images), np.bincount(assignment).tolist())
+        net_config = config.copy_and_resolve_references()
+        net_config.model.num_classes = k
+        return k, net_config
 
     # -- networks ---------------------------------------------------------------------
 
     def _check_generator_shape(self) -> None:
         params, state = jax.eval_shape(lambda: self._init_networks(jax.random.PRNGKey(0))[0])
         z = jax.ShapeDtypeStruct((2, self.latent_dim), jnp.float32)
-        labels = jnp.zeros((2,), jnp.int32) if self.is_conditional else None
+        labels = jnp.zeros((2,), jnp.int32) if self._network_classes else None
         out, _ = jax.eval_shape(
             lambda p, s, z: self.generator.apply(p, s, z, train=False, class_labels=labels),
             params, state, z)
@@ -104,7 +137,7 @@ class GANFamily:
                             f"has shape {self.data_shape}")
 
     def _init_networks(self, key: jax.Array):
-        g, d = gan_networks.from_config(self.config, nnx.Rngs(key))
+        g, d = gan_networks.from_config(self.net_config, nnx.Rngs(key))
         return _Network.split(g), _Network.split(d)
 
     @property
@@ -112,10 +145,17 @@ class GANFamily:
         return self.num_classes > 0
 
     @property
+    def _network_classes(self) -> int:
+        return self.num_clusters or self.num_classes
+
+    @property
     def is_image_data(self) -> bool:
         return True
 
     def _labels(self, batch: dict):
+        """What the networks are conditioned on: the labels, the clusters, or nothing."""
+        if self.num_clusters:
+            return self_condition.nearest_centre(batch["image"], self.cluster_centres)
         return batch["label"].astype(jnp.int32) if self.is_conditional else None
 
     def _augment(self, key: jax.Array, x: jax.Array) -> jax.Array:
@@ -251,6 +291,10 @@ class GANFamily:
         @jax.jit
         def run(params, key, labels):
             g_params, g_state = params
+            if self.num_clusters:
+                key, cluster_key = jax.random.split(key)
+                labels = self_condition.draw_clusters(cluster_key, self.cluster_frequencies,
+                                                      num)
             z = jax.random.normal(key, (num, self.latent_dim))
             x, _ = self.generator.apply(g_params, g_state, z, train=False, class_labels=labels)
             return common.to_unit_range(x, self.config.data.centered)

@@ -1,0 +1,73 @@
+"""Self-conditioned GANs (Liu et al., 2020, "Diverse image generation via self-conditioned
+GANs"): an unconditional GAN whose generator and discriminator are conditioned on the
+cluster of the image instead of a human label.
+
+The training split is clustered once by k-means on its pixels (deterministic: k-means++
+seeding from a fixed seed, then Lloyd's iterations to convergence). During training each
+real image takes the label of its nearest centre; sampling draws the label from the
+clusters' frequencies, so no label is ever asked of the user and the model stays
+unconditional. The paper re-clusters the discriminator's features as training goes; fixed
+pixel clusters are the simple form of the idea and suit small images like the digits,
+whose pixel clusters already follow the digit classes closely.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def kmeans(points: np.ndarray, k: int, *, seed: int = 0,
+           max_iters: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (k, D) float32, assignment (N,) int32) of `points` (N, D) by k-means++
+    seeding and Lloyd's iterations in float64, until no assignment changes.
+
+    A cluster that empties is re-seeded with the point farthest from its centre, so every
+    one of the k clusters holds at least one point. ValueError if k is not in 1..N.
+    """
+    points = np.asarray(points, np.float64).reshape(len(points), -1)
+    n = len(points)
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= the number of points ({n}), got k={k}")
+    rng = np.random.default_rng(seed)
+    centres = [points[rng.integers(n)]]
+    closest = _squared_distances(points, np.stack(centres)).min(axis=1)
+    for _ in range(1, k):
+        total = closest.sum()
+        # All points on the centres already: any point will do (duplicates in the data).
+        index = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
+        centres.append(points[index])
+        closest = np.minimum(closest, _squared_distances(points, points[index][None])[:, 0])
+    centres = np.stack(centres)
+    assignment = np.full(n, -1)
+    for _ in range(max_iters):
+        distances = _squared_distances(points, centres)
+        new = distances.argmin(axis=1)
+        for empty in np.setdiff1d(np.arange(k), new):
+            farthest = distances[np.arange(n), new].argmax()
+            new[farthest] = empty
+            distances[farthest] = 0.0
+        if np.array_equal(new, assignment):
+            break
+        assignment = new
+        centres = np.stack([points[assignment == j].mean(axis=0) for j in range(k)])
+    return centres.astype(np.float32), assignment.astype(np.int32)
+
+
+def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    # |p|^2 - 2 p.c + |c|^2: (N, K) memory, not (N, K, D).
+    squared = ((points**2).sum(axis=1)[:, None] - 2.0 * points @ centres.T
+               + (centres**2).sum(axis=1)[None, :])
+    return np.maximum(squared, 0.0)
+
+
+def nearest_centre(images: jax.Array, centres: jax.Array) -> jax.Array:
+    """(B,) int32 index of the nearest of `centres` (K, D) to each of `images` (B, ...)."""
+    flat = images.reshape(images.shape[0], -1)
+    distances = (jnp.sum(flat**2, axis=1, keepdims=True) - 2.0 * flat @ centres.T
+                 + jnp.sum(centres**2, axis=1)[None, :])
+    return jnp.argmin(distances, axis=1).astype(jnp.int32)
+
+
+def draw_clusters(key: jax.Array, frequencies: jax.Array, num: int) -> jax.Array:
+    """(num,) int32 cluster labels drawn with the training split's cluster frequencies."""
+    return jax.random.categorical(key, jnp.log(frequencies), shape=(num,)).astype(jnp.int32)

@@ -1,0 +1,94 @@
+"""Self-conditioned GANs: k-means of the training images, the nearest-centre labels of a
+batch, cluster draws by frequency, and the GAN family that conditions on them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gan import self_condition
+from tests.configs import tiny_families
+from training.errors import UserError
+from training.families import get_family
+
+
+def _blobs(seed: int = 0):
+    """Three well-separated blobs of 40, 25 and 10 points in 5-D, shuffled."""
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0] * 5, [10.0] * 5, [0.0, 10.0, 0.0, 10.0, 0.0]])
+    truth = np.repeat([0, 1, 2], [40, 25, 10])
+    points = means[truth] + 0.3 * rng.normal(size=(75, 5))
+    order = rng.permutation(75)
+    return points[order], truth[order], means
+
+
+def test_kmeans_recovers_separated_blobs_deterministically():
+    points, truth, means = _blobs()
+    centres, assignment = self_condition.kmeans(points, 3, seed=1)
+    # The same partition as the truth, whatever the cluster numbering.
+    pairs = set(zip(truth.tolist(), assignment.tolist(), strict=True))
+    assert len(pairs) == 3
+    for j in range(3):
+        members = points[assignment == j]
+        np.testing.assert_allclose(centres[j], members.mean(axis=0), rtol=1e-5, atol=1e-5)
+        assert np.min(np.abs(means - centres[j]).max(axis=1)) < 0.3
+    again = self_condition.kmeans(points, 3, seed=1)
+    np.testing.assert_array_equal(again[0], centres)
+    np.testing.assert_array_equal(again[1], assignment)
+
+
+def test_kmeans_fills_every_cluster_and_refuses_an_impossible_k():
+    points = np.repeat(np.eye(2), [6, 1], axis=0)  # two distinct points, one of them 6 times
+    centres, assignment = self_condition.kmeans(points, 3)
+    assert np.all(np.bincount(assignment, minlength=3) >= 1)
+    for j in range(3):
+        np.testing.assert_allclose(centres[j], points[assignment == j].mean(axis=0))
+    with pytest.raises(ValueError, match=r"1 <= k <= the number of points \(7\), got k=8"):
+        self_condition.kmeans(points, 8)
+
+
+def test_nearest_centre_and_cluster_draws():
+    points, _, _ = _blobs()
+    centres, assignment = self_condition.kmeans(points, 3)
+    images = jnp.asarray(points, jnp.float32).reshape(75, 5, 1)
+    np.testing.assert_array_equal(self_condition.nearest_centre(images, centres), assignment)
+    frequencies = jnp.array([0.7, 0.0, 0.3])
+    draws = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(0), frequencies, 20_000))
+    assert draws.dtype == np.int32 and not np.any(draws == 1)
+    assert abs((draws == 0).mean() - 0.7) < 0.02
+
+
+def test_a_self_conditioned_gan_trains_on_clusters_and_samples_unconditionally():
+    config = tiny_families.get_config("gan")
+    config.gan.self_condition_clusters = 5
+    family = get_family(config)
+    assert family.num_clusters == 5 and family.num_classes == 0
+    assert not family.is_conditional
+    np.testing.assert_allclose(float(jnp.sum(family.cluster_frequencies)), 1.0, rtol=1e-6)
+    # The networks embed the 5 clusters: the label embedding has 5 rows.
+    state = family.init_state(jax.random.PRNGKey(0))
+    embeddings = [leaf.shape
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+                  if "embed" in jax.tree_util.keystr(path)]
+    assert embeddings and all(shape[0] == 5 for shape in embeddings)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (16, 8, 8, 1)), jnp.float32),
+             "label": jnp.zeros((16,), jnp.int32)}
+    new, metrics = jax.jit(family.train_step)(state, batch)
+    assert int(new.step) == 1 and np.isfinite(metrics["d_loss"])
+    sample = family.make_sampler(6)
+    images, nfe = sample(family.sample_params(new), jax.random.PRNGKey(1))
+    assert nfe == 1 and images.shape == (6, 8, 8, 1)
+    with pytest.raises(UserError, match="class labels need a class-conditional model"):
+        sample(family.sample_params(new), jax.random.PRNGKey(1), labels=3)
+
+
+def test_self_conditioning_a_labelled_gan_or_negative_clusters_is_refused():
+    config = tiny_families.get_config("gan_cond")
+    config.gan.self_condition_clusters = 5
+    with pytest.raises(UserError, match=r"this one has labels \(model.num_classes=10\)"):
+        get_family(config)
+    config = tiny_families.get_config("gan")
+    config.gan.self_condition_clusters = -1
+    with pytest.raises(UserError, match="self_condition_clusters must be >= 0, got -1"):
+        get_family(config)
