@@ -11,4 +11,6 @@ def get_config():
     config.latent.vae_config = "configs/digits_latent_ae.py"
     config.latent.vae_workdir = "runs/digits_latent_ae"
     config.model.ch_mult = (1, 2)
+    # Twice digits_vp's steps: FD 0.140 at 4,000 steps, 0.117 at 8,000 (README).
+    config.training.n_iters = 8000
     return config
