@@ -96,8 +96,8 @@ def make_generator(
     sample = family.make_sampler(
         batch_size, name=sampler, steps=steps, guidance_scale=guidance_scale,
         classifier=classifier_family, classifier_scale=classifier_scale, task=task,
-        edit_strength=edit_strength,
-        **({} if guide is None else {"guide": guide[0], "guide_scale": guide_scale}),
+        edit_strength=edit_strength, guide=None if guide is None else guide[0],
+        guide_scale=guide_scale,
     )
     num_batches = math.ceil(num / batch_size)
     label_classes = getattr(family, "num_classes", 0) or getattr(classifier_family,
@@ -120,8 +120,7 @@ def make_generator(
         for i in range(num_batches):
             batch_labels = None if labels is None else labels[i * batch_size:(i + 1) * batch_size]
             x, nfe = sample(params, jax.random.fold_in(key, i), batch_labels,
-                            classifier_params, image, mask,
-                            **({} if guide is None else {"guide_params": guide_params}))
+                            classifier_params, image, mask, guide_params)
             x = np.asarray(jax.device_get(x))
             if not np.isfinite(x).all():
                 raise UserError("the sampler produced non-finite values; nothing was written")

@@ -299,10 +299,11 @@ class GANFamily:
             x, _ = self.generator.apply(g_params, g_state, z, train=False, class_labels=labels)
             return common.to_unit_range(x, self.config.data.centered)
 
-        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None):
+        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
+                   guide_params=None):
             labels = self.sample_labels(labels, num, self.num_classes)
-            if classifier_params is not None or image is not None or mask is not None:
-                raise UserError("a GAN takes no classifier, image or mask")
+            if any(arg is not None for arg in (classifier_params, image, mask, guide_params)):
+                raise UserError("a GAN takes no classifier, autoguide, image or mask")
             return run(params, key, labels), 1
 
         return sample

@@ -206,10 +206,11 @@ class VAEFamily:
             z = jax.random.normal(key, (num, *self.latent_shape))
             return common.to_unit_range(self.decode(params, z), self.config.data.centered)
 
-        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None):
+        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
+                   guide_params=None):
             self.sample_labels(labels, num, 0)
-            if classifier_params is not None or image is not None or mask is not None:
-                raise UserError("a VAE takes no classifier, image or mask")
+            if any(arg is not None for arg in (classifier_params, image, mask, guide_params)):
+                raise UserError("a VAE takes no classifier, autoguide, image or mask")
             return run(params, key), 1
 
         return sample
