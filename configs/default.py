@@ -25,6 +25,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.snapshot_sampling = True  # write a PNG grid of EMA samples at each snapshot
     training.num_snapshot_samples = 64
     training.sde = "vpsde"
+    # 'dsm': score_sde's denoising score matching, t ~ U(eps, T) (continuous) or the DDPM /
+    # SMLD discrete loss; 'edm': EDM's lognormal noise levels ln sigma ~ N(P_mean, P_std^2)
+    # and its weighting (pairs with model.preconditioning='edm').
+    training.objective = "dsm"
+    training.P_mean = -1.2
+    training.P_std = 1.2
     training.continuous = True
     training.likelihood_weighting = False
     training.reduce_mean = False
@@ -105,6 +111,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     model.embedding_type = "positional"
     model.fourier_scale = 16.0
     model.init_scale = 0.0
+    # How the network's output becomes a score: 'none' (score_sde: noise prediction for VP,
+    # scaled score for VE) or 'edm' (EDM's c_skip / c_out / c_in denoiser around data of
+    # std sigma_data; diffusion/score.py).
+    model.preconditioning = "none"
+    model.sigma_data = 0.5
     model.conv_impl = "auto"  # 'auto' | 'xla' | 'matmul' (patches x matmul: faster on CPU)
     model.num_classes = 0  # > 0: class-conditional on the dataset's labels (0 .. K-1)
     model.fir = False

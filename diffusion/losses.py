@@ -11,14 +11,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import sde_lib
+from diffusion import edm, sde_lib
 from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast
 
 Array = jax.Array
 ScoreFn = sde_lib.ScoreFn
 LossFn = Callable[[ScoreFn, Array, Array], Array]
 
-__all__ = ["DISCRETE_LOSSES", "get_loss_fn"]
+__all__ = ["DISCRETE_LOSSES", "OBJECTIVES", "get_loss_fn"]
 
 
 def _reducer(reduce_mean: bool) -> Callable[[Array], Array]:
@@ -48,6 +48,37 @@ def _continuous_loss(
             # lambda(t) = std^2: || std s + z ||^2, i.e. noise prediction.
             per_example = reduce(jnp.square(score * std_b + z))
         return jnp.mean(per_example)
+
+    return loss_fn
+
+
+def _edm_loss(
+    sde: SDE, *, reduce_mean: bool, eps: float, p_mean: float, p_std: float, sigma_data: float
+) -> LossFn:
+    """EDM's objective (Karras et al., 2022, eq. 8 with Table 1's training column):
+    ``ln sigma ~ N(p_mean, p_std^2)``, clipped to the SDE's ``[sigma(eps), sigma(T)]``, and
+    ``lambda(sigma) || D(x_hat; sigma) - x ||^2`` with ``lambda = (sigma^2 + sigma_data^2) /
+    (sigma sigma_data)^2``.
+
+    Through a score ``D - x = sigma (z + std s)``, so the loss is the noise-prediction residual
+    of the uniform-time loss weighted by ``(sigma^2 + sigma_data^2) / sigma_data^2`` at
+    lognormal noise levels: any score function trains with it. With EDM's preconditioning
+    (score.py) it is EDM's unit-variance regression of the network's output.
+    """
+    reduce = _reducer(reduce_mean)
+    sigma_lo, sigma_hi = (float(v) for v in edm.edm_sigma(sde, jnp.asarray([eps, sde.T])))
+
+    def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
+        key_s, key_z = jax.random.split(key)
+        log_sigma = p_mean + p_std * jax.random.normal(key_s, x.shape[:1], x.dtype)
+        t = edm.sigma_to_t(sde, jnp.clip(jnp.exp(log_sigma), sigma_lo, sigma_hi))
+        z = jax.random.normal(key_z, x.shape, x.dtype)
+        mean, std = sde.marginal_prob(x, t)
+        std_b = batch_broadcast(std, x)
+        score = score_fn(mean + std_b * z, t)
+        sigma = std / sde.marginal_scale(t)  # the level t stands for, after the round trip
+        weight = (sigma**2 + sigma_data**2) / sigma_data**2
+        return jnp.mean(reduce(jnp.square(score * std_b + z)) * weight)
 
     return loss_fn
 
@@ -95,18 +126,30 @@ def _smld_loss(sde: VESDE, *, reduce_mean: bool) -> LossFn:
 DISCRETE_LOSSES: dict[type[SDE], Callable[..., LossFn]] = {VPSDE: _ddpm_loss, VESDE: _smld_loss}
 
 
+# training.objective names.
+OBJECTIVES = ("dsm", "edm")
+
+
 def get_loss_fn(
     sde: SDE,
     *,
+    objective: str = "dsm",
     continuous: bool = True,
     likelihood_weighting: bool = False,
     reduce_mean: bool = True,
     eps: float = 1e-5,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    sigma_data: float = 0.5,
 ) -> LossFn:
     """Build ``loss_fn(score_fn, key, x) -> scalar``, the batch mean of per-example losses.
 
     Args:
       sde: the forward SDE.
+      objective: ``'dsm'``, score_sde's denoising score matching (the next two arguments
+        choose its form), or ``'edm'``, EDM's lognormal noise levels and weighting
+        (``p_mean``, ``p_std``, ``sigma_data``; continuous time, any SDE with a
+        ``t(sigma)``).
       continuous: denoising score matching with ``t ~ U(eps, T)`` (True), or the
         discrete-time objective of the SDE's discrete model: DDPM for VP, SMLD for VE.
       likelihood_weighting: weight by ``g(t)^2`` instead of ``std(t)^2`` (continuous only).
@@ -115,9 +158,21 @@ def get_loss_fn(
 
     ``x`` is the clean (global) batch ``(B, ...)``; ``key`` draws all times and noise.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    if continuous and not 0.0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
+    if objective == "edm":
+        if not continuous or likelihood_weighting:
+            raise ValueError("objective='edm' is continuous-time with its own weighting: "
+                             "set continuous=True and likelihood_weighting=False")
+        if not (p_std > 0 and sigma_data > 0):
+            raise ValueError(f"objective='edm' needs p_std > 0 and sigma_data > 0, got "
+                             f"p_std={p_std}, sigma_data={sigma_data}")
+        edm.check_sigma_to_t(sde, "objective='edm'")
+        return _edm_loss(sde, reduce_mean=reduce_mean, eps=eps, p_mean=p_mean, p_std=p_std,
+                         sigma_data=sigma_data)
     if continuous:
-        if not 0.0 < eps < sde.T:
-            raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
         return _continuous_loss(
             sde, likelihood_weighting=likelihood_weighting, reduce_mean=reduce_mean, eps=eps
         )

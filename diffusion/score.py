@@ -11,6 +11,16 @@ VP, sub-VP     ``999 t`` (continuous),     ``-output / std`` (output predicts th
                ``t (N-1)`` (discrete VP)
 VE             ``log sigma(t)``            ``output / sigma`` (output is the scaled score)
 =============  ==========================  ===============================================
+
+``preconditioning='edm'`` (Karras et al., 2022, Table 1) reads the output ``F`` as EDM's
+denoiser ``D(x_hat) = c_skip x_hat + c_out F(c_in x_hat, c_noise)`` in ``x_hat = x / s(t)``
+at ``sigma(t) = std / s`` (the same ``c_noise`` as above), whatever the SDE. With
+``v = sigma^2 + sigma_data^2``: ``c_in = 1 / sqrt(v)``, ``c_skip = sigma_data^2 / v``,
+``c_out = sigma sigma_data / sqrt(v)``; the score is ``(D - x_hat) / (sigma^2 s)``, written
+as ``(sigma_data F / (sigma sqrt(v)) - x_hat / v) / s`` so that no difference of nearly
+equal terms is taken at small ``sigma``. The network's input and its regression target
+have unit variance at every noise level, and ``F = 0`` is the exact score of data
+``N(0, sigma_data^2 I)``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ ScoreFn = sde_lib.ScoreFn
 NetFn = Callable[[Array, Array], Array]
 
 __all__ = [
+    "PRECONDITIONINGS",
     "get_score_fn",
     "mixture_score_fn",
     "noise_conditioning",
@@ -106,21 +117,62 @@ def output_scale(sde: SDE, t: Array, continuous: bool = True) -> Array:
     return p.sign / p.std(sde, t)
 
 
-def get_score_fn(sde: SDE, net_fn: NetFn, *, continuous: bool = True) -> ScoreFn:
-    """Wrap ``net_fn(x, c_noise)`` into ``score_fn(x, t)`` for ``sde``.
-
-    ``continuous=False`` gives the discrete-time (DDPM) reading for VP: ``c_noise`` is the
-    timestep ``t (N-1)`` and the std comes from the DDPM table at ``round(t (N-1))``. VE is the
-    same either way (``c_noise = log sigma``). Sub-VP has no discrete form (ValueError).
-    """
-    p = _parametrisation(sde, continuous)
-
+def _plain_score_fn(sde: SDE, net_fn: NetFn, p: _Parametrisation, sigma_data: float):
     def score_fn(x: Array, t: Array) -> Array:
         t = _as_batch_t(t, x)
         output = net_fn(x, p.c_noise(sde, t))
         return output * batch_broadcast(p.sign / p.std(sde, t), x)
 
     return score_fn
+
+
+def _edm_score_fn(sde: SDE, net_fn: NetFn, p: _Parametrisation, sigma_data: float):
+    def score_fn(x: Array, t: Array) -> Array:
+        t = _as_batch_t(t, x)
+        scale = batch_broadcast(sde.marginal_scale(t), x)
+        sigma = batch_broadcast(sde.marginal_std(t), x) / scale
+        var = sigma**2 + sigma_data**2
+        x_hat = x / scale
+        output = net_fn(x_hat * jax.lax.rsqrt(var), p.c_noise(sde, t))
+        score_hat = sigma_data * output / (sigma * jnp.sqrt(var)) - x_hat / var
+        return score_hat / scale
+
+    return score_fn
+
+
+# model.preconditioning -> how the network's output becomes a score.
+PRECONDITIONINGS: dict[str, Callable[..., ScoreFn]] = {
+    "none": _plain_score_fn,
+    "edm": _edm_score_fn,
+}
+
+
+def get_score_fn(
+    sde: SDE,
+    net_fn: NetFn,
+    *,
+    continuous: bool = True,
+    preconditioning: str = "none",
+    sigma_data: float = 0.5,
+) -> ScoreFn:
+    """Wrap ``net_fn(x, c_noise)`` into ``score_fn(x, t)`` for ``sde``.
+
+    ``continuous=False`` gives the discrete-time (DDPM) reading for VP: ``c_noise`` is the
+    timestep ``t (N-1)`` and the std comes from the DDPM table at ``round(t (N-1))``. VE is the
+    same either way (``c_noise = log sigma``). Sub-VP has no discrete form (ValueError).
+    ``preconditioning`` is ``'none'`` (score_sde's reading, table above) or ``'edm'``
+    (EDM's denoiser with data std ``sigma_data``; continuous time only).
+    """
+    if preconditioning not in PRECONDITIONINGS:
+        raise ValueError(
+            f"unknown preconditioning {preconditioning!r}; known: {sorted(PRECONDITIONINGS)}"
+        )
+    if preconditioning != "none" and not continuous:
+        raise ValueError(f"preconditioning={preconditioning!r} needs continuous training")
+    if not sigma_data > 0:
+        raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+    p = _parametrisation(sde, continuous)
+    return PRECONDITIONINGS[preconditioning](sde, net_fn, p, float(sigma_data))
 
 
 def mixture_score_fn(

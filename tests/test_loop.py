@@ -136,3 +136,34 @@ def test_fourier_embedding_with_a_vp_sde_is_refused_with_the_reason():
     config.model.embedding_type = "fourier"
     with pytest.raises(UserError, match="expects the log-sigma conditioning of a VE SDE"):
         diffusion_family.DiffusionFamily(config)
+
+
+def test_edm_objective_and_preconditioning_train_and_sample(tmp_path):
+    config = tiny.get_config("vpsde")
+    config.training.objective = "edm"
+    config.model.preconditioning = "edm"
+    config.model.sigma_data = 0.75
+    config.training.n_iters = 1
+    config.training.snapshot_freq = 1
+    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
+    assert np.isfinite(result["loss"]) and result["loss"] > 0
+    assert (tmp_path / "samples" / "step_0000001.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"training.objective": "edm", "training.continuous": False},
+         "training.objective / model.preconditioning: objective='edm' is continuous-time"),
+        ({"model.preconditioning": "karras"},
+         "training.objective / model.preconditioning: unknown preconditioning 'karras'"),
+    ],
+)
+def test_bad_objective_or_preconditioning_is_refused_before_training(overrides, message, tmp_path):
+    config = tiny.get_config("vpsde")
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    with pytest.raises(UserError, match=message):
+        loop.run(config, tmp_path, devices=ONE_DEVICE)
+    assert not (tmp_path / "checkpoints").exists()

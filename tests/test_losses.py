@@ -274,3 +274,139 @@ def test_loss_is_sharding_invariant_and_jittable():
     single = step(key, jax.device_put(x, jax.devices()[0]))
     sharded = step(key, jax.device_put(x, NamedSharding(mesh, P("data"))))
     np.testing.assert_allclose(sharded, single, rtol=1e-6)
+
+
+# ------------------------------------------------- EDM preconditioning and objective
+
+
+def _edm_sigma_np(name, t):
+    scale, std = _np_marginal(name, t)
+    return scale, std / scale
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_edm_preconditioning_of_a_zero_network_is_the_gaussian_score(name):
+    """F = 0 leaves D = c_skip x_hat: the exact denoiser, hence the exact score, of data
+    N(0, sigma_data^2 I) under every SDE."""
+    sde = SDES[name]
+    x = jax.random.normal(jax.random.key(20), (5, 2, 2, 1)) * 3.0
+    t = jnp.array([1e-3, 0.1, 0.4, 0.7, 1.0])
+    zero_net = lambda x, c: jnp.zeros_like(x)
+    edm_score = score.get_score_fn(sde, zero_net, preconditioning="edm", sigma_data=S)
+    exact = score.mixture_score_fn(sde, np.zeros((1, 4)), [S])
+    got, expected = jax.jit(lambda x, t: (edm_score(x, t), exact(x, t)))(x, t)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_edm_preconditioning_scales_input_and_output(name):
+    """The network sees c_in x_hat (unit variance for data of std sigma_data) and the SDE's
+    own c_noise; its output enters the score as sigma_data F / (sigma sqrt(v) s)."""
+    sde = SDES[name]
+    x = jax.random.normal(jax.random.key(21), (3, 2, 2, 1))
+    t = jnp.array([0.01, 0.5, 1.0])
+    seen = []
+
+    def net_fn(x_in, c_noise):
+        jax.debug.callback(lambda *a: seen.extend(a), x_in, c_noise, ordered=True)
+        return 0.3 * x_in + 1.0
+
+    score_fn = score.get_score_fn(sde, net_fn, preconditioning="edm", sigma_data=S)
+    got = jax.jit(score_fn)(x, t)
+    jax.effects_barrier()
+    x_in, c_noise = (np.asarray(a, np.float64) for a in seen)
+    tn, xn = np.asarray(t, np.float64), np.asarray(x, np.float64)
+    scale, sigma = _edm_sigma_np(name, tn)
+    scale, sigma = _bcast(np.broadcast_to(scale, tn.shape), xn), _bcast(sigma, xn)
+    v = sigma**2 + S**2
+    x_hat = xn / scale
+    np.testing.assert_allclose(x_in, x_hat / np.sqrt(v), rtol=1e-4)
+    np.testing.assert_allclose(c_noise, np.asarray(score.noise_conditioning(sde, t)), rtol=1e-5)
+    denoised = S**2 / v * x_hat + sigma * S / np.sqrt(v) * (0.3 * x_in + 1.0)
+    np.testing.assert_allclose(got, (denoised - x_hat) / (sigma**2 * scale), rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_edm_loss_of_the_zero_network_on_gaussian_data_is_one(name):
+    """For data N(0, sigma_data^2 I) and F = 0 the EDM target has unit variance at every
+    noise level, so the loss is 1 per dimension whatever the levels drawn."""
+    sde = SDES[name]
+    d, batch = 2, 65536
+    x = S * jax.random.normal(jax.random.key(22), (batch, d))
+    zero_net = lambda x, c: jnp.zeros_like(x)
+    score_fn = score.get_score_fn(sde, zero_net, preconditioning="edm", sigma_data=S)
+    mean_fn = losses.get_loss_fn(sde, objective="edm", sigma_data=S)
+    sum_fn = losses.get_loss_fn(sde, objective="edm", sigma_data=S, reduce_mean=False)
+    both = jax.jit(lambda k, x: (mean_fn(score_fn, k, x), sum_fn(score_fn, k, x)))
+    mean_loss, sum_loss = map(float, both(jax.random.key(23), x))
+    assert abs(mean_loss - 1.0) < 4 * np.sqrt(2.0 / (d * batch)), mean_loss
+    np.testing.assert_allclose(sum_loss, d * mean_loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_edm_loss_draws_lognormal_levels_with_edm_weights(name):
+    sde = SDES[name]
+    x = jax.random.normal(jax.random.key(24), (4096, 2))
+    calls = []
+
+    def recording_score(x_t, t):
+        jax.debug.callback(
+            lambda *a: calls.append([np.asarray(v, np.float64) for v in a]), x_t, t, ordered=True
+        )
+        return -0.7 * x_t
+
+    loss_fn = losses.get_loss_fn(sde, objective="edm", p_mean=-1.0, p_std=0.8, sigma_data=S)
+    value = jax.jit(lambda k, x: loss_fn(recording_score, k, x))(jax.random.key(25), x)
+    jax.effects_barrier()
+    (x_t, t), = calls
+    scale, sigma = _edm_sigma_np(name, t)
+    log_sigma = np.log(sigma)
+    assert abs(log_sigma.mean() + 1.0) < 4 * 0.8 / np.sqrt(4096), log_sigma.mean()
+    # VE clips the levels below sigma_min = 0.01 (ln = -4.6, 4.5 std away): std unchanged.
+    assert abs(log_sigma.std() - 0.8) < 0.05, log_sigma.std()
+    std = scale * sigma
+    z = (x_t - _bcast(scale, x_t) * np.asarray(x, np.float64)) / _bcast(std, x_t)
+    terms = np.sum((-0.7 * x_t * _bcast(std, x_t) + z) ** 2, axis=1) / 2
+    expected = np.mean(terms * (sigma**2 + S**2) / S**2)
+    np.testing.assert_allclose(value, expected, rtol=2e-4)
+
+
+def test_edm_loss_clips_levels_to_the_sde_range():
+    sde = SDES["ve"]
+    seen = []
+
+    def recording_score(x_t, t):
+        jax.debug.callback(lambda t: seen.append(np.asarray(t)), t, ordered=True)
+        return jnp.zeros_like(x_t)
+
+    for p_mean in (10.0, -20.0):  # far above sigma_max = 50, far below sigma_min = 0.01
+        loss_fn = losses.get_loss_fn(sde, objective="edm", p_mean=p_mean, p_std=0.5)
+        loss_fn(recording_score, jax.random.key(26), jnp.ones((8, 2)))
+    jax.effects_barrier()
+    np.testing.assert_allclose(seen[0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(seen[1], EPS, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"objective": "edn"}, r"unknown objective 'edn'; known: dsm, edm"),
+        ({"objective": "edm", "continuous": False}, r"objective='edm' is continuous-time"),
+        ({"objective": "edm", "likelihood_weighting": True}, r"objective='edm' is continuous"),
+        ({"objective": "edm", "sigma_data": 0.0}, r"p_std > 0 and sigma_data > 0"),
+    ],
+)
+def test_loss_fn_refuses_bad_objectives(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        losses.get_loss_fn(SDES["vp"], **kwargs)
+
+
+def test_score_fn_refuses_bad_preconditioning():
+    net = lambda x, c: x
+    known = r"known: \['edm', 'none'\]"
+    with pytest.raises(ValueError, match=r"unknown preconditioning 'edn'; " + known):
+        score.get_score_fn(SDES["vp"], net, preconditioning="edn")
+    with pytest.raises(ValueError, match=r"preconditioning='edm' needs continuous training"):
+        score.get_score_fn(SDES["vp"], net, continuous=False, preconditioning="edm")
+    with pytest.raises(ValueError, match=r"sigma_data must be positive, got -1"):
+        score.get_score_fn(SDES["vp"], net, preconditioning="edm", sigma_data=-1.0)

@@ -57,12 +57,23 @@ class DiffusionFamily:
         # The null label (unconditional model) exists only if training drops labels.
         self.null_label = self.num_classes if self.class_dropout > 0 else None
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
-        self.loss_fn = losses.get_loss_fn(
-            self.sde,
-            continuous=config.training.continuous,
-            likelihood_weighting=config.training.likelihood_weighting,
-            reduce_mean=config.training.reduce_mean,
-        )
+        try:
+            self.loss_fn = losses.get_loss_fn(
+                self.sde,
+                objective=config.training.objective,
+                continuous=config.training.continuous,
+                likelihood_weighting=config.training.likelihood_weighting,
+                reduce_mean=config.training.reduce_mean,
+                p_mean=config.training.P_mean,
+                p_std=config.training.P_std,
+                sigma_data=config.model.sigma_data,
+            )
+            # Built once here so that a bad preconditioning is a config error at start-up.
+            score.get_score_fn(self.sde, lambda x, c: x, continuous=config.training.continuous,
+                               preconditioning=config.model.preconditioning,
+                               sigma_data=config.model.sigma_data)
+        except ValueError as err:
+            raise UserError(f"training.objective / model.preconditioning: {err}") from err
         # The graph of the network is static; only its parameters travel through jit.
         # An abstract build: the graph without initialising any parameters.
         self._net_config = self._network_config(config)
@@ -157,6 +168,8 @@ class DiffusionFamily:
         return score.get_score_fn(
             self.sde, self._net_fn(params, train=train, key=key, labels=labels),
             continuous=self.config.training.continuous,
+            preconditioning=self.config.model.preconditioning,
+            sigma_data=self.config.model.sigma_data,
         )
 
     def init_state(self, key: jax.Array) -> TrainState:
