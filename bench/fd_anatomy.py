@@ -14,35 +14,30 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import digits_vp
-from data import pipeline
-from evaluation import metrics
-from evaluation.digits_features import make_digits_extractor
+from evaluation import metrics, runner
+from training.errors import UserError
 
-ROWS = 360  # the test split's size
 UNSURE_BELOW = 0.9
 
 
-def anatomy(extractor, images: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> dict:
-    """FD terms and confidence figures of the first ROWS images."""
-    features, logits = extractor(images[:ROWS])
-    mu, cov = metrics.feature_statistics(features)
+def anatomy(features: runner.Features, reference: tuple[np.ndarray, np.ndarray]) -> dict:
+    """FD terms and confidence figures of these features against the reference statistics."""
+    mu, cov = metrics.feature_statistics(features.features)
     fd = metrics.frechet_distance(mu, cov, *reference)
     mean_term = float(np.sum((mu - reference[0]) ** 2))
-    logits = logits.astype(np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    top = softmax(features.logits.astype(np.float64), axis=1).max(axis=1)
     return {
-        "n": len(features),
         "fd": fd,
         "mean_term": mean_term,
         "cov_term": fd - mean_term,
-        "unsure": float(np.mean(probs.max(axis=1) < UNSURE_BELOW)),
-        "classifier_score": metrics.classifier_score(logits),
-        "class_entropy": metrics.normalized_entropy(metrics.class_histogram(logits, 10)),
+        "unsure": float(np.mean(top < UNSURE_BELOW)),
+        "classifier_score": metrics.classifier_score(features.logits),
+        "class_entropy": metrics.normalized_entropy(metrics.class_histogram(features.logits, 10)),
     }
 
 
@@ -50,21 +45,22 @@ def main() -> None:
     paths = sys.argv[1:]
     if not paths:
         sys.exit("usage: python bench/fd_anatomy.py SAMPLES.npz [MORE.npz ...]")
-    data = digits_vp.get_config().data
-    extractor = make_digits_extractor(data_dir=data.get("data_dir"))
-    train = pipeline.read_split(data, "train")["image"]
-    reference = metrics.feature_statistics(extractor(train)[0])
-    rows = [("real test digits", pipeline.read_split(data, "test")["image"])]
-    for path in paths:
-        try:
-            rows.append((path, np.load(path)["images"]))
-        except (OSError, KeyError, ValueError) as err:
-            sys.exit(f"{path}: cannot read its 'images' ({err})")
-    print(f"| images (first {ROWS}) | FD | mean term | covariance term | unsure "
+    # evaluate.py's evaluator: the digits features of the train (reference) and test splits.
+    evaluator = runner.SampleEvaluator(digits_vp.get_config(), ("fd",))
+    rows_per_file = evaluator.n_test  # every row has the floor's sample count
+    try:
+        samples = [runner.load_samples(path, evaluator.image_shape).images for path in paths]
+    except UserError as err:
+        sys.exit(str(err))
+    reference = metrics.feature_statistics(evaluator.reference.features)
+    rows = [("real test digits", evaluator.test_features)]
+    rows += [(path, runner.Features(*evaluator.extractor(images[:rows_per_file])))
+             for path, images in zip(paths, samples, strict=True)]
+    print(f"| images (first {rows_per_file}) | FD | mean term | covariance term | unsure "
           f"(top class < {UNSURE_BELOW}) | classifier score | class entropy |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, images in rows:
-        a = anatomy(extractor, images, reference)
+    for name, features in rows:
+        a = anatomy(features, reference)
         print(f"| {name} | {a['fd']:.3f} | {a['mean_term']:.3f} | {a['cov_term']:.3f} | "
               f"{a['unsure']:.3f} | {a['classifier_score']:.2f} | {a['class_entropy']:.3f} |")
 

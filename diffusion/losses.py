@@ -76,7 +76,7 @@ def _edm_loss(
         mean, std = sde.marginal_prob(x, t)
         std_b = batch_broadcast(std, x)
         score = score_fn(mean + std_b * z, t)
-        sigma = std / sde.marginal_scale(t)  # the level t stands for, after the round trip
+        sigma = edm.edm_sigma(sde, t)  # the level t stands for, after the round trip
         weight = (sigma**2 + sigma_data**2) / sigma_data**2
         return jnp.mean(reduce(jnp.square(score * std_b + z)) * weight)
 

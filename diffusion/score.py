@@ -40,6 +40,7 @@ NetFn = Callable[[Array, Array], Array]
 
 __all__ = [
     "PRECONDITIONINGS",
+    "check_preconditioning",
     "get_score_fn",
     "mixture_score_fn",
     "noise_conditioning",
@@ -147,6 +148,18 @@ PRECONDITIONINGS: dict[str, Callable[..., ScoreFn]] = {
 }
 
 
+def check_preconditioning(preconditioning: str, *, continuous: bool, sigma_data: float) -> None:
+    """ValueError unless ``preconditioning`` is known and serves these settings."""
+    if preconditioning not in PRECONDITIONINGS:
+        raise ValueError(
+            f"unknown preconditioning {preconditioning!r}; known: {sorted(PRECONDITIONINGS)}"
+        )
+    if preconditioning != "none" and not continuous:
+        raise ValueError(f"preconditioning={preconditioning!r} needs continuous training")
+    if not sigma_data > 0:
+        raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+
+
 def get_score_fn(
     sde: SDE,
     net_fn: NetFn,
@@ -163,14 +176,7 @@ def get_score_fn(
     ``preconditioning`` is ``'none'`` (score_sde's reading, table above) or ``'edm'``
     (EDM's denoiser with data std ``sigma_data``; continuous time only).
     """
-    if preconditioning not in PRECONDITIONINGS:
-        raise ValueError(
-            f"unknown preconditioning {preconditioning!r}; known: {sorted(PRECONDITIONINGS)}"
-        )
-    if preconditioning != "none" and not continuous:
-        raise ValueError(f"preconditioning={preconditioning!r} needs continuous training")
-    if not sigma_data > 0:
-        raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+    check_preconditioning(preconditioning, continuous=continuous, sigma_data=sigma_data)
     p = _parametrisation(sde, continuous)
     return PRECONDITIONINGS[preconditioning](sde, net_fn, p, float(sigma_data))
 

@@ -68,10 +68,9 @@ class DiffusionFamily:
                 p_std=config.training.P_std,
                 sigma_data=config.model.sigma_data,
             )
-            # Built once here so that a bad preconditioning is a config error at start-up.
-            score.get_score_fn(self.sde, lambda x, c: x, continuous=config.training.continuous,
-                               preconditioning=config.model.preconditioning,
-                               sigma_data=config.model.sigma_data)
+            score.check_preconditioning(config.model.preconditioning,
+                                        continuous=config.training.continuous,
+                                        sigma_data=config.model.sigma_data)
         except ValueError as err:
             raise UserError(f"training.objective / model.preconditioning: {err}") from err
         # The graph of the network is static; only its parameters travel through jit.
