@@ -9,7 +9,9 @@ Controllable generation:
 - class-conditional models: `--class_label K` (default: classes 0..K-1 in turn) and
   `--guidance_scale W` (classifier-free guidance, (1 + W) s(x, y) - W s(x));
 - classifier guidance (any model): `--classifier_workdir DIR --classifier_config CFG
-  [--classifier_scale S]` with a `model.family='noise_classifier'` run;
+  [--classifier_scale S]` with a `model.family='noise_classifier'` run; if that run is a
+  discriminator (`classifier.objective='discriminator'`, configs/digits_discriminator.py),
+  discriminator guidance of an unconditional model: S grad log D / (1 - D), no labels;
 - autoguidance (any diffusion model, no labels): `--autoguide_step N` (an earlier checkpoint
   of the same run) and/or `--autoguide_workdir DIR [--autoguide_config CFG]` (a weaker
   model of the same data and SDE), `[--autoguidance_scale W]`: (1 + W) s - W s_guide;
@@ -145,6 +147,10 @@ def _restore_guide(inference, config, model_step: int, record: dict):
     return family, state
 
 
+def _classifier_scale() -> float:
+    return 1.0 if _CLASSIFIER_SCALE.value is None else _CLASSIFIER_SCALE.value
+
+
 def _autoguidance_scale() -> float:
     return 1.0 if _AUTOGUIDANCE.value is None else _AUTOGUIDANCE.value
 
@@ -218,13 +224,13 @@ def main(argv: list[str]) -> None:
         classifier = (cls_family, cls_state)
         record.update(classifier_workdir=np.str_(_CLASSIFIER_WORKDIR.value),
                       classifier_step=np.int64(cls_step),
-                      classifier_scale=np.float64(_CLASSIFIER_SCALE.value or 1.0))
+                      classifier_scale=np.float64(_classifier_scale()))
     guide = _restore_guide(inference, config, step, record)
     generate = inference.make_generator(
         family, _NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value, sampler=_SAMPLER.value,
         steps=_STEPS.value, use_ema=_USE_EMA.value, class_label=_CLASS_LABEL.value,
         guidance_scale=_GUIDANCE.value, classifier=classifier,
-        classifier_scale=1.0 if _CLASSIFIER_SCALE.value is None else _CLASSIFIER_SCALE.value,
+        classifier_scale=_classifier_scale(),
         task=task, edit_strength=_EDIT_STRENGTH.value, guide=guide,
         guide_scale=_autoguidance_scale(), **arrays,
     )
@@ -232,6 +238,9 @@ def main(argv: list[str]) -> None:
     family_is_points = not family.is_image_data
     # Recorded with the samples so that evaluate.py can state how they were drawn.
     sampler = getattr(family, "sampler_name", None) or _sampler_name(config, task)
+    if classifier is not None:
+        kind = "discriminator" if classifier[0].is_discriminator else "classifier"
+        sampler += f" + {kind} guidance (scale {float(record['classifier_scale']):g})"
     if guide is not None:
         sampler += (f" + autoguidance (w={_autoguidance_scale():g}, guide "
                     f"{record['autoguide_workdir']} step {int(record['autoguide_step'])})")

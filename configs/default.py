@@ -186,6 +186,13 @@ def get_default_config() -> ml_collections.ConfigDict:
     # records the one it used, so a VAE trained further later is caught, not used.
     latent.vae_step = placeholder(int)
 
+    # model.family='noise_classifier': what the noise-conditional network learns. 'labels':
+    # the dataset's classes (classifier guidance); 'discriminator': the training images
+    # against a model's samples, the .npz in fake_samples (discriminator guidance).
+    config.classifier = classifier = ml_collections.ConfigDict()
+    classifier.objective = "labels"
+    classifier.fake_samples = ""
+
     config.sharding = sharding = ml_collections.ConfigDict()
     # Mesh axes and sizes; -1 takes the devices left over. The batch is split over both axes.
     sharding.mesh = (("data", -1), ("fsdp", 1))

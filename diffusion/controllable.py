@@ -20,8 +20,9 @@ number of score evaluations (a Python int). Shapes are checked when the function
 (shapes are static under ``jax.jit``); bad input raises a one-line ValueError.
 
 Guidance wraps score functions: :func:`classifier_free_guidance` (Ho & Salimans, 2022),
-:func:`classifier_guidance` (Dhariwal & Nichol, 2021; Song et al., 2021, Sec. 5) and
-:func:`autoguidance` (Karras et al., 2024), which needs no labels.
+:func:`classifier_guidance` (Dhariwal & Nichol, 2021; Song et al., 2021, Sec. 5),
+:func:`discriminator_guidance` (Kim et al., 2022) and :func:`autoguidance` (Karras et al.,
+2024); the last two need no labels.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "classifier_guidance",
     "colorizer",
     "decoupling_matrix",
+    "discriminator_guidance",
     "inpainter",
     "linear_inverse_solver",
     "sdedit",
@@ -407,6 +409,26 @@ def classifier_guidance(
         y = _batch_labels(labels, batch)
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (batch,))
         grad = jax.grad(lambda v: jnp.sum(log_prob_fn(v, t, y)))(x)
+        return score_fn(x, t) + scale * grad
+
+    return guided
+
+
+def discriminator_guidance(
+    score_fn: ScoreFn, log_ratio_fn: Callable[[Array, Array], Array], scale: float | Array
+) -> ScoreFn:
+    """Discriminator guidance (Kim et al., 2022, "Refining generative process with
+    discriminator guidance"): ``score_fn(x, t) + scale * grad_x log D / (1 - D)``.
+
+    ``log_ratio_fn(x, t) -> (B,)`` is a noise-conditional discriminator's logit, trained to
+    tell data from the model's own samples: it estimates log p_t(x) / p_t^model(x), so at
+    ``scale = 1`` a correct discriminator turns the model's score into the data's. No
+    labels: it serves unconditional models.
+    """
+
+    def guided(x: Array, t: Array) -> Array:
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        grad = jax.grad(lambda v: jnp.sum(log_ratio_fn(v, t)))(x)
         return score_fn(x, t) + scale * grad
 
     return guided

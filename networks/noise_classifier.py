@@ -4,6 +4,8 @@ followed by global average pooling and a linear head.
 
 ``model(x, c_noise, *, train=False, key=None) -> logits (B, num_classes)``; ``c_noise`` is
 the float (B,) time conditioning the caller chooses (the family feeds ``999 t / T``).
+``num_classes=1`` gives one logit: the real-vs-generated discriminator of discriminator
+guidance.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class NoiseClassifier(nnx.Module):
         conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        if num_classes < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        if num_classes < 1:
+            raise ValueError(f"a classifier needs at least 1 output (1: a binary logit), got "
+                             f"{num_classes}")
         factor = 2 ** (len(ch_mult) - 1)
         if not ch_mult or image_size % factor:
             raise ValueError(

@@ -2,6 +2,8 @@
 classifier-free and classifier guidance, the noise-classifier family, and sample.py's
 conditional and image-conditioned modes (tiny configs, one trained run per module)."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,6 +162,126 @@ def test_noise_classifier_trains_two_steps_in_the_loop(classifier_run):
         get_family(tiny_guided.get_config("classifier")).make_sampler(4)
 
 
+def _noise_fakes(path, num: int = 60, shape=(8, 8, 1)):
+    """Uniform-noise "samples": a discriminator tells them from digits at once."""
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (num, *shape), dtype=np.uint8))
+    return str(path)
+
+
+def _discriminator_config(fake_samples: str, **training):
+    config = tiny_guided.get_config("discriminator")
+    with config.unlocked():
+        config.classifier.fake_samples = fake_samples
+        for key, value in training.items():
+            config.training[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def discriminator_run(tmp_path_factory):
+    """The tiny discriminator trained 40 steps on digits against noise images."""
+    workdir = tmp_path_factory.mktemp("discriminator")
+    fakes = _noise_fakes(workdir.parent / "noise_fakes.npz")
+    config = _discriminator_config(fakes, n_iters=40, log_freq=20, eval_freq=20,
+                                   snapshot_freq=40)
+    return config, workdir, loop.run(config, workdir, devices=ONE_DEVICE)
+
+
+def test_the_discriminator_learns_to_tell_digits_from_noise_images(discriminator_run):
+    """Real (label 1) against generated (label 0), both noised by the SDE: after 40 steps
+    every clean test digit and held-out noise image is told apart."""
+    config, workdir, result = discriminator_run
+    assert result["step"] == 40 and (workdir / "checkpoints" / "40").is_dir()
+    assert result["eval_accuracy_clean"] == 1.0
+    assert result["loss"] < math.log(2) and result["eval_loss"] < math.log(2)
+    family = get_family(config)
+    assert family.is_discriminator and family.num_classes == 0
+    train_fakes, held_out = family._fake_pools
+    assert len(train_fakes) == 54 and len(held_out) == 6  # a tenth held out
+
+
+def test_the_discriminator_loss_weighs_real_and_generated_alike(tmp_path):
+    """As many generated images as real ones per batch: a constant logit c scores
+    (softplus(-c) + softplus(c)) / 2 and is right on exactly half."""
+    family = get_family(_discriminator_config(_noise_fakes(tmp_path / "f.npz")))
+    batch = {"image": jnp.zeros((8, 8, 8, 1))}
+    loss, accuracy = family._discriminator_loss(lambda x, t: jnp.full((len(x), 1), 2.0),
+                                                jax.random.PRNGKey(0), batch)
+    np.testing.assert_allclose(loss, (jax.nn.softplus(-2.0) + jax.nn.softplus(2.0)) / 2,
+                               rtol=1e-6)
+    assert accuracy == 0.5
+
+
+def test_discriminator_guidance_moves_unconditional_samples_and_scale_zero_does_not(
+    discriminator_run
+):
+    """The trained discriminator guides the tiny unconditional model: no labels, the
+    same nfe; scale 0 gives the unguided samples."""
+    _, workdir, _ = discriminator_run
+    from training import inference
+
+    # Guidance needs the checkpoint only, not the generated images it was trained on.
+    moved = _discriminator_config(str(workdir / "deleted.npz"))
+    disc_family, disc_state, _ = inference.restore_classifier(
+        tiny_guided.get_config("plain"), moved, workdir)
+    disc_params = disc_family.sample_params(disc_state)
+    plain = get_family(tiny_guided.get_config("plain"))
+    params = _perturbed(plain.init_params(jax.random.PRNGKey(0)))
+    key = jax.random.PRNGKey(3)
+    unguided, nfe = plain.make_sampler(3, steps=2)(params, key)
+    samples = {}
+    for scale in (0.0, 5.0):
+        draw = plain.make_sampler(3, steps=2, classifier=disc_family, classifier_scale=scale)
+        samples[scale], guided_nfe = draw(params, key, classifier_params=disc_params)
+        assert guided_nfe == nfe
+    np.testing.assert_allclose(samples[0.0], unguided, atol=1e-5)
+    assert np.max(np.abs(np.asarray(samples[5.0]) - np.asarray(unguided))) > 1e-3
+    with pytest.raises(UserError, match="the discriminator tells data from unconditional"):
+        get_family(tiny_guided.get_config("cond")).make_sampler(3, classifier=disc_family)
+    with pytest.raises(UserError, match="a discriminator has no class probabilities"):
+        disc_family.log_prob_fn(disc_params)
+    labels_classifier = tiny_guided.get_config("classifier")
+    with pytest.raises(UserError, match=r"classifier\.objective: 'discriminator' in "
+                                        r"checkpoint vs 'labels' now"):
+        inference.restore_classifier(tiny_guided.get_config("plain"), labels_classifier,
+                                     workdir)
+
+
+@pytest.mark.parametrize(
+    "objective, fakes, message",
+    [
+        ("discriminator", "", "classifier.objective='discriminator' needs "
+                              "classifier.fake_samples"),
+        ("labels", "x.npz", "classifier.fake_samples is for classifier.objective="),
+        ("critic", "", "classifier.objective='critic' is not one of"),
+        ("discriminator", "missing.npz", "samples file not found"),
+        ("discriminator", "few.npz", "holds 5 samples; a discriminator needs at least 20"),
+        ("discriminator", "big.npz", r"images have shape \(30, 16, 16, 1\), expected"),
+    ],
+)
+def test_a_bad_discriminator_config_is_refused_in_one_line(tmp_path, objective, fakes,
+                                                           message):
+    _noise_fakes(tmp_path / "few.npz", num=5)
+    _noise_fakes(tmp_path / "big.npz", num=30, shape=(16, 16, 1))
+    config = _discriminator_config(str(tmp_path / fakes) if fakes else "")
+    with config.unlocked():
+        config.classifier.objective = objective
+    workdir = tmp_path / "run"
+    with pytest.raises(UserError, match=message):
+        loop.run(config, workdir, devices=ONE_DEVICE)
+    assert not workdir.exists()
+
+
+def test_classifier_settings_in_a_diffusion_run_are_refused():
+    config = tiny_guided.get_config("plain")
+    with config.unlocked():
+        config.classifier.objective = "discriminator"
+    with pytest.raises(UserError, match=r"config\.classifier\.objective is a setting of "
+                                        r"model\.family='noise_classifier'"):
+        get_family(config)
+
+
 def _png(path, pixels: np.ndarray):
     Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
     return path
@@ -191,6 +313,7 @@ def test_guided_inpainting_keeps_known_pixels_and_writes_the_requested_labels(
         np.testing.assert_array_equal(npz["labels"], [3, 3, 3])
         assert str(npz["task"]) == "inpaint" and str(npz["mask_path"]) == str(mask)
         assert float(npz["guidance_scale"]) == 1.5 and float(npz["classifier_scale"]) == 2.0
+        assert str(npz["sampler"]).endswith(" + classifier guidance (scale 2)")
         np.testing.assert_array_equal(npz["input_image"], original)
         np.testing.assert_array_equal(npz["input_mask"], known // 255)
     assert out.with_suffix(".png").is_file()
@@ -220,7 +343,7 @@ def test_bad_conditional_request_is_one_line_and_writes_nothing(tmp_path, flags,
 
 
 def test_the_experiment_configs_build_their_families():
-    from configs import digits_noise_classifier, digits_vp, digits_vp_cond
+    from configs import digits_discriminator, digits_noise_classifier, digits_vp, digits_vp_cond
 
     cond_config = digits_vp_cond.get_config()
     cond = get_family(cond_config)
@@ -232,6 +355,12 @@ def test_the_experiment_configs_build_their_families():
     assert cond_config.to_dict() == plain.to_dict()
     classifier = get_family(digits_noise_classifier.get_config())
     assert classifier.num_classes == 10 and classifier.data_shape == (8, 8, 1)
+    # The discriminator is the same network and recipe with one logit.
+    discriminator = digits_discriminator.get_config()
+    assert discriminator.classifier.objective == "discriminator"
+    with discriminator.unlocked():
+        discriminator.classifier.objective = "labels"
+    assert discriminator.to_dict() == digits_noise_classifier.get_config().to_dict()
 
 
 def test_evaluate_scores_a_conditional_model_on_the_labels_it_drew(cond_run):

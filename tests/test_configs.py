@@ -23,6 +23,7 @@ FAMILY_EXPERIMENTS = {
     "cifar10_vae": "vae",
     "digits_latent_vp": "latent_diffusion",
     "digits_noise_classifier": "noise_classifier",
+    "digits_discriminator": "noise_classifier",
     "digits_vp_cond": "diffusion",
 }
 

@@ -299,6 +299,41 @@ def test_classifier_guidance_adds_the_classifier_gradient():
     np.testing.assert_allclose(guided_1, class_score, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_discriminator_guidance_turns_the_model_score_into_the_data_score(sde_name):
+    """Model N(mu_m, S_m) against data N(MU, SIGMA): a perfect discriminator's logit is
+    log p_t(x) - log p_t^model(x); at scale 1 the guided model score is the data score,
+    at scale w it moves w of the way (and on past it for w > 1)."""
+    sde = SDES[sde_name]
+    mu_m, sigma_m = np.array([0.0, 0.3, -0.4]), 0.5 * np.eye(3)
+    model, data = gaussian_score_fn(sde, mu_m, sigma_m), gaussian_score_fn(sde, MU, SIGMA)
+
+    def log_density(mu, sigma):
+        def log_p(x, t):
+            scale, std = sde.marginal_scale(t), sde.marginal_std(t)
+            cov = (scale[:, None, None] ** 2 * jnp.asarray(sigma, jnp.float32)
+                   + std[:, None, None] ** 2 * jnp.eye(3))
+            return jax.vmap(jax.scipy.stats.multivariate_normal.logpdf)(
+                x.reshape(len(x), -1), scale[:, None] * jnp.asarray(mu, jnp.float32), cov)
+
+        return log_p
+
+    log_data, log_model = log_density(MU, SIGMA), log_density(mu_m, sigma_m)
+
+    def log_ratio(x, t):
+        return log_data(x, t) - log_model(x, t)
+
+    x = jax.random.normal(jax.random.key(8), (6, 1, 1, 3)) * 1.5
+    t = jnp.linspace(0.02, 0.8, 6)
+    guided = {w: controllable.discriminator_guidance(model, log_ratio, w)(x, t)
+              for w in (0.0, 0.5, 1.0)}
+    base, target = model(x, t), data(x, t)
+    assert np.max(np.abs(target - base)) > 0.3
+    np.testing.assert_allclose(guided[0.0], base, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(guided[1.0], target, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(guided[0.5], 0.5 * (base + target), rtol=1e-3, atol=1e-3)
+
+
 def test_autoguidance_extrapolates_away_from_a_weaker_guide():
     """Model N(0, s^2) and a wider guide N(0, g^2): the autoguided score at weight w is the
     score of the Gaussian of precision (1 + w) / v_s - w / v_g (v = the marginal variance

@@ -36,7 +36,7 @@ finally:
 # anything else (n_iters, log_freq, sampler) and resuming is fine.
 _IDENTITY_KEYS = ("model", "data.dataset", "data.image_size", "data.num_channels",
                   "data.centered", "training.sde", "training.continuous", "optim.optimizer",
-                  "latent")
+                  "latent", "classifier.objective")
 
 
 def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

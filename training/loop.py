@@ -109,6 +109,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
     training = config.training
     is_chief = jax.process_index() == 0
     family = get_family(config)
+    # Inputs only training reads (a discriminator's generated images), checked before the
+    # workdir is touched; sampling from the run later does not need them.
+    if hasattr(family, "prepare_training"):
+        family.prepare_training()
     mesh = sharding.make_mesh(config.sharding.mesh, devices)
     sharding.check_batch_divisible(training.batch_size, mesh)
     batch_sharding = sharding.batch_sharding(mesh)

@@ -1,8 +1,9 @@
 """Seconds-fast configs for controllable generation: `tests/configs/tiny_guided.py:cond` is
 the tiny digits VP model made class-conditional (half the labels dropped, so the null label
 is well trained for its size), `:plain` the same network unconditional, `:classifier` a
-tiny noise classifier of the same digits and SDE (for classifier guidance). All are smaller
-than tiny's network."""
+tiny noise classifier of the same digits and SDE (for classifier guidance), `:discriminator`
+the same network as a real-vs-generated discriminator (the test sets
+classifier.fake_samples). All are smaller than tiny's network."""
 
 from tests.configs import tiny
 
@@ -20,10 +21,11 @@ def get_config(kind: str = "cond"):
         config.training.class_dropout = 0.5
     elif kind == "plain":
         pass
-    elif kind == "classifier":
+    elif kind in ("classifier", "discriminator"):
         config.model.family = "noise_classifier"
         config.model.name = "noise_cnn"
+        config.classifier.objective = "labels" if kind == "classifier" else "discriminator"
     else:
         raise ValueError(f"unknown tiny_guided config {kind!r}; known: cond, plain, "
-                         "classifier")
+                         "classifier, discriminator")
     return config

@@ -3,9 +3,12 @@
 A family is built from the config and exposes `init_state(key) -> TrainState`,
 `train_step(state, batch) -> (state, metrics)`, `eval_step(state, batch, key) -> metrics`,
 `make_sampler(num, ...) -> sample(params, key) -> (images in [0, 1], nfe)` and
-`sample_params(state)`. The loop jits the steps; the family keeps them pure.
-`noise_classifier` trains a classifier p(y | x_t, t) for classifier guidance: its
-`make_sampler` refuses, and it exposes `log_prob_fn(params) -> log_prob(x, t, labels)`.
+`sample_params(state)`, and optionally `prepare_training()` (reads inputs only training
+needs, raising UserError before the loop writes anything). The loop jits the steps; the
+family keeps them pure.
+`noise_classifier` trains a classifier p(y | x_t, t) for classifier guidance, or a
+real-vs-generated discriminator for discriminator guidance: its `make_sampler` refuses, and
+it exposes `guide(score_fn, params, labels, scale)`.
 `gan` and `vae` draw a sample in one generator call; `latent_diffusion` is a diffusion
 model in the latent space of a trained VAE.
 """
@@ -36,6 +39,7 @@ _OWN_SETTINGS = {
     "gan": ("gan", "model.latent_dim", "model.d_nf", "model.spectral_norm"),
     "vae": ("vae", "model.latent_channels"),
     "latent_diffusion": ("latent",),
+    "noise_classifier": ("classifier",),
 }
 # Network names that belong to one family, for a clearer refusal than "unknown network".
 _OWN_NETWORKS = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae"}

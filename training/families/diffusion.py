@@ -246,7 +246,8 @@ class DiffusionFamily:
           (None: `config.sampling.guidance_scale`; > 0 needs training.class_dropout > 0);
         - `classifier` (a noise_classifier family, with `classifier_params` at the call)
           adds `classifier_scale * grad log p(y | x_t, t)` for `labels` (also to an
-          unconditional model);
+          unconditional model), or, if it is a discriminator, `classifier_scale *
+          grad log D / (1 - D)` (no labels);
         - `guide` (a weaker diffusion model of the same data and SDE, its family here and
           `guide_params` at the call): autoguidance, `(1 + guide_scale) s - guide_scale
           s_guide`, for any model; it does not combine with classifier-free guidance;
@@ -285,10 +286,8 @@ class DiffusionFamily:
                 score_fn = controllable.autoguidance(
                     score_fn, guide._guided_score_fn(guide_params, labels, 0.0), guide_scale)
             if classifier is not None:
-                score_fn = controllable.classifier_guidance(
-                    score_fn, classifier.log_prob_fn(classifier_params), labels,
-                    classifier_scale,
-                )
+                score_fn = classifier.guide(score_fn, classifier_params, labels,
+                                            classifier_scale)
             if image is not None:
                 image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (num, *image_shape))
             if mask is not None:
@@ -340,6 +339,9 @@ class DiffusionFamily:
         if tuple(classifier.data_shape) != self.data_shape:
             raise UserError(f"the classifier takes data of shape {tuple(classifier.data_shape)}, "
                             f"the model {self.data_shape}")
+        if self.is_conditional and getattr(classifier, "is_discriminator", False):
+            raise UserError("the discriminator tells data from unconditional samples; this "
+                            "model is class-conditional: guide it with a classifier")
         if self.is_conditional and classifier.num_classes != self.num_classes:
             raise UserError(f"the classifier has {classifier.num_classes} classes, the "
                             f"class-conditional model {self.num_classes}")

@@ -1,9 +1,15 @@
 """A noise-conditional classifier p(y | x_t, t) as a training family, for classifier
-guidance (`sample.py --classifier_workdir ...`).
+guidance (`sample.py --classifier_workdir ...`), or, with
+`classifier.objective='discriminator'`, a noise-conditional discriminator of real against
+generated images for discriminator guidance (Kim et al., 2022).
 
-Trained with cross-entropy on data forward-noised by the config's SDE: t ~ U(eps, T),
-x_t = mean(x, t) + std(t) z from `sde.marginal_prob`. The same loop, checkpoints and
-resumption as the diffusion family; it draws no samples.
+Trained on data forward-noised by the config's SDE: t ~ U(eps, T),
+x_t = mean(x, t) + std(t) z from `sde.marginal_prob`. The classifier learns the dataset's
+labels with cross-entropy. The discriminator learns to tell the training images from a
+model's samples (`classifier.fake_samples`, an .npz from sample.py), both noised the same
+way, with the logistic loss; its logit estimates log p_t(x) / p_t^model(x), whose gradient
+added to the model's score is the data's score when the discriminator is right. The same
+loop, checkpoints and resumption as the diffusion family; it draws no samples.
 """
 
 import functools
@@ -11,6 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -25,11 +32,34 @@ from training.state import TrainState, ema_update, single_network_state
 # Smallest training time: the marginal is still well conditioned in float32 (as the losses).
 TRAIN_EPS = 1e-5
 NETWORKS = ("noise_cnn",)
+OBJECTIVES = ("labels", "discriminator")
+# The last tenth of the generated samples is held out: the discriminator's eval accuracy
+# is measured on generated images it never trained on.
+HELD_OUT_FRACTION = 0.1
+MIN_FAKE_SAMPLES = 20
+
+
+def load_fake_samples(path: str, data: ml_collections.ConfigDict,
+                      shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) uint8 images of a model's samples .npz; UserError if the file
+    is missing, malformed, of another image shape, or too small to hold some out."""
+    from evaluation import runner
+
+    images = runner.load_samples(path, shape).images
+    if len(images) < MIN_FAKE_SAMPLES:
+        raise UserError(f"{path} holds {len(images)} samples; a discriminator needs at least "
+                        f"{MIN_FAKE_SAMPLES} (a tenth is held out)")
+    held_out = max(1, int(len(images) * HELD_OUT_FRACTION))
+    return images[:-held_out], images[-held_out:]
 
 
 class NoiseClassifierFamily:
-    """`log_prob_fn(params) -> log_prob(x, t, labels) -> (B,)` for guidance; trains with
-    cross-entropy on noised data and reports loss and accuracy."""
+    """`guide(score_fn, params, labels, scale)` adds the classifier's (or discriminator's)
+    gradient to a score function; trains on noised data and reports loss and accuracy.
+
+    `num_classes` is the number of labels it guides towards: the dataset's classes, or 0
+    for a discriminator (it guides an unconditional model towards the data, no label).
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -41,12 +71,28 @@ class NoiseClassifierFamily:
                             "training.snapshot_sampling=False and "
                             "eval.metrics_during_training=''")
         info = pipeline.get_info(config.data)
-        if len(info.shape) != 3 or info.num_classes < 2:
-            raise UserError(f"a noise classifier needs labelled images; dataset "
-                            f"{config.data.dataset!r} has shape {tuple(info.shape)} and "
-                            f"{info.num_classes} classes")
+        if len(info.shape) != 3:
+            raise UserError(f"a noise classifier needs images; dataset {config.data.dataset!r} "
+                            f"has shape {tuple(info.shape)}")
         self.data_shape = tuple(info.shape)
-        self.num_classes = int(info.num_classes)
+        self.objective = config.classifier.objective
+        fake_samples = config.classifier.fake_samples
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"classifier.objective={self.objective!r} is not one of {OBJECTIVES}")
+        if self.objective == "labels":
+            if fake_samples:
+                raise UserError("classifier.fake_samples is for classifier.objective="
+                                "'discriminator'; this classifier learns the dataset's labels")
+            if info.num_classes < 2:
+                raise UserError(f"a noise classifier needs labelled images; dataset "
+                                f"{config.data.dataset!r} has {info.num_classes} classes")
+            self.num_classes = int(info.num_classes)
+        else:
+            if not fake_samples:
+                raise UserError("classifier.objective='discriminator' needs "
+                                "classifier.fake_samples: an .npz of the model's samples "
+                                "(sample.py --out)")
+            self.num_classes = 0
         self.sde = sde_lib.get_sde(config)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         try:
@@ -55,8 +101,26 @@ class NoiseClassifierFamily:
             raise UserError(f"noise classifier: {err}") from err
         self.graphdef, _, self._rest = nnx.split(model, nnx.Param, ...)
 
+    @property
+    def is_discriminator(self) -> bool:
+        return self.objective == "discriminator"
+
+    @functools.cached_property
+    def _fake_pools(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, held-out) generated images, read when training first needs them: a
+        trained discriminator guides from its checkpoint alone."""
+        return load_fake_samples(self.config.classifier.fake_samples, self.config.data,
+                                 self.data_shape)
+
+    def prepare_training(self) -> None:
+        """UserError now, before the loop writes anything, if the generated images of a
+        discriminator are missing or malformed."""
+        if self.is_discriminator:
+            self._fake_pools  # noqa: B018 (read and checked)
+
     def _build(self, rngs: nnx.Rngs) -> nnx.Module:
-        return noise_classifier.from_config(self.config, self.num_classes, rngs)
+        outputs = 1 if self.is_discriminator else self.num_classes
+        return noise_classifier.from_config(self.config, outputs, rngs)
 
     def init_params(self, key: jax.Array):
         return nnx.split(self._build(nnx.Rngs(key)), nnx.Param, ...)[1]
@@ -70,6 +134,8 @@ class NoiseClassifierFamily:
     def log_prob_fn(self, params):
         """`log_prob(x_t, t, labels) -> log p(labels | x_t, t)` (B,), what
         `diffusion.controllable.classifier_guidance` differentiates."""
+        if self.is_discriminator:
+            raise UserError("a discriminator has no class probabilities; use log_ratio_fn")
         logits = self.logits_fn(params)
 
         def log_prob(x, t, labels):
@@ -78,6 +144,26 @@ class NoiseClassifierFamily:
 
         return log_prob
 
+    def log_ratio_fn(self, params):
+        """`log_ratio(x_t, t) -> log D / (1 - D)` (B,): the discriminator's logit, its
+        estimate of log p_t(x) / p_t^model(x), what
+        `diffusion.controllable.discriminator_guidance` differentiates."""
+        if not self.is_discriminator:
+            raise UserError("log_ratio_fn is a discriminator's; this classifier learns labels")
+        logits = self.logits_fn(params)
+        return lambda x, t: logits(x, t)[:, 0]
+
+    def guide(self, score_fn, params, labels, scale):
+        """`score_fn` guided by this network with weight `scale`: classifier guidance
+        towards `labels`, or discriminator guidance (no labels)."""
+        from diffusion import controllable
+
+        if self.is_discriminator:
+            return controllable.discriminator_guidance(score_fn, self.log_ratio_fn(params),
+                                                       scale)
+        return controllable.classifier_guidance(score_fn, self.log_prob_fn(params), labels,
+                                                scale)
+
     def _noised(self, key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         key_t, key_z = jax.random.split(key)
         t = jax.random.uniform(key_t, x.shape[:1], x.dtype, minval=TRAIN_EPS, maxval=self.sde.T)
@@ -85,12 +171,39 @@ class NoiseClassifierFamily:
         return mean + batch_broadcast(std, x) * jax.random.normal(key_z, x.shape, x.dtype), t
 
     def _loss(self, logits_fn, key, batch) -> tuple[jax.Array, jax.Array]:
+        if self.is_discriminator:
+            return self._discriminator_loss(logits_fn, key, batch)
         x_t, t = self._noised(key, batch["image"])
         logits = logits_fn(x_t, t)
         labels = batch["label"].astype(jnp.int32)
         logp = jax.nn.log_softmax(logits)
         loss = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        return loss, accuracy
+
+    def _to_data_space(self, images: jax.Array, key: jax.Array) -> jax.Array:
+        """uint8 samples as the pipeline serves the real images (dequantized alike)."""
+        data = self.config.data
+        if data.uniform_dequantization:
+            noise = jax.random.uniform(key, images.shape, jnp.float32)
+            x = (images.astype(jnp.float32) + noise) / 256.0
+        else:
+            x = images.astype(jnp.float32) / 255.0
+        return 2.0 * x - 1.0 if data.centered else x
+
+    def _discriminator_loss(self, logits_fn, key, batch, fakes=None):
+        """Logistic loss of real (label 1) against as many generated images (label 0),
+        drawn with replacement from `fakes` (the training pool by default)."""
+        fakes = self._fake_pools[0] if fakes is None else fakes
+        real = batch["image"]
+        key_pick, key_dequant, key_noise = jax.random.split(key, 3)
+        pick = jax.random.randint(key_pick, real.shape[:1], 0, len(fakes))
+        fake = self._to_data_space(jnp.asarray(fakes)[pick], key_dequant)
+        x_t, t = self._noised(key_noise, jnp.concatenate([real, fake.astype(real.dtype)]))
+        logits = logits_fn(x_t, t)[:, 0]
+        is_real = jnp.arange(len(logits)) < len(real)
+        loss = jnp.mean(jnp.where(is_real, jax.nn.softplus(-logits), jax.nn.softplus(logits)))
+        accuracy = jnp.mean((logits > 0) == is_real)
         return loss, accuracy
 
     def init_state(self, key: jax.Array) -> TrainState:
@@ -115,14 +228,29 @@ class NoiseClassifierFamily:
                            "grad_norm": optax.tree.norm(grads), "lr": self.lr_schedule(state.step)}
 
     def eval_step(self, state: TrainState, batch: dict, key: jax.Array) -> dict:
-        """Held-out cross-entropy and accuracy of the EMA parameters at random times, and
-        the accuracy on (nearly) clean images."""
+        """Held-out loss and accuracy of the EMA parameters at random times, and the
+        accuracy on (nearly) clean images; a discriminator is scored on test images
+        against the held-out samples."""
         logits_fn = self.logits_fn(state.ema_params)
+        if self.is_discriminator:
+            return self._discriminator_eval(logits_fn, key, batch)
         loss, accuracy = self._loss(logits_fn, key, batch)
         x = batch["image"]
         clean = jnp.argmax(logits_fn(x, jnp.full(x.shape[:1], TRAIN_EPS)), axis=-1)
         return {"eval_loss": loss, "eval_accuracy": accuracy,
                 "eval_accuracy_clean": jnp.mean(clean == batch["label"])}
+
+    def _discriminator_eval(self, logits_fn, key, batch) -> dict:
+        held_out = self._fake_pools[1]
+        loss, accuracy = self._discriminator_loss(logits_fn, key, batch, held_out)
+        real = batch["image"]
+        pick = jax.random.randint(key, real.shape[:1], 0, len(held_out))
+        fake = self._to_data_space(jnp.asarray(held_out)[pick], key)
+        x = jnp.concatenate([real, fake.astype(real.dtype)])
+        logits = logits_fn(x, jnp.full(x.shape[:1], TRAIN_EPS))[:, 0]
+        is_real = jnp.arange(len(logits)) < len(real)
+        return {"eval_loss": loss, "eval_accuracy": accuracy,
+                "eval_accuracy_clean": jnp.mean((logits > 0) == is_real)}
 
     def sample_params(self, state: TrainState, use_ema: bool = True):
         return state.ema_params if use_ema else state.params
