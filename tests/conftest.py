@@ -31,19 +31,18 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="scoregen-test-jax-cache-")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The digits feature network is trained once per session, into a cache of its own.
+# Feature networks of test recipes are cached here, not in the user's cache (the default
+# digits network is pinned in the repository).
 os.environ.setdefault("SCOREGEN_CACHE_DIR", tempfile.mkdtemp(prefix="scoregen-test-cache-"))
 # Keep the test-prepared digits out of the user's ~/tensorflow_datasets.
 os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="scoregen-test-tfds-"))
 
 
 def pytest_configure(config):
-    """Under pytest-xdist the controller builds what every worker reads (the prepared
-    digits and the digits feature network) once, before the workers start, rather than
-    each worker building its own copy at the same time."""
+    """Under pytest-xdist the controller prepares what every worker reads (the digits)
+    once, before the workers start, rather than each worker preparing its own copy at the
+    same time."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         from data import digits
-        from evaluation import digits_features
 
         digits.prepare(os.environ["TFDS_DATA_DIR"])
-        digits_features.load_or_train()

@@ -222,7 +222,7 @@ def test_discriminator_guidance_moves_unconditional_samples_and_scale_zero_does_
     from training import inference
 
     # Guidance needs the checkpoint only, not the generated images it was trained on.
-    moved = _discriminator_config(str(workdir / "deleted.npz"))
+    moved = _discriminator_config("")
     disc_family, disc_state, _ = inference.restore_classifier(
         tiny_guided.get_config("plain"), moved, workdir)
     disc_params = disc_family.sample_params(disc_state)
@@ -251,8 +251,8 @@ def test_discriminator_guidance_moves_unconditional_samples_and_scale_zero_does_
 @pytest.mark.parametrize(
     "objective, fakes, message",
     [
-        ("discriminator", "", "classifier.objective='discriminator' needs "
-                              "classifier.fake_samples"),
+        ("discriminator", "", r"training a discriminator \(classifier.objective="
+                              r"'discriminator'\) needs classifier.fake_samples"),
         ("labels", "x.npz", "classifier.fake_samples is for classifier.objective="),
         ("critic", "", "classifier.objective='critic' is not one of"),
         ("discriminator", "missing.npz", "samples file not found"),

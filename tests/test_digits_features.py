@@ -1,4 +1,5 @@
-"""The project's digits feature network: accurate, cached, and rebuilt bit-for-bit."""
+"""The project's digits feature network: accurate, pinned in the repository, and (for
+other recipes) cached and rebuilt bit-for-bit."""
 
 import dataclasses
 import hashlib
@@ -8,6 +9,7 @@ import pytest
 
 from data import pipeline
 from evaluation import digits_features
+from training.errors import UserError
 
 TINY_RECIPE = digits_features.Recipe(epochs=1, width=4, feature_dim=8)
 
@@ -35,16 +37,35 @@ def test_features_have_unit_mean_square_on_the_train_split(extractor):
     assert np.mean(features.astype(np.float64) ** 2) == pytest.approx(1.0, rel=1e-4)
 
 
-def test_it_is_cached_under_the_cache_dir_and_loaded_without_training(extractor, monkeypatch):
-    path = digits_features.cache_dir() / f"digits_cnn-{digits_features.Recipe().digest()}.npz"
-    assert path.is_file() and extractor.checksum == _sha(path)
+def test_the_default_network_is_the_pinned_file_and_is_never_retrained(extractor,
+                                                                       monkeypatch):
+    assert extractor.checksum == digits_features.PINNED_SHA256
+    assert extractor.checksum == _sha(digits_features.PINNED_FILE)
+    assert extractor.settings["file"] == str(digits_features.PINNED_FILE)
 
     def no_training(*args, **kwargs):
-        raise AssertionError("retrained although the cache is there")
+        raise AssertionError("retrained although the network is pinned")
 
     monkeypatch.setattr(digits_features, "train", no_training)
     again = digits_features.make_digits_extractor()
     assert again.checksum == extractor.checksum
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "is missing: restore it from the repository"),
+    ("altered", r"has sha256 [0-9a-f]{12}, not the pinned 61824ec9dde9: restore it"),
+])
+def test_a_missing_or_altered_pinned_network_is_refused_in_one_line(monkeypatch, tmp_path,
+                                                                    damage, message):
+    """Another file would silently move every FD: refused, not retrained or used."""
+    copy = tmp_path / "digits_cnn.npz"
+    if damage == "altered":
+        data = bytearray(digits_features.PINNED_FILE.read_bytes())
+        data[-100] ^= 1
+        copy.write_bytes(bytes(data))
+    monkeypatch.setattr(digits_features, "PINNED_FILE", copy)
+    with pytest.raises(UserError, match=message):
+        digits_features.make_digits_extractor()
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -88,10 +88,6 @@ class NoiseClassifierFamily:
                                 f"{config.data.dataset!r} has {info.num_classes} classes")
             self.num_classes = int(info.num_classes)
         else:
-            if not fake_samples:
-                raise UserError("classifier.objective='discriminator' needs "
-                                "classifier.fake_samples: an .npz of the model's samples "
-                                "(sample.py --out)")
             self.num_classes = 0
         self.sde = sde_lib.get_sde(config)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
@@ -109,6 +105,10 @@ class NoiseClassifierFamily:
     def _fake_pools(self) -> tuple[np.ndarray, np.ndarray]:
         """(train, held-out) generated images, read when training first needs them: a
         trained discriminator guides from its checkpoint alone."""
+        if not self.config.classifier.fake_samples:
+            raise UserError("training a discriminator (classifier.objective='discriminator') "
+                            "needs classifier.fake_samples: an .npz of the model's samples "
+                            "(sample.py --out)")
         return load_fake_samples(self.config.classifier.fake_samples, self.config.data,
                                  self.data_shape)
 
