@@ -74,8 +74,22 @@ def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
     settings = model["bpd_settings"]
     assert settings["n_test"] == 360 and settings["dequantization"].startswith("uniform")
     assert settings["dequant_samples"] == 1 and settings["num_probes"] == 1
+    iid = report["real_floor_iid"]
+    assert iid["splits"] == runner.IID_FLOOR_SPLITS and iid["fd"] > 0 and iid["fd_std"] > 0
     table = runner.format_table(report)
     assert "real floor" in table and "bits/dim" in table and "digits_cnn" in table
+    assert "i.i.d. floor" in table and "50 random real splits" in table
+
+
+def test_iid_real_digits_are_farther_from_train_than_the_stratified_test_split():
+    """The digits test split is stratified by class; 360 real digits drawn at random
+    (what a perfect i.i.d. sampler gives) are not, and their FD is more than twice the
+    test split's: the floor a model can reach is the i.i.d. one. Seeded: repeatable."""
+    evaluator = runner.SampleEvaluator(tiny.get_config("vpsde"), ("fd",))
+    iid = evaluator.iid_floor(1000)
+    assert iid == evaluator.iid_floor(1000)
+    assert iid["fd"] > 2 * evaluator.floor(1000)["fd"]
+    assert evaluator.iid_floor(100)["fd"] > iid["fd"]  # FD is biased upwards at small n
 
 
 def test_samples_file_is_used_as_given_with_its_provenance(tmp_path):
