@@ -1,13 +1,17 @@
-"""Where a digits FD comes from: its mean and covariance terms, and how many samples the
-digits classifier is unsure of, for real test digits and for sample files side by side.
+"""Where a digits FD comes from: its mean and covariance terms, how much of it is the
+class counts, and how many samples the digits classifier is unsure of, for real test
+digits and for sample files side by side.
 
     python bench/fd_anatomy.py runs/digits_vp/samples.npz other.npz ...
 
 Each row takes the first 360 images (the test split's size, so every row has the floor's
 sample count) against the 1,437 train digits, on evaluate.py's digits_cnn features:
-FD = ||mu - mu_train||^2 (mean term) + the covariance term. "unsure" is the share of
-images whose top class has probability below 0.9 under the same classifier; the classifier
-score and class entropy are evaluate.py's.
+FD = ||mu - mu_train||^2 (mean term) + the covariance term. "reweighted" is the FD of the
+same images weighted so that their predicted classes have the train split's proportions
+(the class-count part of FD removed; the test split is stratified, so its row barely
+moves); "all" is the FD of every image in the file. "unsure" is the share of images whose
+top class has probability below 0.9 under the same classifier; the classifier score and
+class entropy are evaluate.py's.
 """
 
 import sys
@@ -25,7 +29,27 @@ from training.errors import UserError
 UNSURE_BELOW = 0.9
 
 
-def anatomy(features: runner.Features, reference: tuple[np.ndarray, np.ndarray]) -> dict:
+def weighted_statistics(features: np.ndarray, weights: np.ndarray):
+    """Mean and unbiased covariance of features under normalised weights."""
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    f = np.asarray(features, np.float64)
+    mu = w @ f
+    centred = f - mu
+    return mu, (w[:, None] * centred).T @ centred / (1.0 - np.sum(w**2))
+
+
+def class_reweighted_fd(features: runner.Features, reference: tuple[np.ndarray, np.ndarray],
+                        train_proportions: np.ndarray) -> float:
+    """FD with each image weighted by p_train(c) / p_here(c) of its predicted class c."""
+    classes = features.logits.argmax(axis=1)
+    here = np.bincount(classes, minlength=len(train_proportions)) / len(classes)
+    weights = train_proportions[classes] / here[classes]
+    return metrics.frechet_distance(*weighted_statistics(features.features, weights),
+                                    *reference)
+
+
+def anatomy(features: runner.Features, reference: tuple[np.ndarray, np.ndarray],
+            train_proportions: np.ndarray) -> dict:
     """FD terms and confidence figures of these features against the reference statistics."""
     mu, cov = metrics.feature_statistics(features.features)
     fd = metrics.frechet_distance(mu, cov, *reference)
@@ -35,6 +59,7 @@ def anatomy(features: runner.Features, reference: tuple[np.ndarray, np.ndarray])
         "fd": fd,
         "mean_term": mean_term,
         "cov_term": fd - mean_term,
+        "reweighted": class_reweighted_fd(features, reference, train_proportions),
         "unsure": float(np.mean(top < UNSURE_BELOW)),
         "classifier_score": metrics.classifier_score(features.logits),
         "class_entropy": metrics.normalized_entropy(metrics.class_histogram(features.logits, 10)),
@@ -53,16 +78,25 @@ def main() -> None:
     except UserError as err:
         sys.exit(str(err))
     reference = metrics.feature_statistics(evaluator.reference.features)
-    rows = [("real test digits", evaluator.test_features)]
-    rows += [(path, runner.Features(*evaluator.extractor(images[:rows_per_file])))
-             for path, images in zip(paths, samples, strict=True)]
-    print(f"| images (first {rows_per_file}) | FD | mean term | covariance term | unsure "
-          f"(top class < {UNSURE_BELOW}) | classifier score | class entropy |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, features in rows:
-        a = anatomy(features, reference)
+    train_classes = evaluator.reference.logits.argmax(axis=1)
+    proportions = np.bincount(train_classes, minlength=10) / len(train_classes)
+    rows = [("real test digits", evaluator.test_features, None)]
+    for path, images in zip(paths, samples, strict=True):
+        every = runner.Features(*evaluator.extractor(images))
+        first = runner.Features(every.features[:rows_per_file], every.logits[:rows_per_file])
+        rows.append((path, first, every))
+    print(f"| images (first {rows_per_file}) | FD | mean term | covariance term | FD, classes "
+          f"reweighted to train's | FD of all (n) | unsure (top class < {UNSURE_BELOW}) | "
+          "classifier score | class entropy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, features, every in rows:
+        a = anatomy(features, reference, proportions)
+        whole = "-" if every is None else (
+            f"{metrics.fd_from_features(evaluator.reference.features, every.features):.3f} "
+            f"({len(every.features)})")
         print(f"| {name} | {a['fd']:.3f} | {a['mean_term']:.3f} | {a['cov_term']:.3f} | "
-              f"{a['unsure']:.3f} | {a['classifier_score']:.2f} | {a['class_entropy']:.3f} |")
+              f"{a['reweighted']:.3f} | {whole} | {a['unsure']:.3f} | "
+              f"{a['classifier_score']:.2f} | {a['class_entropy']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ actually used. The adaptive 'ode' sampler is swept over tolerances instead and p
 nfe it chose. Seconds exclude compilation (the sampler is compiled ahead of time).
 
 Results go to --out (JSON, appended point by point so an interrupted run resumes where it
-stopped), with a markdown table (.md) and a plot (.png) beside it.
+stopped), with a markdown table (.md) and a plot (.png) beside it. The JSON records the
+feature network's sha256, and a run resumed with another network is refused: FDs of two
+feature spaces do not go in one table. Each point's samples are kept (uint8 .npz in
+--samples_dir, default WORKDIR/sampler_nfe_samples) so that they can be scored again
+without sampling again. The plot draws both real floors (the stratified test split's and
+the i.i.d. one, see evaluation/runner.py).
 """
 
 import json
@@ -32,6 +37,7 @@ from ml_collections import config_flags
 from diffusion import sampling
 from evaluation import runner
 from training import cli, images, inference
+from training.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained diffusion model.")
@@ -47,6 +53,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every point
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite the table and plot of "
                                   "the points already in --out.")
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default WORKDIR/sampler_nfe.json).")
+_SAMPLES_DIR = flags.DEFINE_string("samples_dir", None, "Where each point's samples are kept "
+                                   "(default WORKDIR/sampler_nfe_samples).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Entries of the sweep besides the registered samplers run with their defaults:
@@ -117,7 +125,7 @@ def _points(sde, names: list[str], targets: list[int], tolerances: list[float],
                 yield name, sampler, steps, options, f"steps={steps}"
 
 
-def _measure(family, state, evaluator, name, steps, options, num, batch, seed):
+def _measure(family, state, evaluator, name, steps, options, num, batch, seed, keep: Path):
     sampler = sampling.get_sampler(name, family.sde, (batch, *family.data_shape), steps=steps,
                                    **_common(family.config), **options)
 
@@ -136,15 +144,20 @@ def _measure(family, state, evaluator, name, steps, options, num, batch, seed):
     samples = np.concatenate(chunks)[:num]
     if not np.isfinite(samples).all():
         return {"nfe": int(nfe), "seconds_per_1000": seconds * 1000 / num, "fd": None}
-    metrics = evaluator(images.to_uint8(samples))
+    pixels = images.to_uint8(samples)
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(keep, images=pixels, sampler=np.str_(name), nfe=np.int64(nfe), seed=np.int64(seed))
+    metrics = evaluator(pixels)
     return {"nfe": int(nfe), "seconds_per_1000": seconds * 1000 / num,
             **{k: metrics[k] for k in ("fd", "fd_std", "precision", "recall")}}
 
 
 def write_table(results: dict, path: Path) -> str:
-    floor = results["floor"]
+    floor, iid = results["floor"], results.get("floor_iid")
     lines = [f"Floor (real test vs train): FD {floor['fd']:.3f}, precision "
-             f"{floor['precision']:.3f}, recall {floor['recall']:.3f}", "",
+             f"{floor['precision']:.3f}, recall {floor['recall']:.3f}"
+             + (f"; i.i.d. floor: FD {iid['fd']:.3f} ± {iid['fd_std']:.3f}" if iid else "")
+             + f". Features: {results.get('feature_network', 'not recorded')}", "",
              "| sampler | setting | NFE | FD | precision | recall | s / 1000 samples |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for p in sorted(results["points"], key=lambda p: (p["sampler"], p["nfe"])):
@@ -200,7 +213,11 @@ def write_plot(results: dict, path: Path, title: str) -> None:
                      if p["sampler"] == name and p["fd"] is not None)
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=name, color=colour)
-    ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1, label="real-data floor")
+    ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1,
+               label="real floor (stratified test split)")
+    if "floor_iid" in results:
+        ax.axhline(results["floor_iid"]["fd"], color="k", ls=":", lw=1,
+                   label="real floor (i.i.d. real digits)")
     ax.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)",
            ylabel="FD (digits features)", title=title)
     ax.legend(fontsize=8)
@@ -220,10 +237,17 @@ def main(argv: list[str]) -> None:
     names = _SAMPLERS.value or [n for n in dict.fromkeys([*sampling.SAMPLERS, *VARIANTS])
                                 if _serves(n, family.sde, common)]
     evaluator = runner.SampleEvaluator(config, ("fd", "pr"))
+    features = f"{evaluator.extractor.name} {evaluator.extractor.checksum[:12]}"
     results = json.loads(out.read_text()) if out.exists() else {
         "workdir": _WORKDIR.value, "checkpoint_step": step, "num_samples": _NUM_SAMPLES.value,
-        "seed": _SEED.value, "device": str(jax.devices()[0]),
-        "floor": evaluator.floor(_NUM_SAMPLES.value), "points": []}
+        "seed": _SEED.value, "device": str(jax.devices()[0]), "feature_network": features,
+        "floor": evaluator.floor(_NUM_SAMPLES.value),
+        "floor_iid": evaluator.iid_floor(_NUM_SAMPLES.value), "points": []}
+    if results.get("feature_network") != features and not _REPORT_ONLY.value:
+        raise UserError(f"{out} was measured with feature network "
+                        f"{results.get('feature_network', '(not recorded)')}, not {features}: "
+                        "pass another --out")
+    samples_dir = Path(_SAMPLES_DIR.value or Path(_WORKDIR.value) / "sampler_nfe_samples")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(p["sampler"], p["setting"]) for p in results["points"]}
     targets = sorted(int(n) for n in _NFE.value)
@@ -234,7 +258,8 @@ def main(argv: list[str]) -> None:
         if (name, setting) in done:
             continue
         point = _measure(family, state, evaluator, sampler, steps, options, _NUM_SAMPLES.value,
-                         min(_BATCH_SIZE.value, _NUM_SAMPLES.value), _SEED.value)
+                         min(_BATCH_SIZE.value, _NUM_SAMPLES.value), _SEED.value,
+                         samples_dir / f"{name}_{setting.replace('=', '')}.npz")
         results["points"].append({"sampler": name, "setting": setting, **point})
         out.write_text(json.dumps(results, indent=1))
         print(f"{name:>18} {setting:>12} nfe {point['nfe']:>5}  FD {point['fd']}  "
