@@ -8,7 +8,7 @@ with the score evaluations (NFE) and wall seconds each setting costs.
     python bench/likelihood.py ... --limit 50 --tolerances 1e-3   # a quick check
 
 Each (divergence, tolerance) pair is one evaluate.py bits/dim measurement
-(`evaluation.runner.bits_per_dim` with `family.make_log_likelihood`: EMA weights, uniform
+(`evaluation.bpd.bits_per_dim` with `family.make_log_likelihood`: EMA weights, uniform
 or importance-weighted dequantization with the fixed seed, probability-flow ODE), with
 rtol = atol = tolerance and the config's eps, seed and batch size unless overridden by the
 flags here. The likelihood is compiled ahead of time: "compile s" is the compilation,
@@ -33,7 +33,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from diffusion import likelihood
-from evaluation import runner
+from evaluation import bpd, runner
 from training import cli, inference
 from training.errors import UserError
 
@@ -56,14 +56,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def measure(config, family, state, limit: int | None) -> dict:
     """One bits/dim measurement under `config.eval`, compiled ahead of time."""
     batch_size = int(config.eval.batch_size)
-    log_likelihood = runner._make_log_likelihood(config, family)
+    log_likelihood = bpd.make_log_likelihood(config, family)
     params = family.sample_params(state)
     x = jax.ShapeDtypeStruct((batch_size, *family.data_shape), jnp.float32)
     start = time.perf_counter()
     compiled = log_likelihood.lower(params, jax.random.PRNGKey(0), x).compile()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    out = runner.bits_per_dim(config, family, state, lambda p, k, x: compiled(p, k, x),
+    out = bpd.bits_per_dim(config, family, state, lambda p, k, x: compiled(p, k, x),
                               limit=limit)
     solve_s = time.perf_counter() - start
     settings = out["bpd_settings"]

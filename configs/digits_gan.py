@@ -14,7 +14,7 @@ def get_config():
     config.model.latent_dim = 32
     training = config.training
     training.batch_size = 64
-    training.n_iters = 6000
+    training.n_iters = 5000
     training.snapshot_freq = 2000
     training.snapshot_freq_for_preemption = 500
     gan = config.gan

@@ -14,18 +14,13 @@ Protocol (recorded in every report):
   more than anything else. So FD also gets the floor of i.i.d. real data:
   `IID_FLOOR_SPLITS` random (unstratified) draws of `eval_size` images from train + test,
   each against `n_train` of the others, mean and std. A perfect model scores about this.
-- Bits/dim: the whole test split through the data pipeline (padded, masked batches),
-  uniformly dequantized with a fixed seed, by the probability-flow ODE. With
-  `config.eval.bpd_dequant_samples` K > 1, each image is dequantized K times (the first
-  with the K = 1 noise) and its log-density is the importance-weighted
-  log (1/K) sum_k p(x + u_k), a tighter bound on the 8-bit log-probability.
+- Bits/dim: the whole test split, by `evaluation.bpd` (see there).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 import time
@@ -33,11 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from absl import logging
 
 from data import pipeline
+from evaluation import bpd
 from evaluation import metrics as M
 from evaluation.extractor import FeatureExtractor
 from training.errors import UserError
@@ -265,7 +260,8 @@ class TrainingEvaluator:
                 family, int(config.eval.num_samples), batch_size=int(config.eval.batch_size)
             )
         # Compiled once here, not at every evaluation.
-        self._log_likelihood = _make_log_likelihood(config, family) if "bpd" in self.which else None
+        self._log_likelihood = (bpd.make_log_likelihood(config, family)
+                                if "bpd" in self.which else None)
 
     def __call__(self, state: Any) -> dict[str, float]:
         out: dict[str, Any] = {}
@@ -273,7 +269,7 @@ class TrainingEvaluator:
             images, _ = self.generate(state, int(self.config.eval.seed))
             out.update(self.samples(images, self.generate.labels))
         if "bpd" in self.which:
-            out.update(bits_per_dim(self.config, self.family, state, self._log_likelihood))
+            out.update(bpd.bits_per_dim(self.config, self.family, state, self._log_likelihood))
         return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
 
 
@@ -283,143 +279,6 @@ def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: SampleEvaluat
     if "fd" in which and size <= dim:
         raise UserError(f"Fréchet distance needs more samples than feature dimensions: got "
                         f"{size} samples of {dim}-dimensional features")
-
-
-def _bpd_options(config: Any) -> dict[str, Any]:
-    ev = config.eval
-    return dict(divergence=ev.bpd_divergence, eps=ev.bpd_eps, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
-                num_probes=ev.bpd_num_probes)
-
-
-def _dequant_samples(config: Any) -> int:
-    k = config.eval.bpd_dequant_samples
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise UserError(f"config.eval.bpd_dequant_samples must be a positive integer, got {k!r}")
-    return int(k)
-
-
-def _dequant_seeds(seed: int, k: int) -> list[int]:
-    """The pipeline seed of each dequantization sample: `seed` first (the K = 1 noise), then
-    seeds derived from (seed, j), independent of every plain integer seed."""
-    return [seed] + [int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
-                     for j in range(1, k)]
-
-
-def _make_log_likelihood(config: Any, family: Any):
-    if hasattr(family, "make_bounds"):  # a VAE: bounds on the discrete likelihood
-        return family.make_bounds()
-    if not hasattr(family, "make_log_likelihood"):
-        raise UserError(f"bits/dim needs a likelihood; model family {config.model.family!r} "
-                        "has none")
-    if not family.is_image_data:
-        raise UserError("bits/dim is defined for 8-bit image data, not 2-D points")
-    _dequant_samples(config)
-    return family.make_log_likelihood(**_bpd_options(config))
-
-
-def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
-                 limit: int | None = None) -> dict[str, Any]:
-    """NLL in bits/dim on the whole test split (see the module docstring); pass
-    `log_likelihood` (family.make_log_likelihood) to reuse a compiled one.
-
-    With K = `config.eval.bpd_dequant_samples`, each batch is read K times with independent
-    dequantization noise u_k (pipeline seeds from `_dequant_seeds`; probe keys fold_in(key_i,
-    k) for k >= 1) and scored log (1/K) sum_k p(x + u_k) (`importance_weighted_logp`); K = 1
-    is plain uniform dequantization. `limit` scores only the first `limit` test images (for
-    quick checks; the report's `n_test` says how many).
-    """
-    from diffusion.likelihood import bits_per_dim as to_bits
-    from diffusion.likelihood import importance_weighted_logp
-
-    if hasattr(family, "make_bounds"):
-        return _bound_bits_per_dim(config, family, state, log_likelihood, limit=limit)
-    num_dequant = _dequant_samples(config)
-    log_likelihood = log_likelihood or _make_log_likelihood(config, family)
-    ev = config.eval
-    options = _bpd_options(config)
-    if num_dequant > 1 and options["divergence"] != "exact":
-        logging.warning("bits/dim with %d dequantization samples and a Hutchinson divergence: "
-                        "the probe noise biases log-mean-exp upwards (bits/dim down); the "
-                        "bound holds for the exact divergence", num_dequant)
-    data_config = dict(config.data.to_dict(), uniform_dequantization=True)
-    iterators = [pipeline.make_eval_iterator(data_config, batch_size=int(ev.batch_size),
-                                             split="test", seed=seed)
-                 for seed in _dequant_seeds(int(ev.seed), num_dequant)]
-    params = family.sample_params(state)
-    key = jax.random.PRNGKey(int(ev.seed))
-    bpds, nfes, count = [], [], 0
-    for i, batches in enumerate(zip(*iterators, strict=True)):
-        if limit is not None and count >= limit:
-            break
-        batch_key = jax.random.fold_in(key, i)
-        logps = []
-        for k, batch in enumerate(batches):
-            logp, nfe = log_likelihood(params, jax.random.fold_in(batch_key, k) if k else
-                                       batch_key, batch["image"])
-            logps.append(np.asarray(logp))
-            nfes.append(int(nfe))
-        logp = importance_weighted_logp(np.stack(logps))
-        bpd = np.asarray(to_bits(logp, family.data_shape, centered=config.data.centered))
-        bpds.append(bpd[batches[0]["mask"]])
-        count += len(bpds[-1])
-    bpds = np.concatenate(bpds)[:limit]
-    if not np.isfinite(bpds).all():
-        raise UserError("the likelihood is not finite on some test images")
-    if num_dequant == 1:
-        dequantization = "uniform, (k + U[0,1)) / 256"
-    else:
-        dequantization = (f"importance-weighted over {num_dequant} uniform samples, "
-                          "log (1/K) sum_k p((k + U_k[0,1)) / 256)")
-    return {
-        "bpd": float(bpds.mean()),
-        "bpd_sem": float(bpds.std(ddof=1) / math.sqrt(len(bpds))) if len(bpds) > 1 else 0.0,
-        "bpd_settings": {
-            "n_test": len(bpds), "dequantization": dequantization,
-            "dequant_samples": num_dequant,
-            "method": "probability-flow ODE (diffrax tsit5, adaptive)", **options,
-            # One solve per batch and dequantization sample.
-            "mean_nfe_per_batch": float(np.mean(nfes)), "seed": int(ev.seed),
-        },
-    }
-
-
-def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
-                        limit: int | None = None) -> dict[str, Any]:
-    """A VAE's importance-weighted bound (`bpd`) and ELBO (`elbo_bpd`) in bits/dim on the
-    whole test split. Its decoder gives the probability of the discrete 8-bit data itself,
-    so no dequantization is needed and the numbers bound the same quantity as a diffusion
-    model's dequantized bits/dim."""
-    from vae.elbo import bits_per_dim as to_bits
-
-    ev = config.eval
-    bounds = bounds or family.make_bounds()
-    params = family.sample_params(state)
-    key = jax.random.PRNGKey(int(ev.seed))
-    iwae, elbo = [], []
-    batches = pipeline.make_eval_iterator(config.data, batch_size=int(ev.batch_size),
-                                          split="test")
-    for i, batch in enumerate(batches):
-        if limit is not None and sum(map(len, iwae)) >= limit:
-            break
-        out = jax.device_get(bounds(params, jax.random.fold_in(key, i), batch["image"]))
-        iwae.append(np.asarray(to_bits(out["iwae"], family.num_dims))[batch["mask"]])
-        elbo.append(np.asarray(to_bits(out["elbo"], family.num_dims))[batch["mask"]])
-    iwae, elbo = np.concatenate(iwae)[:limit], np.concatenate(elbo)[:limit]
-    if not (np.isfinite(iwae).all() and np.isfinite(elbo).all()):
-        raise UserError("the VAE's bounds are not finite on some test images")
-    sem = lambda v: float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    vae = config.vae
-    return {
-        "bpd": float(iwae.mean()), "bpd_sem": sem(iwae),
-        "elbo_bpd": float(elbo.mean()), "elbo_bpd_sem": sem(elbo),
-        "bpd_settings": {
-            "n_test": len(iwae), "method": f"importance-weighted bound, k={vae.iwae_samples}",
-            "elbo": "one posterior sample per image",
-            "likelihood": f"{vae.likelihood}, {vae.num_bins} levels",
-            "dequantization": "none: the decoder's likelihood is of the discrete data",
-            "seed": int(ev.seed),
-        },
-    }
 
 
 def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
@@ -477,7 +336,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
         logging.info("Bits/dim on the test split (%s)", "ELBO and IWAE bounds"
                      if hasattr(family, "make_bounds") else
                      f"{config.eval.bpd_divergence} divergence")
-        report.setdefault("model", {}).update(bits_per_dim(config, family, state))
+        report.setdefault("model", {}).update(bpd.bits_per_dim(config, family, state))
         report["checkpoint_step"] = step
     report["seconds"] = round(time.time() - start, 1)
     return report

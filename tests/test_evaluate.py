@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from evaluation import runner
+from evaluation import bpd, runner
 from tests.configs import tiny
 from training import loop
 from training.errors import UserError
@@ -219,21 +219,21 @@ def _uniform_bpd_per_image(config) -> np.ndarray:
 def test_bits_per_dim_importance_weighted_dequantization_and_its_settings():
     family = _ClosedFormFamily()
     uniform = _uniform_bpd_per_image(_bpd_config(1))
-    one = runner.bits_per_dim(_bpd_config(1), family, None)
+    one = bpd.bits_per_dim(_bpd_config(1), family, None)
     assert family.options["num_probes"] == 1
     # K = 1 is the uniform dequantization, exactly as before the option existed.
     assert one["bpd"] == pytest.approx(float(uniform.mean()), rel=1e-6)
     assert one["bpd_settings"]["dequant_samples"] == 1 and one["bpd_settings"]["n_test"] == 360
     assert one["bpd_settings"]["dequantization"].startswith("uniform")
-    four = runner.bits_per_dim(_bpd_config(4), family, None)
+    four = bpd.bits_per_dim(_bpd_config(4), family, None)
     settings = four["bpd_settings"]
     assert settings["dequant_samples"] == 4 and settings["n_test"] == 360
     assert settings["dequantization"].startswith("importance-weighted over 4")
     assert settings["mean_nfe_per_batch"] == 7
     # A tighter bound: fewer bits/dim (each image gains ~0.1 bits/dim here).
     assert four["bpd"] < one["bpd"] - 0.05
-    limited = runner.bits_per_dim(_bpd_config(1), family, None, limit=50)
+    limited = bpd.bits_per_dim(_bpd_config(1), family, None, limit=50)
     assert limited["bpd_settings"]["n_test"] == 50
     assert limited["bpd"] == pytest.approx(float(uniform[:50].mean()), rel=1e-6)
     with pytest.raises(UserError, match="bpd_dequant_samples must be a positive integer"):
-        runner.bits_per_dim(_bpd_config(0), family, None)
+        bpd.bits_per_dim(_bpd_config(0), family, None)

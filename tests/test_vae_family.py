@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data import pipeline
-from evaluation import runner
+from evaluation import bpd
 from tests.configs import tiny_families
 from tests.test_cli import ROOT, _error_line, _run
 from training import inference, loop
@@ -51,7 +51,7 @@ def test_bits_per_dim_reports_both_bounds_on_every_test_image(vae_run):
     workdir, _ = vae_run
     config = tiny_families.get_config("vae")
     family, state, _ = inference.restore_latest(config, workdir)
-    report = runner.bits_per_dim(config, family, state)
+    report = bpd.bits_per_dim(config, family, state)
     n_test = len(pipeline.read_split(config.data, "test")["label"])
     assert report["bpd_settings"]["n_test"] == n_test
     assert report["bpd_settings"]["method"] == "importance-weighted bound, k=4"
@@ -95,7 +95,7 @@ def test_latent_diffusion_trains_and_decodes_its_samples(latent_config, tmp_path
     assert nfe == latent_config.sampling.steps + 1
     with pytest.raises(UserError, match="latent diffusion model has the likelihood of its "
                                         "latents only"):
-        runner.bits_per_dim(latent_config, family, state)
+        bpd.bits_per_dim(latent_config, family, state)
     with pytest.raises(UserError, match="inpainting, colorization, SDEdit"):
         family.make_sampler(2, task="sdedit", edit_strength=0.5)
     # The run recorded the VAE checkpoint it encoded with; another one is refused.
