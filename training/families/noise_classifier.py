@@ -39,8 +39,7 @@ HELD_OUT_FRACTION = 0.1
 MIN_FAKE_SAMPLES = 20
 
 
-def load_fake_samples(path: str, data: ml_collections.ConfigDict,
-                      shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def load_fake_samples(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) uint8 images of a model's samples .npz; UserError if the file
     is missing, malformed, of another image shape, or too small to hold some out."""
     from evaluation import runner
@@ -109,8 +108,7 @@ class NoiseClassifierFamily:
             raise UserError("training a discriminator (classifier.objective='discriminator') "
                             "needs classifier.fake_samples: an .npz of the model's samples "
                             "(sample.py --out)")
-        return load_fake_samples(self.config.classifier.fake_samples, self.config.data,
-                                 self.data_shape)
+        return load_fake_samples(self.config.classifier.fake_samples, self.data_shape)
 
     def prepare_training(self) -> None:
         """UserError now, before the loop writes anything, if the generated images of a
@@ -191,20 +189,24 @@ class NoiseClassifierFamily:
             x = images.astype(jnp.float32) / 255.0
         return 2.0 * x - 1.0 if data.centered else x
 
-    def _discriminator_loss(self, logits_fn, key, batch, fakes=None):
-        """Logistic loss of real (label 1) against as many generated images (label 0),
-        drawn with replacement from `fakes` (the training pool by default)."""
-        fakes = self._fake_pools[0] if fakes is None else fakes
-        real = batch["image"]
-        key_pick, key_dequant, key_noise = jax.random.split(key, 3)
+    def _real_and_fake(self, key, real, fakes) -> tuple[jax.Array, jax.Array]:
+        """The real batch followed by as many generated images drawn with replacement
+        from `fakes`, and the mask of the real ones."""
+        key_pick, key_dequant = jax.random.split(key)
         pick = jax.random.randint(key_pick, real.shape[:1], 0, len(fakes))
         fake = self._to_data_space(jnp.asarray(fakes)[pick], key_dequant)
-        x_t, t = self._noised(key_noise, jnp.concatenate([real, fake.astype(real.dtype)]))
-        logits = logits_fn(x_t, t)[:, 0]
-        is_real = jnp.arange(len(logits)) < len(real)
+        x = jnp.concatenate([real, fake.astype(real.dtype)])
+        return x, jnp.arange(len(x)) < len(real)
+
+    def _discriminator_loss(self, logits_fn, key, batch, fakes=None):
+        """Logistic loss of real (label 1) against as many generated images (label 0),
+        from `fakes` (the training pool by default), both noised by the SDE."""
+        key_draw, key_noise = jax.random.split(key)
+        x, is_real = self._real_and_fake(key_draw, batch["image"],
+                                         self._fake_pools[0] if fakes is None else fakes)
+        logits = logits_fn(*self._noised(key_noise, x))[:, 0]
         loss = jnp.mean(jnp.where(is_real, jax.nn.softplus(-logits), jax.nn.softplus(logits)))
-        accuracy = jnp.mean((logits > 0) == is_real)
-        return loss, accuracy
+        return loss, jnp.mean((logits > 0) == is_real)
 
     def init_state(self, key: jax.Array) -> TrainState:
         return single_network_state(key, self.init_params, self.tx)
@@ -242,13 +244,10 @@ class NoiseClassifierFamily:
 
     def _discriminator_eval(self, logits_fn, key, batch) -> dict:
         held_out = self._fake_pools[1]
-        loss, accuracy = self._discriminator_loss(logits_fn, key, batch, held_out)
-        real = batch["image"]
-        pick = jax.random.randint(key, real.shape[:1], 0, len(held_out))
-        fake = self._to_data_space(jnp.asarray(held_out)[pick], key)
-        x = jnp.concatenate([real, fake.astype(real.dtype)])
+        key_loss, key_clean = jax.random.split(key)
+        loss, accuracy = self._discriminator_loss(logits_fn, key_loss, batch, held_out)
+        x, is_real = self._real_and_fake(key_clean, batch["image"], held_out)
         logits = logits_fn(x, jnp.full(x.shape[:1], TRAIN_EPS))[:, 0]
-        is_real = jnp.arange(len(logits)) < len(real)
         return {"eval_loss": loss, "eval_accuracy": accuracy,
                 "eval_accuracy_clean": jnp.mean((logits > 0) == is_real)}
 
