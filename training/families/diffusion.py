@@ -339,7 +339,7 @@ class DiffusionFamily:
         if tuple(classifier.data_shape) != self.data_shape:
             raise UserError(f"the classifier takes data of shape {tuple(classifier.data_shape)}, "
                             f"the model {self.data_shape}")
-        if self.is_conditional and getattr(classifier, "is_discriminator", False):
+        if self.is_conditional and classifier.is_discriminator:
             raise UserError("the discriminator tells data from unconditional samples; this "
                             "model is class-conditional: guide it with a classifier")
         if self.is_conditional and classifier.num_classes != self.num_classes:
