@@ -241,6 +241,9 @@ def test_discriminator_guidance_moves_unconditional_samples_and_scale_zero_does_
         get_family(tiny_guided.get_config("cond")).make_sampler(3, classifier=disc_family)
     with pytest.raises(UserError, match="a discriminator has no class probabilities"):
         disc_family.log_prob_fn(disc_params)
+    with pytest.raises(UserError, match="a class label needs a label classifier; this one "
+                                        "is a discriminator"):
+        inference.make_generator(plain, 3, class_label=4, classifier=(disc_family, disc_state))
     labels_classifier = tiny_guided.get_config("classifier")
     with pytest.raises(UserError, match=r"classifier\.objective: 'discriminator' in "
                                         r"checkpoint vs 'labels' now"):

@@ -93,6 +93,10 @@ def make_generator(
         raise UserError(f"the sampling batch size must be positive, got {batch_size}")
     batch_size = min(batch_size, num)
     classifier_family, classifier_state = classifier if classifier is not None else (None, None)
+    if class_label is not None and classifier is not None and classifier_family.is_discriminator:
+        raise UserError("a class label needs a label classifier; this one is a discriminator "
+                        "(classifier.objective='discriminator'), which guides towards the "
+                        "data without labels")
     sample = family.make_sampler(
         batch_size, name=sampler, steps=steps, guidance_scale=guidance_scale,
         classifier=classifier_family, classifier_scale=classifier_scale, task=task,
