@@ -13,4 +13,6 @@ def get_config():
     config.model.ch_mult = (1, 2)
     # Twice digits_vp's steps: FD 0.140 at 4,000 steps, 0.117 at 8,000 (README).
     config.training.n_iters = 8000
+    # The model has the likelihood of its latents, not of the images: no bits/dim.
+    config.eval.metrics = "fd,kid,pr,cs"
     return config

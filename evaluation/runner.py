@@ -306,9 +306,16 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     if sample_metrics:
         evaluator = SampleEvaluator(config, which, inception_weights=inception_weights)
         _check_fd_size(which, num, evaluator)
-    family = state = step = None
+    family = state = step = log_likelihood = None
     if "bpd" in which or (sample_metrics and samples is None):
         family, state, step = inference.restore_latest(config, workdir)
+    if "bpd" in which:
+        # A family without an image likelihood is refused here, before any sampling.
+        try:
+            log_likelihood = bpd.make_log_likelihood(config, family)
+        except UserError as err:
+            raise UserError(f"{err}; leave bpd out of the metrics (--metrics fd,kid,pr,cs)"
+                            ) from None
     if sample_metrics and samples is None:
         logging.info("Drawing %d samples from checkpoint step %d", num, step)
         generate = inference.make_generator(family, num, batch_size=int(config.eval.batch_size))
@@ -336,7 +343,8 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
         logging.info("Bits/dim on the test split (%s)", "ELBO and IWAE bounds"
                      if hasattr(family, "make_bounds") else
                      f"{config.eval.bpd_divergence} divergence")
-        report.setdefault("model", {}).update(bpd.bits_per_dim(config, family, state))
+        report.setdefault("model", {}).update(
+            bpd.bits_per_dim(config, family, state, log_likelihood))
         report["checkpoint_step"] = step
     report["seconds"] = round(time.time() - start, 1)
     return report

@@ -37,6 +37,19 @@ def test_every_family_experiment_loads_and_sets_only_its_own_settings(name):
     check_family_settings(config)
 
 
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS + list(FAMILY_EXPERIMENTS)))
+def test_default_metrics_ask_bits_per_dim_only_of_a_model_with_an_image_likelihood(name):
+    """evaluate.py with no --metrics must run: GANs and latent diffusion have no bits/dim."""
+    from evaluation import runner
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    if config.model.family == "noise_classifier":
+        return  # a guide, not a generative model: evaluate.py does not measure it
+    metrics = runner.parse_metrics(config.eval.metrics)
+    assert ("bpd" in metrics) == (config.model.family in ("diffusion", "vae"))
+    assert {"fd", "kid", "pr", "cs"} <= set(metrics)
+
+
 def test_sngan_carries_the_published_hyperparameters():
     from configs import cifar10_sngan
 

@@ -158,6 +158,11 @@ def test_train_sample_evaluate_through_the_clis(tmp_path):
     assert proc.returncode == 1
     assert "one generator call: --steps" in _error_line(proc)
     assert not (tmp_path / "no.npz").exists()
+    proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs,bpd")
+    assert proc.returncode == 1
+    assert _error_line(proc).endswith("model family 'gan' has none; leave bpd out of the "
+                                      "metrics (--metrics fd,kid,pr,cs)")
+    assert not (workdir / "metrics.json").exists()
     proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs",
                 "--num_samples=20")
     assert proc.returncode == 0, proc.stderr
