@@ -112,6 +112,10 @@ def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: 
                   batch_size: int = 500) -> FeatureExtractor:
     """The configured feature network: the project's digits CNN on digits, else Inception."""
     dataset = config.data.dataset
+    if dataset.startswith(pipeline.TOY_PREFIX):
+        raise UserError(f"the sample metrics (fd, kid, pr, cs) are measured in an image "
+                        f"feature space; dataset {dataset!r} is 2-D points, which they do "
+                        "not serve")
     if feature_net == "auto":
         feature_net = "digits_cnn" if dataset == "digits" else "inception"
     if feature_net == "digits_cnn":

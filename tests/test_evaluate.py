@@ -167,6 +167,14 @@ def test_non_digits_data_without_inception_weights_says_what_to_pass():
         runner.get_extractor(config)
 
 
+def test_two_d_points_are_refused_by_the_image_metrics_in_one_line():
+    config = tiny.get_config("vpsde")
+    config.data.dataset = "toy_gmm"
+    with pytest.raises(UserError, match="dataset 'toy_gmm' is 2-D points, which they do not "
+                                        "serve$"):
+        runner.get_extractor(config)
+
+
 def test_the_floor_and_the_model_are_measured_at_the_same_size():
     rng = np.random.default_rng(0)
     reference = runner.Features(rng.normal(size=(500, 4)), rng.normal(size=(500, 3)))
