@@ -170,8 +170,8 @@ def test_non_digits_data_without_inception_weights_says_what_to_pass():
 def test_two_d_points_are_refused_by_the_image_metrics_in_one_line():
     config = tiny.get_config("vpsde")
     config.data.dataset = "toy_gmm"
-    with pytest.raises(UserError, match="dataset 'toy_gmm' is 2-D points, which they do not "
-                                        "serve$"):
+    with pytest.raises(UserError, match=r"dataset 'toy_gmm' is 2-D points, which they do not "
+                                        r"serve$"):
         runner.get_extractor(config)
 
 
