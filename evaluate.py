@@ -5,6 +5,8 @@ bits/dim, each beside the same metric for real test images (the real-data floor)
 [--samples samples.npz] [--num_samples N] [--metrics fd,kid,pr,cs,bpd]` prints a table and
 writes metrics.json (default WORKDIR/metrics.json) with every setting that decides the
 numbers. Without --samples it draws --num_samples samples from the latest checkpoint.
+2-D toy data gets the same sample metrics on its coordinates and nll (nats per point)
+beside the true density's in place of bits/dim (evaluation/points.py).
 """
 
 from pathlib import Path
@@ -23,7 +25,8 @@ _SAMPLES = flags.DEFINE_string("samples", None, "An .npz of samples (as sample.p
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "How many samples to draw (or to "
                                     "use from --samples); default config.eval.num_samples.")
 _METRICS = flags.DEFINE_string("metrics", None, "Comma-separated subset of fd,kid,pr,cs,bpd "
-                               "(default config.eval.metrics).")
+                               "(nll in place of bpd for 2-D toy points; default "
+                               "config.eval.metrics).")
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights file "
                                  "(pt_inception-2015-12-05-6726825d.pth) for non-digits data.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default WORKDIR/metrics.json).")

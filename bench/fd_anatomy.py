@@ -23,7 +23,7 @@ from scipy.special import softmax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import digits_vp
-from evaluation import metrics, runner
+from evaluation import metrics, runner, samples_file
 from training.errors import UserError
 
 UNSURE_BELOW = 0.9
@@ -74,7 +74,7 @@ def main() -> None:
     evaluator = runner.SampleEvaluator(digits_vp.get_config(), ("fd",))
     rows_per_file = evaluator.n_test  # every row has the floor's sample count
     try:
-        samples = [runner.load_samples(path, evaluator.image_shape).images for path in paths]
+        samples = [samples_file.load_samples(path, evaluator.image_shape).images for path in paths]
     except UserError as err:
         sys.exit(str(err))
     reference = metrics.feature_statistics(evaluator.reference.features)

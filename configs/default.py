@@ -79,13 +79,15 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     # evaluate.py's defaults, and the evaluation training can run every eval_freq steps.
     config.eval = evaluation = ml_collections.ConfigDict()
-    evaluation.metrics = "fd,kid,pr,cs,bpd"  # evaluate.py; any of fd, kid, pr, cs, bpd
+    # evaluate.py; any of fd, kid, pr, cs, bpd (images) or nll (2-D toy points, nats/point)
+    evaluation.metrics = "fd,kid,pr,cs,bpd"
     evaluation.metrics_during_training = ""  # e.g. "fd,kid,pr,cs" every eval_freq; "" = off
     evaluation.num_samples = 1000
     evaluation.batch_size = 500  # samples per sampler call, test images per likelihood call
     evaluation.seed = 0
     evaluation.feature_net = "auto"  # 'auto' (digits_cnn on digits) | 'digits_cnn' | 'inception'
     evaluation.inception_weights = ""  # path of pt_inception-2015-12-05-6726825d.pth
+    # The likelihood settings of bits/dim, and of nll on 2-D points.
     evaluation.bpd_divergence = "hutchinson_rademacher"  # | 'hutchinson_gaussian' | 'exact'
     evaluation.bpd_eps = 1e-5
     evaluation.bpd_rtol = 1e-5

@@ -21,10 +21,36 @@ from data import pipeline
 from training.errors import UserError
 
 
-def _bpd_options(config: Any) -> dict[str, Any]:
+def likelihood_options(config: Any) -> dict[str, Any]:
+    """The probability-flow likelihood settings of `config.eval.bpd_*` (also nll's)."""
     ev = config.eval
     return dict(divergence=ev.bpd_divergence, eps=ev.bpd_eps, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
                 num_probes=ev.bpd_num_probes)
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of per-example values (0 for fewer than two)."""
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def map_test_split(config: Any, per_batch, *, limit: int | None = None
+                   ) -> dict[str, np.ndarray]:
+    """`per_batch(key, x) -> {name: (B,) array}` over the whole test split in padded
+    batches of `config.eval.batch_size` (key: fold_in(PRNGKey(eval.seed), batch index));
+    the padding rows dropped, the rest concatenated, cut at `limit` examples."""
+    key = jax.random.PRNGKey(int(config.eval.seed))
+    values: dict[str, list[np.ndarray]] = {}
+    count = 0
+    batches = pipeline.make_eval_iterator(config.data, batch_size=int(config.eval.batch_size),
+                                          split="test")
+    for i, batch in enumerate(batches):
+        if limit is not None and count >= limit:
+            break
+        out = jax.device_get(per_batch(jax.random.fold_in(key, i), batch["image"]))
+        for name, value in out.items():
+            values.setdefault(name, []).append(np.asarray(value, np.float64)[batch["mask"]])
+        count += int(batch["mask"].sum())
+    return {name: np.concatenate(parts)[:limit] for name, parts in values.items()}
 
 
 def _dequant_samples(config: Any) -> int:
@@ -51,7 +77,7 @@ def make_log_likelihood(config: Any, family: Any):
     if not family.is_image_data:
         raise UserError("bits/dim is defined for 8-bit image data, not 2-D points")
     _dequant_samples(config)
-    return family.make_log_likelihood(**_bpd_options(config))
+    return family.make_log_likelihood(**likelihood_options(config))
 
 
 def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
@@ -73,7 +99,7 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
     num_dequant = _dequant_samples(config)
     log_likelihood = log_likelihood or make_log_likelihood(config, family)
     ev = config.eval
-    options = _bpd_options(config)
+    options = likelihood_options(config)
     if num_dequant > 1 and options["divergence"] != "exact":
         logging.warning("bits/dim with %d dequantization samples and a Hutchinson divergence: "
                         "the probe noise biases log-mean-exp upwards (bits/dim down); the "
@@ -109,7 +135,7 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
                           "log (1/K) sum_k p((k + U_k[0,1)) / 256)")
     return {
         "bpd": float(bpds.mean()),
-        "bpd_sem": float(bpds.std(ddof=1) / math.sqrt(len(bpds))) if len(bpds) > 1 else 0.0,
+        "bpd_sem": standard_error(bpds),
         "bpd_settings": {
             "n_test": len(bpds), "dequantization": dequantization,
             "dequant_samples": num_dequant,
@@ -131,24 +157,19 @@ def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
     ev = config.eval
     bounds = bounds or family.make_bounds()
     params = family.sample_params(state)
-    key = jax.random.PRNGKey(int(ev.seed))
-    iwae, elbo = [], []
-    batches = pipeline.make_eval_iterator(config.data, batch_size=int(ev.batch_size),
-                                          split="test")
-    for i, batch in enumerate(batches):
-        if limit is not None and sum(map(len, iwae)) >= limit:
-            break
-        out = jax.device_get(bounds(params, jax.random.fold_in(key, i), batch["image"]))
-        iwae.append(np.asarray(to_bits(out["iwae"], family.num_dims))[batch["mask"]])
-        elbo.append(np.asarray(to_bits(out["elbo"], family.num_dims))[batch["mask"]])
-    iwae, elbo = np.concatenate(iwae)[:limit], np.concatenate(elbo)[:limit]
+
+    def per_batch(key, x):
+        out = bounds(params, key, x)
+        return {name: to_bits(out[name], family.num_dims) for name in ("iwae", "elbo")}
+
+    values = map_test_split(config, per_batch, limit=limit)
+    iwae, elbo = values["iwae"], values["elbo"]
     if not (np.isfinite(iwae).all() and np.isfinite(elbo).all()):
         raise UserError("the VAE's bounds are not finite on some test images")
-    sem = lambda v: float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
     vae = config.vae
     return {
-        "bpd": float(iwae.mean()), "bpd_sem": sem(iwae),
-        "elbo_bpd": float(elbo.mean()), "elbo_bpd_sem": sem(elbo),
+        "bpd": float(iwae.mean()), "bpd_sem": standard_error(iwae),
+        "elbo_bpd": float(elbo.mean()), "elbo_bpd_sem": standard_error(elbo),
         "bpd_settings": {
             "n_test": len(iwae), "method": f"importance-weighted bound, k={vae.iwae_samples}",
             "elbo": "one posterior sample per image",

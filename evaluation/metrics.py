@@ -171,7 +171,10 @@ def kernel_inception_distance(
     off_diagonal = m * (m - 1)
 
     def kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return (x @ y.T / d + 1.0) ** 3
+        k = x @ y.T
+        k /= d
+        k += 1.0
+        return k * k * k  # twice as fast as k ** 3, which numpy computes with pow
 
     mmds = np.empty(num_subsets)
     for i in range(num_subsets):

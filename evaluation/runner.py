@@ -15,6 +15,8 @@ Protocol (recorded in every report):
   `IID_FLOOR_SPLITS` random (unstratified) draws of `eval_size` images from train + test,
   each against `n_train` of the others, mean and std. A perfect model scores about this.
 - Bits/dim: the whole test split, by `evaluation.bpd` (see there).
+- 2-D toy data (`toy_*`) is measured by `evaluation.points`: the same sample metrics on
+  the coordinates, and `nll` (nats per point) in place of bits/dim.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from data import pipeline
 from evaluation import bpd
 from evaluation import metrics as M
 from evaluation.extractor import FeatureExtractor
+from evaluation.samples_file import Samples, load_samples
 from training.errors import UserError
 
-METRICS = ("fd", "kid", "pr", "cs", "bpd")
+METRICS = ("fd", "kid", "pr", "cs", "bpd", "nll")
 IID_FLOOR_SPLITS = 50
 SAMPLE_METRICS = ("fd", "kid", "pr", "cs")
+LIKELIHOOD_METRICS = ("bpd", "nll")  # images, 2-D points
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -53,59 +57,30 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     return names
 
 
-@dataclasses.dataclass(frozen=True)
-class Samples:
-    """uint8 images (N, H, W, C), optional requested class labels, and how they were drawn."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    provenance: Mapping[str, Any]
+def is_points(config: Any) -> bool:
+    """True for the 2-D toy datasets."""
+    return config.data.dataset.startswith(pipeline.TOY_PREFIX)
 
 
-def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...]) -> Samples:
-    """Reads and checks an .npz of samples (`images`: uint8, or float in [0, 1]).
+def check_metrics_fit_data(config: Any, which: tuple[str, ...]) -> None:
+    """Bits/dim is for images and nll for 2-D points; the other one is a UserError."""
+    dataset = config.data.dataset
+    if is_points(config) and "bpd" in which:
+        raise UserError(f"bits/dim is for 8-bit images, and dataset {dataset!r} is 2-D "
+                        "points: ask for nll (nats per point) instead")
+    if not is_points(config) and "nll" in which:
+        raise UserError(f"nll (nats per point) is for 2-D toy points, and dataset "
+                        f"{dataset!r} is images: ask for bpd (bits/dim) instead")
 
-    Optional arrays: `labels` (int, one per image: the classes asked of a conditional
-    model) and the provenance sample.py records (`sampler`, `nfe`, `seed`, `step`).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"samples file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable .npz file: {err}") from err
-    if "images" not in arrays:
-        raise UserError(f"{path} has no 'images' array (keys: {sorted(arrays)})")
-    images = arrays["images"]
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise UserError(
-            f"{path}: images have shape {images.shape}, expected (N, "
-            f"{', '.join(map(str, image_shape))}) for this config's data"
-        )
-    if len(images) == 0:
-        raise UserError(f"{path} holds no images")
-    if np.issubdtype(images.dtype, np.floating):
-        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
-            raise UserError(
-                f"{path}: float images must lie in [0, 1], got values in "
-                f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]"
-            )
-        images = np.round(images * 255.0).astype(np.uint8)
-    elif images.dtype != np.uint8:
-        raise UserError(f"{path}: images must be uint8 (or float in [0, 1]), got {images.dtype}")
-    labels = arrays.get("labels")
-    if labels is not None:
-        if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
-            raise UserError(
-                f"{path}: labels must be integers of shape ({len(images)},), got "
-                f"{labels.dtype} {labels.shape}"
-            )
-    provenance = {
-        key: arrays[key].item() for key in ("sampler", "nfe", "seed", "step") if key in arrays
-    }
-    return Samples(images, labels, provenance)
+
+def likelihood_functions(config: Any):
+    """(make_log_likelihood, measure) for the data's likelihood metric: bits/dim of images
+    (`evaluation.bpd`) or the NLL of points (`evaluation.points`)."""
+    if is_points(config):
+        from evaluation import points
+
+        return points.make_log_likelihood, points.negative_log_likelihood
+    return bpd.make_log_likelihood, bpd.bits_per_dim
 
 
 def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: str = "",
@@ -113,9 +88,8 @@ def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: 
     """The configured feature network: the project's digits CNN on digits, else Inception."""
     dataset = config.data.dataset
     if dataset.startswith(pipeline.TOY_PREFIX):
-        raise UserError(f"the sample metrics (fd, kid, pr, cs) are measured in an image "
-                        f"feature space; dataset {dataset!r} is 2-D points, which they do "
-                        "not serve")
+        raise UserError(f"dataset {dataset!r} is 2-D points, which have no image feature "
+                        "network: evaluation.points measures them on their coordinates")
     if feature_net == "auto":
         feature_net = "digits_cnn" if dataset == "digits" else "inception"
     if feature_net == "digits_cnn":
@@ -241,45 +215,64 @@ class SampleEvaluator:
         fd, fd_std = _mean_std(fds)
         return {"fd": fd, "fd_std": fd_std, "splits": IID_FLOOR_SPLITS}
 
+    @property
+    def feature_dim(self) -> int:
+        return self.extractor.feature_dim
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.extractor.name, "sha256": self.extractor.checksum,
                 "feature_dim": self.extractor.feature_dim, **self.extractor.settings}
 
 
+def make_sample_evaluator(config: Any, which: tuple[str, ...], *,
+                          inception_weights: str = ""):
+    """SampleEvaluator for images, `points.PointsEvaluator` for 2-D toy data."""
+    if is_points(config):
+        from evaluation import points
+
+        return points.PointsEvaluator(config, which)
+    return SampleEvaluator(config, which, inception_weights=inception_weights)
+
+
 class TrainingEvaluator:
     """`evaluator(state) -> {metric: float}`: `config.eval.metrics_during_training`, on
     `config.eval.num_samples` samples (EMA weights, the config's sampler, compiled once)
-    and, if asked, bits/dim; what the training loop writes to TensorBoard."""
+    and, if asked, bits/dim (nll for 2-D points); what the training loop writes to
+    TensorBoard."""
 
     def __init__(self, config: Any, family: Any):
         from training import inference
 
         self.config, self.family = config, family
         self.which = parse_metrics(config.eval.metrics_during_training)
+        check_metrics_fit_data(config, self.which)
         self.samples = None
         if any(m in SAMPLE_METRICS for m in self.which):
-            self.samples = SampleEvaluator(config, self.which)
+            self.samples = make_sample_evaluator(config, self.which)
             _check_fd_size(self.which, int(config.eval.num_samples), self.samples)
             self.generate = inference.make_generator(
                 family, int(config.eval.num_samples), batch_size=int(config.eval.batch_size)
             )
         # Compiled once here, not at every evaluation.
-        self._log_likelihood = (bpd.make_log_likelihood(config, family)
-                                if "bpd" in self.which else None)
+        self._log_likelihood = self._measure_likelihood = None
+        if any(m in LIKELIHOOD_METRICS for m in self.which):
+            make, self._measure_likelihood = likelihood_functions(config)
+            self._log_likelihood = make(config, family)
 
     def __call__(self, state: Any) -> dict[str, float]:
         out: dict[str, Any] = {}
         if self.samples is not None:
             images, _ = self.generate(state, int(self.config.eval.seed))
             out.update(self.samples(images, self.generate.labels))
-        if "bpd" in self.which:
-            out.update(bpd.bits_per_dim(self.config, self.family, state, self._log_likelihood))
+        if self._measure_likelihood is not None:
+            out.update(self._measure_likelihood(self.config, self.family, state,
+                                                self._log_likelihood))
         return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
 
 
-def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: SampleEvaluator) -> None:
+def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: Any) -> None:
     """Fails early, before sampling or training, if FD could not be computed."""
-    size, dim = min(n_fake, evaluator.n_test), evaluator.extractor.feature_dim
+    size, dim = min(n_fake, evaluator.n_test), evaluator.feature_dim
     if "fd" in which and size <= dim:
         raise UserError(f"Fréchet distance needs more samples than feature dimensions: got "
                         f"{size} samples of {dim}-dimensional features")
@@ -288,7 +281,8 @@ def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: SampleEvaluat
 def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
              samples_path: str | None = None, num_samples: int | None = None,
              inception_weights: str = "") -> dict[str, Any]:
-    """The full report: metrics of the model's samples, the real-data floor, bits/dim.
+    """The full report: metrics of the model's samples, the real-data floor, bits/dim
+    (for 2-D points: nll, beside the true density's).
 
     Samples come from `samples_path` or are drawn from the workdir's latest checkpoint
     (EMA weights, the config's sampler). Raises UserError on bad input before any work.
@@ -296,6 +290,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     from training import inference
 
     start = time.time()
+    check_metrics_fit_data(config, which)
     info = pipeline.get_info(config.data)
     samples = None
     if samples_path is not None:
@@ -308,18 +303,21 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     num = len(samples.images) if samples else int(num_samples or config.eval.num_samples)
     evaluator = None
     if sample_metrics:
-        evaluator = SampleEvaluator(config, which, inception_weights=inception_weights)
+        evaluator = make_sample_evaluator(config, which, inception_weights=inception_weights)
         _check_fd_size(which, num, evaluator)
     family = state = step = log_likelihood = None
-    if "bpd" in which or (sample_metrics and samples is None):
+    likelihood_metric = next((m for m in which if m in LIKELIHOOD_METRICS), None)
+    if likelihood_metric or (sample_metrics and samples is None):
         family, state, step = inference.restore_latest(config, workdir)
-    if "bpd" in which:
-        # A family without an image likelihood is refused here, before any sampling.
+    if likelihood_metric:
+        make_log_likelihood, measure_likelihood = likelihood_functions(config)
+        # A family without a likelihood of the data is refused here, before any sampling.
         try:
-            log_likelihood = bpd.make_log_likelihood(config, family)
+            log_likelihood = make_log_likelihood(config, family)
         except UserError as err:
-            raise UserError(f"{err}; leave bpd out of the metrics (--metrics fd,kid,pr,cs)"
-                            ) from None
+            rest = ",".join(m for m in which if m != likelihood_metric)
+            raise UserError(f"{err}; leave {likelihood_metric} out of the metrics"
+                            + (f" (--metrics {rest})" if rest else "")) from None
     if sample_metrics and samples is None:
         logging.info("Drawing %d samples from checkpoint step %d", num, step)
         generate = inference.make_generator(family, num, batch_size=int(config.eval.batch_size))
@@ -341,14 +339,19 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
             model=evaluator(samples.images, samples.labels),
             real_floor=evaluator.floor(n_fake),
         )
-        if "fd" in which:
-            report["real_floor_iid"] = evaluator.iid_floor(n_fake)
-    if "bpd" in which:
-        logging.info("Bits/dim on the test split (%s)", "ELBO and IWAE bounds"
+        iid_floor = evaluator.iid_floor(n_fake) if "fd" in which else None
+        if iid_floor:
+            report["real_floor_iid"] = iid_floor
+    if likelihood_metric:
+        logging.info("%s on the test split (%s)", likelihood_metric, "ELBO and IWAE bounds"
                      if hasattr(family, "make_bounds") else
                      f"{config.eval.bpd_divergence} divergence")
         report.setdefault("model", {}).update(
-            bpd.bits_per_dim(config, family, state, log_likelihood))
+            measure_likelihood(config, family, state, log_likelihood))
+        if likelihood_metric == "nll":
+            from evaluation import points
+
+            report.setdefault("real_floor", {}).update(points.exact_nll(config))
         report["checkpoint_step"] = step
     report["seconds"] = round(time.time() - start, 1)
     return report
@@ -366,8 +369,8 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 _ROWS = (("fd", "FD"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
          ("classifier_score", "classifier score"), ("class_entropy", "class entropy"),
-         ("conditional_accuracy", "conditional accuracy"), ("bpd", "bits/dim"),
-         ("elbo_bpd", "ELBO bits/dim"))
+         ("near_mode", "near a mode"), ("conditional_accuracy", "conditional accuracy"),
+         ("bpd", "bits/dim"), ("elbo_bpd", "ELBO bits/dim"), ("nll", "NLL (nats/point)"))
 
 
 def _with_spread(values: Mapping[str, Any], key: str) -> str:
@@ -393,10 +396,12 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(line)
     if "feature_network" in report:
         fn = report["feature_network"]
+        kind = "points" if report["dataset"].startswith(pipeline.TOY_PREFIX) else "images"
+        checksum = f" (sha256 {fn['sha256'][:12]})" if fn["sha256"] != "-" else ""
         lines.append(
-            f"features: {fn['name']} (sha256 {fn['sha256'][:12]}), n_fake "
+            f"features: {fn['name']}{checksum}, n_fake "
             f"{report['samples']['n_fake']}, eval_size {report['eval_size']}, reference: "
-            f"{report['n_real_reference']} train images, floor: test images"
+            f"{report['n_real_reference']} train {kind}, floor: test {kind}"
             + (f"; i.i.d. floor: {iid['splits']} random real splits" if iid else "")
         )
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from evaluation import bpd, runner
+from evaluation import bpd, runner, samples_file
 from tests.configs import tiny
 from training import loop
 from training.errors import UserError
@@ -55,7 +55,8 @@ def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
     config = tiny.get_config("vpsde")
     config.eval.bpd_rtol = config.eval.bpd_atol = 1e-3
     config.eval.batch_size = 360  # the whole test split in one likelihood batch
-    report = runner.evaluate(config, trained, which=runner.METRICS, num_samples=100)
+    report = runner.evaluate(config, trained, which=("fd", "kid", "pr", "cs", "bpd"),
+                             num_samples=100)
     model, floor = report["model"], report["real_floor"]
     for key in ("fd", "kid", "kid_std", "precision", "recall", "classifier_score",
                 "class_entropy", "bpd"):
@@ -119,7 +120,7 @@ def test_samples_file_is_used_as_given_with_its_provenance(tmp_path):
 def test_bad_samples_files_are_refused_naming_the_problem(tmp_path, arrays, message):
     path = _npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(UserError, match=None) as err:
-        runner.load_samples(path, (8, 8, 1))
+        samples_file.load_samples(path, (8, 8, 1))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -167,11 +168,11 @@ def test_non_digits_data_without_inception_weights_says_what_to_pass():
         runner.get_extractor(config)
 
 
-def test_two_d_points_are_refused_by_the_image_metrics_in_one_line():
+def test_two_d_points_have_no_image_feature_network():
     config = tiny.get_config("vpsde")
     config.data.dataset = "toy_gmm"
-    with pytest.raises(UserError, match=r"dataset 'toy_gmm' is 2-D points, which they do not "
-                                        r"serve$"):
+    with pytest.raises(UserError, match=r"^dataset 'toy_gmm' is 2-D points, which have no "
+                                        r"image feature network: evaluation.points"):
         runner.get_extractor(config)
 
 

@@ -42,9 +42,9 @@ MIN_FAKE_SAMPLES = 20
 def load_fake_samples(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) uint8 images of a model's samples .npz; UserError if the file
     is missing, malformed, of another image shape, or too small to hold some out."""
-    from evaluation import runner
+    from evaluation import samples_file
 
-    images = runner.load_samples(path, shape).images
+    images = samples_file.load_samples(path, shape).images
     if len(images) < MIN_FAKE_SAMPLES:
         raise UserError(f"{path} holds {len(images)} samples; a discriminator needs at least "
                         f"{MIN_FAKE_SAMPLES} (a tenth is held out)")
