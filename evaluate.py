@@ -30,6 +30,8 @@ _METRICS = flags.DEFINE_string("metrics", None, "Comma-separated subset of fd,ki
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights file "
                                  "(pt_inception-2015-12-05-6726825d.pth) for non-digits data.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default WORKDIR/metrics.json).")
+_CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to sample "
+                                        "and score (default: the newest).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,6 +42,8 @@ def main(argv: list[str]) -> None:
     which = runner.parse_metrics(_METRICS.value or config.eval.metrics)
     if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
         raise UserError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
+    if _CHECKPOINT_STEP.value is not None and _CHECKPOINT_STEP.value < 0:
+        raise UserError(f"--checkpoint_step must be >= 0, got {_CHECKPOINT_STEP.value}")
     out = Path(_OUT.value or Path(_WORKDIR.value) / "metrics.json")
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {out}")
@@ -47,7 +51,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"Inception weights file not found: {_INCEPTION.value}")
     report = runner.evaluate(config, _WORKDIR.value, which=which, samples_path=_SAMPLES.value,
                              num_samples=_NUM_SAMPLES.value,
-                             inception_weights=_INCEPTION.value or "")
+                             inception_weights=_INCEPTION.value or "",
+                             checkpoint_step=_CHECKPOINT_STEP.value)
     runner.write_json(report, out)
     print(runner.format_table(report))
     logging.info("Wrote %s", out)

@@ -41,6 +41,8 @@ _SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: the conf
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config.sampling.steps "
                               "for the config's sampler, a sampler's own default otherwise).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to sample "
+                                        "from (default: the newest).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights.")
 _CLASS_LABEL = flags.DEFINE_integer("class_label", None, "Class of every sample (conditional "
                                     "or classifier-guided models; default: 0..K-1 in turn).")
@@ -97,6 +99,8 @@ def _check_flags() -> tuple[Path, str]:
         raise UserError(f"--batch_size must be positive, got {batch}")
     if steps is not None and steps <= 0:
         raise UserError(f"--steps must be positive, got {steps}")
+    if _CHECKPOINT_STEP.value is not None and _CHECKPOINT_STEP.value < 0:
+        raise UserError(f"--checkpoint_step must be >= 0, got {_CHECKPOINT_STEP.value}")
     out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz, got {out}")
@@ -216,7 +220,8 @@ def main(argv: list[str]) -> None:
     arrays, record = _inputs(config, task)
     from training import inference  # jax: after the checks, so that bad input fails at once
 
-    family, state, step = inference.restore_latest(config, _WORKDIR.value)
+    family, state, step = inference.restore_latest(config, _WORKDIR.value,
+                                                   step=_CHECKPOINT_STEP.value)
     classifier = None
     if _CLASSIFIER_WORKDIR.value is not None:
         cls_family, cls_state, cls_step = inference.restore_classifier(

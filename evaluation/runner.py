@@ -280,12 +280,14 @@ def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: Any) -> None:
 
 def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
              samples_path: str | None = None, num_samples: int | None = None,
-             inception_weights: str = "") -> dict[str, Any]:
+             inception_weights: str = "", checkpoint_step: int | None = None
+             ) -> dict[str, Any]:
     """The full report: metrics of the model's samples, the real-data floor, bits/dim
     (for 2-D points: nll, beside the true density's).
 
-    Samples come from `samples_path` or are drawn from the workdir's latest checkpoint
-    (EMA weights, the config's sampler). Raises UserError on bad input before any work.
+    Samples come from `samples_path` or are drawn from the workdir's latest checkpoint (or
+    the one at `checkpoint_step`; EMA weights, the config's sampler). Raises UserError on
+    bad input before any work.
     """
     from training import inference
 
@@ -307,8 +309,12 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
         _check_fd_size(which, num, evaluator)
     family = state = step = log_likelihood = None
     likelihood_metric = next((m for m in which if m in LIKELIHOOD_METRICS), None)
-    if likelihood_metric or (sample_metrics and samples is None):
-        family, state, step = inference.restore_latest(config, workdir)
+    restores = bool(likelihood_metric or (sample_metrics and samples is None))
+    if checkpoint_step is not None and not restores:
+        raise UserError("a checkpoint step was given, but nothing here reads a checkpoint: "
+                        "the samples come from a file and no likelihood metric is asked for")
+    if restores:
+        family, state, step = inference.restore_latest(config, workdir, step=checkpoint_step)
     if likelihood_metric:
         make_log_likelihood, measure_likelihood = likelihood_functions(config)
         # A family without a likelihood of the data is refused here, before any sampling.

@@ -4,6 +4,7 @@ density's, and the refusals that keep bits/dim and nll each to its own kind of d
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,11 @@ def _toy_config(dataset: str = "toy_gmm"):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
+    """Two steps of the toy MLP, a checkpoint after each."""
     workdir = tmp_path_factory.mktemp("toy_run")
-    loop.run(tiny.get_config("toy"), workdir, devices=jax.devices()[:1])
+    config = tiny.get_config("toy")
+    config.training.snapshot_freq = 1
+    loop.run(config, workdir, devices=jax.devices()[:1])
     return workdir
 
 
@@ -175,11 +179,15 @@ def test_training_can_report_point_metrics_and_nll(trained):
     assert all(np.isfinite(v) for v in out.values())
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = os.environ.copy()
     env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
+    return env
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--config={TOY}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
 
 
 def test_the_cli_scores_a_points_file_and_refuses_bits_per_dim_in_one_line(trained, tmp_path):
@@ -197,3 +205,37 @@ def test_the_cli_scores_a_points_file_and_refuses_bits_per_dim_in_one_line(train
     errors = [line for line in refused.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "ask for nll" in errors[0], refused.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_earlier_checkpoint_is_sampled_and_scored_when_asked_for(trained, tmp_path):
+    config = tiny.get_config("toy")
+    report = runner.evaluate(config, trained, which=("fd",), num_samples=64, checkpoint_step=1)
+    assert report["samples"]["step"] == 1
+    assert runner.evaluate(config, trained, which=("fd",), num_samples=64)["samples"]["step"] == 2
+    out = tmp_path / "s.npz"
+    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"--config={TOY}",
+                           f"--workdir={trained}", "--checkpoint_step=1", "--num_samples=8",
+                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as npz:
+        assert int(npz["step"]) == 1 and npz["points"].shape == (8, 2)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--checkpoint_step=7"], r"no checkpoint at step 7 in .* \(it has \[1, 2\]\)$"),
+    (["--checkpoint_step=-1"], r"--checkpoint_step must be >= 0, got -1$"),
+    (["--checkpoint_step=1", "--samples={samples}", "--metrics=fd"],
+     r"a checkpoint step was given, but nothing here reads a checkpoint: the samples come "
+     r"from a file and no likelihood metric is asked for$"),
+])
+def test_a_checkpoint_step_that_cannot_be_used_is_one_line(trained, tmp_path, flags, message):
+    samples = tmp_path / "points.npz"
+    np.savez(samples, points=np.zeros((8, 2), np.float32))
+    out = tmp_path / "m.json"
+    proc = _cli(f"--workdir={trained}", f"--out={out}",
+                *(flag.format(samples=samples) for flag in flags))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and re.search(message, errors[0]), proc.stderr
+    assert not out.exists()

@@ -33,6 +33,7 @@ def get_config(sde: str = "vpsde"):
         config.model.name = "mlp"
         config.model.hidden = 16
         config.model.num_layers = 2
+        config.eval.metrics = "fd,kid,pr,cs,nll"  # points: nll in place of bits/dim
     if sde == "vesde":
         config.model.name = "ncsnpp"
         config.model.embedding_type = "fourier"
