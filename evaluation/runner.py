@@ -74,20 +74,21 @@ def check_metrics_fit_data(config: Any, which: tuple[str, ...]) -> None:
 
 
 def likelihood_functions(config: Any):
-    """(make_log_likelihood, measure) for the data's likelihood metric: bits/dim of images
-    (`evaluation.bpd`) or the NLL of points (`evaluation.points`)."""
+    """(make_log_likelihood, measure, real_floor) for the data's likelihood metric: bits/dim
+    of images (`evaluation.bpd`; no real floor) or the NLL of points (`evaluation.points`;
+    the true density's, where known)."""
     if is_points(config):
         from evaluation import points
 
-        return points.make_log_likelihood, points.negative_log_likelihood
-    return bpd.make_log_likelihood, bpd.bits_per_dim
+        return points.make_log_likelihood, points.negative_log_likelihood, points.exact_nll
+    return bpd.make_log_likelihood, bpd.bits_per_dim, lambda config: {}
 
 
 def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: str = "",
                   batch_size: int = 500) -> FeatureExtractor:
     """The configured feature network: the project's digits CNN on digits, else Inception."""
     dataset = config.data.dataset
-    if dataset.startswith(pipeline.TOY_PREFIX):
+    if is_points(config):
         raise UserError(f"dataset {dataset!r} is 2-D points, which have no image feature "
                         "network: evaluation.points measures them on their coordinates")
     if feature_net == "auto":
@@ -256,7 +257,7 @@ class TrainingEvaluator:
         # Compiled once here, not at every evaluation.
         self._log_likelihood = self._measure_likelihood = None
         if any(m in LIKELIHOOD_METRICS for m in self.which):
-            make, self._measure_likelihood = likelihood_functions(config)
+            make, self._measure_likelihood, _ = likelihood_functions(config)
             self._log_likelihood = make(config, family)
 
     def __call__(self, state: Any) -> dict[str, float]:
@@ -316,7 +317,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     if restores:
         family, state, step = inference.restore_latest(config, workdir, step=checkpoint_step)
     if likelihood_metric:
-        make_log_likelihood, measure_likelihood = likelihood_functions(config)
+        make_log_likelihood, measure_likelihood, likelihood_floor = likelihood_functions(config)
         # A family without a likelihood of the data is refused here, before any sampling.
         try:
             log_likelihood = make_log_likelihood(config, family)
@@ -354,10 +355,9 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
                      f"{config.eval.bpd_divergence} divergence")
         report.setdefault("model", {}).update(
             measure_likelihood(config, family, state, log_likelihood))
-        if likelihood_metric == "nll":
-            from evaluation import points
-
-            report.setdefault("real_floor", {}).update(points.exact_nll(config))
+        floor = likelihood_floor(config)
+        if floor:
+            report.setdefault("real_floor", {}).update(floor)
         report["checkpoint_step"] = step
     report["seconds"] = round(time.time() - start, 1)
     return report
