@@ -167,6 +167,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     # > 0: G and D conditioned on this many k-means clusters of the training images (the
     # model stays unconditional: sampling draws clusters by their frequency; Liu et al.).
     gan.self_condition_clusters = 0
+    # How sampling draws the clusters: 'stratified' (each batch holds every cluster in
+    # proportion, as the stratified test split holds the classes) | 'iid' (multinomial).
+    gan.cluster_draws = "stratified"
     gan.d_lr = placeholder(float)  # discriminator learning rate; unset = optim.lr
 
     # model.family='vae': the objective; evaluate.py reports the ELBO and the IWAE bound.

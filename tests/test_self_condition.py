@@ -53,9 +53,41 @@ def test_nearest_centre_and_cluster_draws():
     images = jnp.asarray(points, jnp.float32).reshape(75, 5, 1)
     np.testing.assert_array_equal(self_condition.nearest_centre(images, centres), assignment)
     frequencies = jnp.array([0.7, 0.0, 0.3])
-    draws = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(0), frequencies, 20_000))
-    assert draws.dtype == np.int32 and not np.any(draws == 1)
-    assert abs((draws == 0).mean() - 0.7) < 0.02
+    for how in self_condition.CLUSTER_DRAWS:
+        draws = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(0), frequencies,
+                                                        20_000, how=how))
+        assert draws.dtype == np.int32 and not np.any(draws == 1)
+        assert abs((draws == 0).mean() - 0.7) < 0.02
+    with pytest.raises(ValueError, match="cluster draws are one of"):
+        self_condition.draw_clusters(jax.random.PRNGKey(0), frequencies, 5, how="sorted")
+
+
+_TEN = jnp.array([0.07, 0.13, 0.05, 0.10, 0.10, 0.05, 0.20, 0.10, 0.10, 0.10])
+
+
+def test_stratified_draws_hold_every_cluster_in_proportion_in_any_window():
+    expected = np.asarray(_TEN)
+    for seed in range(5):
+        draws = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(seed), _TEN, 5000))
+        for n in (10, 360, 1000, 5000):
+            for start in range(0, 5000 - n + 1, 97):
+                counts = np.bincount(draws[start:start + n], minlength=10)
+                assert np.abs(counts - n * expected).max() <= 3, (seed, n, start)
+    # Independent draws miss by about sqrt(n p): far more than 3 at n = 5000.
+    iid = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(0), _TEN, 5000, how="iid"))
+    assert np.abs(np.bincount(iid, minlength=10) - 5000 * expected).max() > 3
+
+
+def test_each_stratified_draw_has_the_cluster_frequencies_as_its_distribution():
+    # The sample at position 3 over 4,000 keys: a random offset makes every position's
+    # label an exact draw from the frequencies, so the model is sampled unchanged.
+    keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+    draws = np.asarray(jax.vmap(
+        lambda key: self_condition.draw_clusters(key, _TEN, 4))(keys))
+    for position in range(4):
+        share = np.bincount(draws[:, position], minlength=10) / len(keys)
+        np.testing.assert_allclose(share, np.asarray(_TEN), atol=0.025)
+    assert len({tuple(row) for row in draws[:20]}) > 1
 
 
 def test_a_self_conditioned_gan_trains_on_clusters_and_samples_unconditionally():
@@ -91,4 +123,9 @@ def test_self_conditioning_a_labelled_gan_or_negative_clusters_is_refused():
     config = tiny_families.get_config("gan")
     config.gan.self_condition_clusters = -1
     with pytest.raises(UserError, match="self_condition_clusters must be >= 0, got -1"):
+        get_family(config)
+    config.gan.self_condition_clusters = 5
+    config.gan.cluster_draws = "sorted"
+    with pytest.raises(UserError, match=r"cluster_draws must be one of \('stratified', "
+                                        r"'iid'\), got 'sorted'"):
         get_family(config)

@@ -100,6 +100,10 @@ class GANFamily:
         k = int(config.gan.get("self_condition_clusters", 0))
         if k < 0:
             raise UserError(f"config.gan.self_condition_clusters must be >= 0, got {k}")
+        self.cluster_draws = str(config.gan.get("cluster_draws", "stratified"))
+        if self.cluster_draws not in self_condition.CLUSTER_DRAWS:
+            raise UserError(f"config.gan.cluster_draws must be one of "
+                            f"{self_condition.CLUSTER_DRAWS}, got {self.cluster_draws!r}")
         if k == 0:
             return 0, config
         if self.num_classes:
@@ -294,7 +298,7 @@ class GANFamily:
             if self.num_clusters:
                 key, cluster_key = jax.random.split(key)
                 labels = self_condition.draw_clusters(cluster_key, self.cluster_frequencies,
-                                                      num)
+                                                      num, how=self.cluster_draws)
             z = jax.random.normal(key, (num, self.latent_dim))
             x, _ = self.generator.apply(g_params, g_state, z, train=False, class_labels=labels)
             return common.to_unit_range(x, self.config.data.centered)
