@@ -120,6 +120,13 @@ def get_default_config() -> ml_collections.ConfigDict:
     model.sigma_data = 0.5
     model.conv_impl = "auto"  # 'auto' | 'xla' | 'matmul' (patches x matmul: faster on CPU)
     model.num_classes = 0  # > 0: class-conditional on the dataset's labels (0 .. K-1)
+    # > 0: the networks conditioned on this many k-means clusters of the training images
+    # (GAN, pixel diffusion; Liu et al.'s self-conditioning). The model stays unconditional:
+    # sampling draws the clusters by their frequencies, 'stratified' (every run of samples
+    # holds each cluster in proportion, as the stratified test split holds the classes) or
+    # 'iid' (multinomial counts).
+    model.self_condition_clusters = 0
+    model.cluster_draws = "stratified"
     model.fir = False
     model.fir_kernel = (1, 3, 3, 1)
     model.progressive = "none"
@@ -164,12 +171,6 @@ def get_default_config() -> ml_collections.ConfigDict:
     gan.ema_halflife_images = 10_000  # generator EMA half-life in images; 0 = no EMA
     gan.ema_rampup = placeholder(float)  # half-life <= rampup * images seen; unset = none
     gan.augment = ""  # DiffAugment policy for real and fake alike: 'color,translation,cutout'
-    # > 0: G and D conditioned on this many k-means clusters of the training images (the
-    # model stays unconditional: sampling draws clusters by their frequency; Liu et al.).
-    gan.self_condition_clusters = 0
-    # How sampling draws the clusters: 'stratified' (each batch holds every cluster in
-    # proportion, as the stratified test split holds the classes) | 'iid' (multinomial).
-    gan.cluster_draws = "stratified"
     gan.d_lr = placeholder(float)  # discriminator learning rate; unset = optim.lr
 
     # model.family='vae': the objective; evaluate.py reports the ELBO and the IWAE bound.

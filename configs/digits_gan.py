@@ -14,6 +14,8 @@ def get_config():
     config.model.nf = 64
     config.model.d_nf = 64
     config.model.latent_dim = 32
+    config.model.self_condition_clusters = 20
+    config.model.cluster_draws = "stratified"
     training = config.training
     training.batch_size = 64
     training.n_iters = 5000
@@ -24,8 +26,6 @@ def get_config():
     gan.r1_gamma = 0.1
     gan.reg_interval = 4
     gan.ema_halflife_images = 10_000
-    gan.self_condition_clusters = 20
-    gan.cluster_draws = "stratified"
     optim = config.optim
     optim.lr = 2e-4
     optim.beta1 = 0.5

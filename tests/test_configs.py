@@ -25,6 +25,7 @@ FAMILY_EXPERIMENTS = {
     "digits_noise_classifier": "noise_classifier",
     "digits_discriminator": "noise_classifier",
     "digits_vp_cond": "diffusion",
+    "digits_vp_clusters": "diffusion",
 }
 
 
@@ -39,8 +40,8 @@ def test_every_family_experiment_loads_and_sets_only_its_own_settings(name):
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS + list(FAMILY_EXPERIMENTS)))
 def test_default_metrics_ask_a_likelihood_only_of_a_model_that_has_one(name):
-    """evaluate.py with no --metrics must run: GANs and latent diffusion have no bits/dim,
-    and 2-D points get nll in its place."""
+    """evaluate.py with no --metrics must run: GANs, latent diffusion and self-conditioned
+    diffusion have no bits/dim, and 2-D points get nll in its place."""
     from evaluation import runner
 
     config = importlib.import_module(f"configs.{name}").get_config()
@@ -48,7 +49,8 @@ def test_default_metrics_ask_a_likelihood_only_of_a_model_that_has_one(name):
         return  # a guide: evaluate.py does not measure it
     metrics = runner.parse_metrics(config.eval.metrics)
     runner.check_metrics_fit_data(config, metrics)
-    has_likelihood = config.model.family in ("diffusion", "vae")
+    has_likelihood = (config.model.family in ("diffusion", "vae")
+                      and not config.model.self_condition_clusters)
     assert bool({"bpd", "nll"} & set(metrics)) == has_likelihood
     assert {"fd", "kid", "pr", "cs"} <= set(metrics)
 

@@ -1,5 +1,8 @@
-"""Self-conditioned GANs: k-means of the training images, the nearest-centre labels of a
-batch, cluster draws by frequency, and the GAN family that conditions on them."""
+"""Self-conditioning: k-means of the training images, the nearest-centre labels of a
+batch, cluster draws by frequency (stratified or independent), and the GAN and diffusion
+families that condition on them while staying unconditional."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 
 from gan import self_condition
-from tests.configs import tiny_families
+from tests.configs import tiny, tiny_families
 from training.errors import UserError
 from training.families import get_family
 
@@ -92,11 +95,11 @@ def test_each_stratified_draw_has_the_cluster_frequencies_as_its_distribution():
 
 def test_a_self_conditioned_gan_trains_on_clusters_and_samples_unconditionally():
     config = tiny_families.get_config("gan")
-    config.gan.self_condition_clusters = 5
+    config.model.self_condition_clusters = 5
     family = get_family(config)
-    assert family.num_clusters == 5 and family.num_classes == 0
+    assert family.clusters.num == 5 and family.num_classes == 0
     assert not family.is_conditional
-    np.testing.assert_allclose(float(jnp.sum(family.cluster_frequencies)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(jnp.sum(family.clusters.frequencies)), 1.0, rtol=1e-6)
     # The networks embed the 5 clusters: the label embedding has 5 rows.
     state = family.init_state(jax.random.PRNGKey(0))
     embeddings = [leaf.shape
@@ -117,15 +120,73 @@ def test_a_self_conditioned_gan_trains_on_clusters_and_samples_unconditionally()
 
 def test_self_conditioning_a_labelled_gan_or_negative_clusters_is_refused():
     config = tiny_families.get_config("gan_cond")
-    config.gan.self_condition_clusters = 5
+    config.model.self_condition_clusters = 5
     with pytest.raises(UserError, match=r"this one has labels \(model.num_classes=10\)"):
         get_family(config)
     config = tiny_families.get_config("gan")
-    config.gan.self_condition_clusters = -1
+    config.model.self_condition_clusters = -1
     with pytest.raises(UserError, match="self_condition_clusters must be >= 0, got -1"):
         get_family(config)
-    config.gan.self_condition_clusters = 5
-    config.gan.cluster_draws = "sorted"
+    config.model.self_condition_clusters = 5
+    config.model.cluster_draws = "sorted"
     with pytest.raises(UserError, match=r"cluster_draws must be one of \('stratified', "
                                         r"'iid'\), got 'sorted'"):
+        get_family(config)
+
+
+def _clustered_diffusion(k: int = 5):
+    config = tiny.get_config()
+    config.model.self_condition_clusters = k
+    return get_family(config)
+
+
+def test_a_self_conditioned_diffusion_model_trains_and_samples_on_drawn_clusters():
+    family = _clustered_diffusion()
+    assert family.clusters.num == 5 and not family.is_conditional
+    state = family.init_state(jax.random.PRNGKey(0))
+    embeddings = [leaf.shape
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+                  if "embed" in jax.tree_util.keystr(path) and leaf.ndim == 2]
+    assert embeddings and all(shape[0] == 5 for shape in embeddings)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (16, 8, 8, 1)), jnp.float32),
+             "label": jnp.zeros((16,), jnp.int32)}
+    np.testing.assert_array_equal(family.training_labels(jax.random.PRNGKey(0), batch),
+                                  family.clusters.of(batch["image"]))
+    new, metrics = jax.jit(family.train_step)(state, batch)
+    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+    assert np.isfinite(float(family.eval_step(new, batch, jax.random.PRNGKey(2))["eval_loss"]))
+    sample = family.make_sampler(4, name="euler_maruyama", steps=2)
+    images, nfe = sample(family.sample_params(new), jax.random.PRNGKey(1))
+    assert images.shape == (4, 8, 8, 1) and nfe == 3
+    assert np.all(np.isfinite(np.asarray(images)))
+    with pytest.raises(UserError, match="class labels need a class-conditional model"):
+        sample(family.sample_params(new), jax.random.PRNGKey(1), labels=3)
+
+
+def test_a_self_conditioned_diffusion_model_refuses_what_needs_its_marginal_score():
+    family = _clustered_diffusion()
+    marginal = r"self-conditioned model \(model.self_condition_clusters=5\) has no"
+    with pytest.raises(UserError, match=marginal + " likelihood here"):
+        family.make_log_likelihood()
+    with pytest.raises(UserError, match=marginal + " score for inpaint"):
+        family.make_sampler(4, task="inpaint")
+    with pytest.raises(UserError, match=marginal + " unconditional score"):
+        family.score_fn(family.init_params(jax.random.PRNGKey(0)))
+    with pytest.raises(UserError, match="needs a class-conditional model"):
+        family.make_sampler(4, guidance_scale=1.0)
+
+
+def test_self_conditioning_is_refused_where_it_has_no_meaning():
+    config = tiny_families.get_config("vae")
+    config.model.self_condition_clusters = 5
+    with pytest.raises(UserError, match=re.escape(
+            "model.self_condition_clusters is a setting of model.family 'gan' and "
+            "'diffusion' only; this run is model.family='vae'")):
+        get_family(config)
+    config = tiny.get_config()
+    config.data.dataset = "toy_gmm"
+    config.model.name = "mlp"
+    config.model.self_condition_clusters = 5
+    with pytest.raises(UserError, match="clusters images; dataset 'toy_gmm' is not image data"):
         get_family(config)

@@ -41,6 +41,11 @@ _OWN_SETTINGS = {
     "latent_diffusion": ("latent",),
     "noise_classifier": ("classifier",),
 }
+# Settings that some families take and the others refuse.
+_SHARED_SETTINGS = {
+    "model.self_condition_clusters": ("gan", "diffusion"),
+    "model.cluster_draws": ("gan", "diffusion"),
+}
 # Network names that belong to one family, for a clearer refusal than "unknown network".
 _OWN_NETWORKS = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae"}
 
@@ -84,6 +89,11 @@ def check_family_settings(config: ml_collections.ConfigDict) -> None:
             if changed:
                 raise UserError(f"config.{changed[0]} is a setting of model.family={other!r}; "
                                 f"this run is model.family={family!r}")
+    for key, families in _SHARED_SETTINGS.items():
+        if family not in families and _get(config, key) != _get(defaults, key):
+            raise UserError(f"config.{key} is a setting of model.family "
+                            f"{' and '.join(map(repr, families))} only; this run is "
+                            f"model.family={family!r}")
 
 
 def get_family(config: ml_collections.ConfigDict):

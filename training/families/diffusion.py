@@ -20,7 +20,7 @@ from data import pipeline
 from diffusion import likelihood, losses, sampling, score, sde_lib
 from training import optim
 from training.errors import UserError
-from training.families import common
+from training.families import clusters, common
 from training.state import TrainState, ema_update, single_network_state
 
 TASKS = ("sample", "inpaint", "colorize", "sdedit")
@@ -56,6 +56,7 @@ class DiffusionFamily:
         self.num_classes, self.class_dropout = self._check_labels(config, info)
         # The null label (unconditional model) exists only if training drops labels.
         self.null_label = self.num_classes if self.class_dropout > 0 else None
+        self.clusters = clusters.from_config(config, num_classes=self.num_classes)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         try:
             self.loss_fn = losses.get_loss_fn(
@@ -76,9 +77,11 @@ class DiffusionFamily:
         # The graph of the network is static; only its parameters travel through jit.
         # An abstract build: the graph without initialising any parameters.
         self._net_config = self._network_config(config)
-        if self.null_label is not None:  # one more label embedding: the null label
+        if self.null_label is not None or self.clusters:
+            # One more label embedding for the null label; one per cluster.
             self._net_config = self._net_config.copy_and_resolve_references()
-            self._net_config.model.num_classes = self.num_classes + 1
+            self._net_config.model.num_classes = (self.clusters.num if self.clusters
+                                                  else self.num_classes + 1)
         model = nnx.eval_shape(lambda: networks.get_model(self._net_config, nnx.Rngs(0)))
         # Building a network, even abstractly, traces every initialiser: keep the shapes.
         self.graphdef, self._abstract_params, self._rest = nnx.split(model, nnx.Param, ...)
@@ -112,7 +115,8 @@ class DiffusionFamily:
         try:
             out = jax.eval_shape(
                 lambda params, x: self._net_fn(
-                    params, train=False, labels=0 if self.is_conditional else None
+                    params, train=False,
+                    labels=0 if self.is_conditional or self.clusters else None
                 )(x, jnp.ones((2,))),
                 self.init_params(jax.random.PRNGKey(0), abstract=True),
                 x,
@@ -154,7 +158,12 @@ class DiffusionFamily:
 
         Class-conditional models take `labels` (B,); without them, the score of the null
         label, i.e. the unconditional model (a UserError if there is no null label).
+        Self-conditioned models take clusters as `labels` and have no score without them.
         """
+        if self.clusters:
+            if labels is None:
+                raise UserError(self._no_marginal_score("unconditional score"))
+            return self._score_of(params, train, key, labels)
         if self.is_conditional and labels is None:
             if self.null_label is None:
                 raise UserError(
@@ -164,6 +173,9 @@ class DiffusionFamily:
             labels = self.null_label
         elif labels is not None and not self.is_conditional:
             raise UserError("labels given to an unconditional model (model.num_classes=0)")
+        return self._score_of(params, train, key, labels)
+
+    def _score_of(self, params, train: bool, key: jax.Array | None, labels):
         return score.get_score_fn(
             self.sde, self._net_fn(params, train=train, key=key, labels=labels),
             continuous=self.config.training.continuous,
@@ -199,8 +211,16 @@ class DiffusionFamily:
         }
         return new_state, metrics
 
+    def _no_marginal_score(self, what: str) -> str:
+        return (f"a self-conditioned model (model.self_condition_clusters="
+                f"{self.clusters.num}) has no {what}: its p(x) is a mixture over the clusters, "
+                "which only plain sampling draws from")
+
     def training_labels(self, key: jax.Array, batch: dict) -> jax.Array | None:
-        """The batch's labels with class dropout applied (None for unconditional models)."""
+        """The batch's labels with class dropout applied, or the images' clusters (None
+        for unconditional models)."""
+        if self.clusters:
+            return self.clusters.of(batch["image"])
         if not self.is_conditional:
             return None
         labels = batch["label"].astype(jnp.int32)
@@ -212,6 +232,8 @@ class DiffusionFamily:
         """Held-out loss of the EMA parameters (fixed key: a smooth curve); conditional
         models are evaluated on the true labels (no class dropout)."""
         labels = batch["label"].astype(jnp.int32) if self.is_conditional else None
+        if self.clusters:
+            labels = self.clusters.of(batch["image"])
         score_fn = self.score_fn(state.ema_params, labels=labels)
         return {"eval_loss": self.loss_fn(score_fn, key, batch["image"])}
 
@@ -270,6 +292,9 @@ class DiffusionFamily:
         if task != "sample" and not self.is_image_data:
             raise UserError(f"{task} is for image data, not 2-D points")
         guidance = self._check_guidance(guidance_scale)
+        if self.clusters and (task != "sample" or classifier is not None or guide is not None):
+            raise UserError(self._no_marginal_score(
+                f"score for {task if task != 'sample' else 'guided sampling'}"))
         label_classes = self.num_classes
         if classifier is not None:
             label_classes = self._check_classifier(classifier, classifier_scale)
@@ -281,6 +306,9 @@ class DiffusionFamily:
 
         @jax.jit
         def run(params, key, labels, classifier_params, guide_params, image, mask):
+            if self.clusters:
+                key, cluster_key = jax.random.split(key)
+                labels = self.clusters.draw(cluster_key, num)
             score_fn = self._guided_score_fn(params, labels, guidance)
             if guide is not None:
                 score_fn = controllable.autoguidance(
@@ -372,7 +400,7 @@ class DiffusionFamily:
         from diffusion import controllable
 
         if not self.is_conditional:
-            return self.score_fn(params)
+            return self.score_fn(params, labels=labels if self.clusters else None)
         if guidance_scale == 0:
             return self.score_fn(params, labels=labels)
         return controllable.classifier_free_guidance(
@@ -438,6 +466,8 @@ class DiffusionFamily:
         `diffusion.likelihood.get_likelihood_fn`: divergence, eps, solver, rtol, atol,
         max_steps, num_probes). `key` draws the Hutchinson probes. Bad options fail here,
         before any compile."""
+        if self.clusters:
+            raise UserError(self._no_marginal_score("likelihood here"))
         likelihood_fn = likelihood.get_likelihood_fn(self.sde, **options)
 
         @jax.jit

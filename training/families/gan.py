@@ -14,18 +14,16 @@ EMA (a half-life in images) follows.
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 
 from data import pipeline
-from gan import augment, ema, losses, penalties, self_condition
+from gan import augment, ema, losses, penalties
 from networks import gan as gan_networks
 from networks.spectral_norm import NetState
 from training import optim
 from training.errors import UserError
-from training.families import common
+from training.families import clusters, common
 from training.state import TrainState
 
 
@@ -75,7 +73,7 @@ class GANFamily:
                 raise UserError(f"config.gan.{name} must be >= 0, got {cfg[name]}")
         if int(cfg.reg_interval) < 1:
             raise UserError(f"config.gan.reg_interval must be >= 1, got {cfg.reg_interval}")
-        self.num_clusters, self.net_config = self._self_conditioning(config)
+        self.clusters, self.net_config = self._self_conditioning(config)
         self.latent_dim = int(config.model.latent_dim)
         if self.latent_dim < 1:
             raise UserError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
@@ -94,37 +92,14 @@ class GANFamily:
         self._check_generator_shape()
 
     def _self_conditioning(self, config: ml_collections.ConfigDict):
-        """(clusters K, the networks' config): with `gan.self_condition_clusters = K > 0`
-        the networks are conditioned on K k-means clusters of the training split
-        (`cluster_centres`, `cluster_frequencies`); the model itself stays unconditional."""
-        k = int(config.gan.get("self_condition_clusters", 0))
-        if k < 0:
-            raise UserError(f"config.gan.self_condition_clusters must be >= 0, got {k}")
-        self.cluster_draws = str(config.gan.get("cluster_draws", "stratified"))
-        if self.cluster_draws not in self_condition.CLUSTER_DRAWS:
-            raise UserError(f"config.gan.cluster_draws must be one of "
-                            f"{self_condition.CLUSTER_DRAWS}, got {self.cluster_draws!r}")
-        if k == 0:
-            return 0, config
-        if self.num_classes:
-            raise UserError("config.gan.self_condition_clusters conditions an unconditional "
-                            "GAN on clusters; this one has labels (model.num_classes="
-                            f"{self.num_classes}): set one of them to 0")
-        images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
-        if config.data.centered:
-            images = 2.0 * images - 1.0
-        if k > len(images):
-            raise UserError(f"config.gan.self_condition_clusters={k} exceeds the "
-                            f"{len(images)} training images")
-        centres, assignment = self_condition.kmeans(images, k, seed=0)
-        self.cluster_centres = jnp.asarray(centres)
-        self.cluster_frequencies = jnp.asarray(np.bincount(assignment, minlength=k)
-                                               / len(assignment), jnp.float32)
-        logging.info("self-conditioning on %d k-means clusters of %d training images "
-                     "(sizes %s)", k, len(images), np.bincount(assignment).tolist())
+        """(clusters or None, the networks' config): with `model.self_condition_clusters =
+        K > 0` the networks embed K clusters (`clusters.py`); the model stays unconditional."""
+        found = clusters.from_config(config, num_classes=self.num_classes)
+        if found is None:
+            return None, config
         net_config = config.copy_and_resolve_references()
-        net_config.model.num_classes = k
-        return k, net_config
+        net_config.model.num_classes = found.num
+        return found, net_config
 
     # -- networks ---------------------------------------------------------------------
 
@@ -150,7 +125,7 @@ class GANFamily:
 
     @property
     def _network_classes(self) -> int:
-        return self.num_clusters or self.num_classes
+        return self.clusters.num if self.clusters else self.num_classes
 
     @property
     def is_image_data(self) -> bool:
@@ -158,8 +133,8 @@ class GANFamily:
 
     def _labels(self, batch: dict):
         """What the networks are conditioned on: the labels, the clusters, or nothing."""
-        if self.num_clusters:
-            return self_condition.nearest_centre(batch["image"], self.cluster_centres)
+        if self.clusters:
+            return self.clusters.of(batch["image"])
         return batch["label"].astype(jnp.int32) if self.is_conditional else None
 
     def _augment(self, key: jax.Array, x: jax.Array) -> jax.Array:
@@ -295,10 +270,9 @@ class GANFamily:
         @jax.jit
         def run(params, key, labels):
             g_params, g_state = params
-            if self.num_clusters:
+            if self.clusters:
                 key, cluster_key = jax.random.split(key)
-                labels = self_condition.draw_clusters(cluster_key, self.cluster_frequencies,
-                                                      num, how=self.cluster_draws)
+                labels = self.clusters.draw(cluster_key, num)
             z = jax.random.normal(key, (num, self.latent_dim))
             x, _ = self.generator.apply(g_params, g_state, z, train=False, class_labels=labels)
             return common.to_unit_range(x, self.config.data.centered)

@@ -1,0 +1,78 @@
+"""Self-conditioning on k-means clusters of the training images, for the families that
+take it (GAN and pixel-space diffusion; `model.self_condition_clusters = K > 0`).
+
+The networks are conditioned on the cluster of each training image in place of a human
+label (Liu et al., 2020), and sampling draws the cluster from the training split's cluster
+frequencies (`model.cluster_draws`, stratified by default; `gan/self_condition.py`). No
+label is asked of the user: the model is unconditional, p(x) = sum_k pi_k p(x | k) with
+pi_k the cluster frequencies. (Not the self-conditioning of Chen et al. (2022), which
+feeds a diffusion model its own previous estimate of x_0.)
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data import pipeline
+from gan import self_condition
+from training.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Clusters:
+    """The k-means clusters of the training images (data space), and how samples draw them."""
+
+    centres: jax.Array  # (K, D)
+    frequencies: jax.Array  # (K,), summing to 1
+    draws: str  # one of self_condition.CLUSTER_DRAWS
+
+    @property
+    def num(self) -> int:
+        return int(self.frequencies.shape[0])
+
+    def of(self, images: jax.Array) -> jax.Array:
+        """(B,) int32 cluster of each image (data space), by its nearest centre."""
+        return self_condition.nearest_centre(images, self.centres)
+
+    def draw(self, key: jax.Array, num: int) -> jax.Array:
+        """(num,) int32 clusters for `num` samples, each distributed as the frequencies."""
+        return self_condition.draw_clusters(key, self.frequencies, num, how=self.draws)
+
+
+def from_config(config: ml_collections.ConfigDict, *, num_classes: int) -> Clusters | None:
+    """The run's clusters (None for `model.self_condition_clusters = 0`): k-means on the
+    training split's pixels in data space ([-1, 1] if `data.centered`), deterministic.
+    UserError for a negative count, more clusters than images, an unknown
+    `model.cluster_draws`, or a model that already has labels."""
+    k = int(config.model.get("self_condition_clusters", 0))
+    if k < 0:
+        raise UserError(f"config.model.self_condition_clusters must be >= 0, got {k}")
+    draws = str(config.model.get("cluster_draws", "stratified"))
+    if draws not in self_condition.CLUSTER_DRAWS:
+        raise UserError(f"config.model.cluster_draws must be one of "
+                        f"{self_condition.CLUSTER_DRAWS}, got {draws!r}")
+    if k == 0:
+        return None
+    if num_classes:
+        raise UserError("config.model.self_condition_clusters conditions an unconditional "
+                        f"model on clusters; this one has labels (model.num_classes="
+                        f"{num_classes}): set one of them to 0")
+    if len(pipeline.get_info(config.data).shape) != 3:
+        raise UserError("config.model.self_condition_clusters clusters images; dataset "
+                        f"{config.data.dataset!r} is not image data")
+    images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
+    if config.data.centered:
+        images = 2.0 * images - 1.0
+    if k > len(images):
+        raise UserError(f"config.model.self_condition_clusters={k} exceeds the "
+                        f"{len(images)} training images")
+    centres, assignment = self_condition.kmeans(images, k, seed=0)
+    sizes = np.bincount(assignment, minlength=k)
+    logging.info("self-conditioning on %d k-means clusters of %d training images (sizes %s)",
+                 k, len(images), sizes.tolist())
+    return Clusters(jnp.asarray(centres), jnp.asarray(sizes / len(assignment), jnp.float32),
+                    draws)
