@@ -181,8 +181,8 @@ def test_self_conditioning_is_refused_where_it_has_no_meaning():
     config = tiny_families.get_config("vae")
     config.model.self_condition_clusters = 5
     with pytest.raises(UserError, match=re.escape(
-            "model.self_condition_clusters is a setting of model.family 'gan' and "
-            "'diffusion' only; this run is model.family='vae'")):
+            "model.self_condition_clusters is a setting of model.family 'gan', "
+            "'diffusion', 'latent_diffusion' only; this run is model.family='vae'")):
         get_family(config)
     config = tiny.get_config()
     config.data.dataset = "toy_gmm"

@@ -142,3 +142,20 @@ def test_evaluate_cli_prints_both_bounds(vae_run):
                 "--guidance_scale=1")
     assert proc.returncode == 1
     assert "needs a class-conditional model" in _error_line(proc)
+
+
+def test_a_self_conditioned_latent_model_clusters_its_latents_and_samples_images(latent_config):
+    config = latent_config.copy_and_resolve_references()
+    config.model.self_condition_clusters = 4
+    family = get_family(config)
+    # The centres live where the model does: the scaled 4x4x2 latents.
+    assert family.clusters.centres.shape == (4, 4 * 4 * 2)
+    state = family.init_state(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"image": np.asarray(rng.uniform(-1, 1, (8, 8, 8, 1)), np.float32),
+             "label": np.zeros((8,), np.int32)}
+    new, metrics = jax.jit(family.train_step)(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    images, _ = family.make_sampler(3, name="euler_maruyama", steps=2)(
+        family.sample_params(new), jax.random.PRNGKey(1))
+    assert images.shape == (3, 8, 8, 1)

@@ -43,8 +43,8 @@ _OWN_SETTINGS = {
 }
 # Settings that some families take and the others refuse.
 _SHARED_SETTINGS = {
-    "model.self_condition_clusters": ("gan", "diffusion"),
-    "model.cluster_draws": ("gan", "diffusion"),
+    "model.self_condition_clusters": ("gan", "diffusion", "latent_diffusion"),
+    "model.cluster_draws": ("gan", "diffusion", "latent_diffusion"),
 }
 # Network names that belong to one family, for a clearer refusal than "unknown network".
 _OWN_NETWORKS = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae"}
@@ -92,7 +92,7 @@ def check_family_settings(config: ml_collections.ConfigDict) -> None:
     for key, families in _SHARED_SETTINGS.items():
         if family not in families and _get(config, key) != _get(defaults, key):
             raise UserError(f"config.{key} is a setting of model.family "
-                            f"{' and '.join(map(repr, families))} only; this run is "
+                            f"{', '.join(map(repr, families))} only; this run is "
                             f"model.family={family!r}")
 
 

@@ -1,5 +1,5 @@
 """Self-conditioning on k-means clusters of the training images, for the families that
-take it (GAN and pixel-space diffusion; `model.self_condition_clusters = K > 0`).
+take it (GAN, diffusion and latent diffusion; `model.self_condition_clusters = K > 0`).
 
 The networks are conditioned on the cluster of each training image in place of a human
 label (Liu et al., 2020), and sampling draws the cluster from the training split's cluster
@@ -24,7 +24,8 @@ from training.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Clusters:
-    """The k-means clusters of the training images (data space), and how samples draw them."""
+    """The k-means clusters of the training data (what the model models: images in data
+    space, or a latent model's scaled latents), and how samples draw them."""
 
     centres: jax.Array  # (K, D)
     frequencies: jax.Array  # (K,), summing to 1
@@ -35,7 +36,7 @@ class Clusters:
         return int(self.frequencies.shape[0])
 
     def of(self, images: jax.Array) -> jax.Array:
-        """(B,) int32 cluster of each image (data space), by its nearest centre."""
+        """(B,) int32 cluster of each of `images` (B, ...), by its nearest centre."""
         return self_condition.nearest_centre(images, self.centres)
 
     def draw(self, key: jax.Array, num: int) -> jax.Array:
@@ -43,11 +44,12 @@ class Clusters:
         return self_condition.draw_clusters(key, self.frequencies, num, how=self.draws)
 
 
-def from_config(config: ml_collections.ConfigDict, *, num_classes: int) -> Clusters | None:
-    """The run's clusters (None for `model.self_condition_clusters = 0`): k-means on the
-    training split's pixels in data space ([-1, 1] if `data.centered`), deterministic.
-    UserError for a negative count, more clusters than images, an unknown
-    `model.cluster_draws`, or a model that already has labels."""
+def from_config(config: ml_collections.ConfigDict, *, num_classes: int,
+                training_data: np.ndarray | None = None) -> Clusters | None:
+    """The run's clusters (None for `model.self_condition_clusters = 0`): k-means on
+    `training_data` (N, ...), by default the training split's pixels in data space ([-1, 1]
+    if `data.centered`); deterministic. UserError for a negative count, more clusters than
+    images, an unknown `model.cluster_draws`, or a model that already has labels."""
     k = int(config.model.get("self_condition_clusters", 0))
     if k < 0:
         raise UserError(f"config.model.self_condition_clusters must be >= 0, got {k}")
@@ -64,9 +66,10 @@ def from_config(config: ml_collections.ConfigDict, *, num_classes: int) -> Clust
     if len(pipeline.get_info(config.data).shape) != 3:
         raise UserError("config.model.self_condition_clusters clusters images; dataset "
                         f"{config.data.dataset!r} is not image data")
-    images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
-    if config.data.centered:
-        images = 2.0 * images - 1.0
+    if training_data is None:
+        images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
+        training_data = 2.0 * images - 1.0 if config.data.centered else images
+    images = np.asarray(training_data, np.float32)
     if k > len(images):
         raise UserError(f"config.model.self_condition_clusters={k} exceeds the "
                         f"{len(images)} training images")

@@ -56,7 +56,8 @@ class DiffusionFamily:
         self.num_classes, self.class_dropout = self._check_labels(config, info)
         # The null label (unconditional model) exists only if training drops labels.
         self.null_label = self.num_classes if self.class_dropout > 0 else None
-        self.clusters = clusters.from_config(config, num_classes=self.num_classes)
+        self.clusters = clusters.from_config(config, num_classes=self.num_classes,
+                                             training_data=self._cluster_data(config))
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         try:
             self.loss_fn = losses.get_loss_fn(
@@ -94,6 +95,10 @@ class DiffusionFamily:
     def _network_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         """The config the score network is built from."""
         return config
+
+    def _cluster_data(self, config: ml_collections.ConfigDict) -> np.ndarray | None:
+        """What self-conditioning clusters (None: the training images in data space)."""
+        return None
 
     @staticmethod
     def _check_labels(config: ml_collections.ConfigDict, info) -> tuple[int, float]:

@@ -80,6 +80,7 @@ class LatentDiffusionFamily(DiffusionFamily):
         encode = jax.jit(lambda x: self.vae.encode_fn(self.vae_params)(x)[0])
         means = np.concatenate([np.asarray(encode(images[i:i + 512]))
                                 for i in range(0, len(images), 512)])
+        self._train_means = means
         std = float(means.std())
         if not np.isfinite(std) or std <= 0:
             raise UserError(f"the VAE's latents of the training split have std {std}: "
@@ -87,6 +88,11 @@ class LatentDiffusionFamily(DiffusionFamily):
         logging.info("latent scale 1/%.4f from %d training images (VAE step %d)", std,
                      len(images), self.vae_step)
         return 1.0 / std
+
+    def _cluster_data(self, config: ml_collections.ConfigDict) -> np.ndarray:
+        """Self-conditioning clusters the scaled posterior means of the training images:
+        the space the model lives in, where each training latent finds its cluster."""
+        return self._train_means * self.latent_scale
 
     def encode(self, key: jax.Array, images: jax.Array) -> jax.Array:
         """Scaled posterior samples of `images` (data space): what the model is trained on."""
