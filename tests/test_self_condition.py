@@ -190,3 +190,16 @@ def test_self_conditioning_is_refused_where_it_has_no_meaning():
     config.model.self_condition_clusters = 5
     with pytest.raises(UserError, match="clusters images; dataset 'toy_gmm' is not image data"):
         get_family(config)
+
+
+def test_how_clusters_are_drawn_is_not_part_of_a_checkpoint_identity():
+    # A run trained once is sampled either way: only the cluster count fixes the network.
+    from training.checkpoint import config_identity
+
+    config = tiny.get_config()
+    config.model.self_condition_clusters = 5
+    stratified = config_identity(config)
+    config.model.cluster_draws = "iid"
+    assert config_identity(config) == stratified
+    config.model.self_condition_clusters = 6
+    assert config_identity(config) != stratified

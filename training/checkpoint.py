@@ -37,6 +37,8 @@ finally:
 _IDENTITY_KEYS = ("model", "data.dataset", "data.image_size", "data.num_channels",
                   "data.centered", "training.sde", "training.continuous", "optim.optimizer",
                   "latent", "classifier.objective")
+# Entries of those sections that only say how to sample the model.
+_NOT_IDENTITY = ("model.cluster_draws",)
 
 
 def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -55,6 +57,8 @@ def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
         # Label dropout gives the network the null label's embedding: other shapes.
         dropout = float(config.training.get("class_dropout", 0.0))
         flat["training.class_dropout > 0"] = dropout > 0
+    for key in _NOT_IDENTITY:
+        flat.pop(key, None)
     # JSON round-trip so tuples and lists compare equal after a save/load.
     return json.loads(json.dumps(flat, default=str))
 
