@@ -1,4 +1,5 @@
-"""Configs: every experiment loads, published hyperparameters, typos are errors."""
+"""Configs: every experiment loads and builds its networks at its data's shape, published
+hyperparameters, typos are errors."""
 
 import importlib
 
@@ -114,3 +115,64 @@ def test_a_misspelt_key_is_an_error_that_names_it():
     config = digits_vp.get_config()
     with pytest.raises(AttributeError, match=r'n_iter.*Did you mean "n_iters"'):
         config.training.n_iter = 5
+
+
+# The CIFAR-10 data cannot be prepared offline, so their families cannot be built here:
+# their networks are traced abstractly (no parameters allocated) at the data's shape.
+def _score_network_output(config):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import networks
+
+    size, channels = config.data.image_size, config.data.num_channels
+    model = networks.get_model(config, nnx.Rngs(0))
+    return model(jnp.zeros((2, size, size, channels)), jnp.ones((2,)))
+
+
+def _gan_output(config):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from networks import gan
+
+    generator, discriminator = gan.from_config(config, nnx.Rngs(0))
+    images = generator(jnp.zeros((2, config.model.latent_dim)))
+    return images, discriminator(images)
+
+
+def _vae_output(config):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from networks import vae
+
+    size, channels = config.data.image_size, config.data.num_channels
+    encoder, decoder = vae.from_config(config, 1, nnx.Rngs(0))  # one parameter a channel
+    mean, _ = encoder(jnp.zeros((2, size, size, channels)))
+    return mean, decoder(mean)
+
+
+@pytest.mark.parametrize(("name", "output", "expected"), [
+    ("cifar10_ddpmpp_vp", _score_network_output, (2, 32, 32, 3)),
+    ("cifar10_ncsnpp_ve", _score_network_output, (2, 32, 32, 3)),
+    ("cifar10_sngan", _gan_output, ((2, 32, 32, 3), (2,))),
+    ("cifar10_vae", _vae_output, ((2, 8, 8, 4), (2, 32, 32, 3))),
+])
+def test_every_cifar10_network_builds_at_the_data_shape(name, output, expected):
+    import jax
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    shapes = jax.tree.map(lambda s: tuple(s.shape), jax.eval_shape(lambda: output(config)))
+    assert shapes == expected
+
+
+@pytest.mark.parametrize("name", sorted(
+    n for n in EXPERIMENTS + list(FAMILY_EXPERIMENTS)
+    if not n.startswith("cifar10") and n != "digits_latent_vp"))  # needs a trained VAE
+def test_every_embedded_data_experiment_builds_its_family(name):
+    """Building a family traces its networks at the data's shape and refuses a mismatch."""
+    from training.families import get_family
+
+    family = get_family(importlib.import_module(f"configs.{name}").get_config())
+    assert family.config.model.family == (FAMILY_EXPERIMENTS.get(name) or "diffusion")
