@@ -1,6 +1,8 @@
-"""The GAN family: one jitted step for both networks on 1 and 8 devices, exact resume,
-the generator EMA, conditional sampling, the guards (a family/network mismatch, a
-generator of the wrong shape, a non-finite discriminator loss), and the three CLIs."""
+"""The GAN family: one jitted step for both networks (one compile, on 1 and 8 devices),
+DiffAugment on real and fake, exact resume, the generator EMA, conditional sampling, the
+guards (a family/network mismatch, diffusion settings, uncentred data, a generator of the
+wrong shape, a non-finite discriminator loss), and the three CLIs with their TensorBoard
+events."""
 
 import json
 
@@ -8,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gan import ema, losses
 from networks import gan as gan_networks
@@ -28,8 +31,10 @@ def _batch(family, seed: int = 0):
             "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
 
 
-def test_one_step_on_one_and_eight_devices_gives_the_same_losses(tmp_path):
-    config = tiny_families.get_config("gan")
+@pytest.mark.parametrize("kind", ["gan", "gan_sn"])
+def test_one_step_on_one_and_eight_devices_gives_the_same_losses(tmp_path, kind):
+    """DCGAN, and the ResNet pair whose spectral-norm state and DiffAugment ride along."""
+    config = tiny_families.get_config(kind)
     config.training.n_iters = 1
     config.training.snapshot_sampling = False
     one = loop.run(config, tmp_path / "one", devices=ONE_DEVICE)
@@ -73,6 +78,67 @@ def test_the_step_trains_both_networks_and_the_ema_follows_its_half_life():
                           jax.tree.leaves(new.ema_params), strict=True):
         np.testing.assert_allclose(e1, beta * e0 + (1 - beta) * p1, rtol=1e-5, atol=1e-6)
     assert int(new.step) == 1 and np.isfinite(metrics["d_grad_norm"])
+
+
+def test_both_networks_update_in_one_compiled_step_with_or_without_the_lazy_penalty():
+    family = get_family(tiny_families.get_config("gan_sn"))  # R1 and R2 every 2 steps
+    traces = []
+
+    def counted(state, batch):
+        traces.append(1)
+        return family.train_step(state, batch)
+
+    step = jax.jit(counted)
+    state = family.init_state(jax.random.PRNGKey(0))
+    penalised = []
+    for seed in range(3):
+        state, metrics = step(state, _batch(family, seed))
+        penalised.append(float(metrics["r1"]) > 0 and float(metrics["r2"]) > 0)
+    assert penalised == [True, False, True]
+    assert len(traces) == 1
+
+
+def test_diffaugment_reaches_the_real_and_the_fake_images():
+    """With the same seeds and weights, the policy changes what D sees of the real images
+    and of the fakes, and what G is trained against."""
+    plain = tiny_families.get_config("gan_sn")
+    plain.gan.augment = ""
+    outcomes = []
+    for config in (plain, tiny_families.get_config("gan_sn")):
+        family = get_family(config)
+        _, metrics = jax.jit(family.train_step)(family.init_state(jax.random.PRNGKey(0)),
+                                                _batch(family))
+        outcomes.append({k: float(metrics[k]) for k in ("real_logit", "fake_logit", "g_loss")})
+    for name in ("real_logit", "fake_logit", "g_loss"):
+        assert abs(outcomes[0][name] - outcomes[1][name]) > 1e-6, name
+
+
+def test_a_gan_refuses_diffusion_settings_and_uncentered_data():
+    config = tiny_families.get_config("gan")
+    config.training.sde = "vesde"
+    with pytest.raises(UserError, match=r"config.training.sde is a setting of model.family "
+                                        r"'diffusion', 'latent_diffusion', 'noise_classifier' "
+                                        r"only; this run is model.family='gan'"):
+        get_family(config)
+    config = tiny_families.get_config("gan")
+    config.sampling.steps = 10
+    with pytest.raises(UserError, match=r"config.sampling.steps is a setting"):
+        get_family(config)
+    config = tiny_families.get_config("gan")
+    config.model.ema_rate = 0.99  # a GAN's EMA is a half-life in images
+    with pytest.raises(UserError, match=r"config.model.ema_rate is a setting of model.family "
+                                        r".*'vae' only; this run is model.family='gan'"):
+        get_family(config)
+    vae_with_gan_depth = tiny_families.get_config("vae")
+    vae_with_gan_depth.model.convs_per_stage = 2
+    with pytest.raises(UserError, match=r"config.model.convs_per_stage is a setting of "
+                                        r"model.family='gan'; this run is model.family='vae'"):
+        get_family(vae_with_gan_depth)
+    config = tiny_families.get_config("gan")
+    config.data.centered = False
+    with pytest.raises(UserError, match=r"draws images in \[-1, 1\]: it takes "
+                                        r"data.centered=True, got False"):
+        get_family(config)
 
 
 def test_a_conditional_generator_draws_the_labels_it_is_given():
@@ -145,6 +211,11 @@ def test_train_sample_evaluate_through_the_clis(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "d_loss=" in proc.stderr and "g_loss=" in proc.stderr
     assert (workdir / "samples" / "step_0000002.png").is_file()
+    events = EventAccumulator(str(workdir))
+    events.Reload()
+    assert {"d_loss", "g_loss", "r1", "eval_d_loss"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("g_loss")] == [1, 2]
+    assert "samples" in events.Tags()["images"]
     out = tmp_path / "fives.npz"
     proc = _run("sample.py", spec, f"--workdir={workdir}", "--num_samples=6",
                 "--class_label=5", f"--out={out}")

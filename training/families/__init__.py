@@ -36,15 +36,37 @@ FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
 # Settings that only one family reads: set for another family, they are a mistake (a
 # discriminator asked of a diffusion run), not something to ignore.
 _OWN_SETTINGS = {
-    "gan": ("gan", "model.latent_dim", "model.d_nf", "model.spectral_norm"),
+    "gan": ("gan", "model.latent_dim", "model.d_nf", "model.spectral_norm",
+            "model.convs_per_stage"),
     "vae": ("vae", "model.latent_channels"),
     "latent_diffusion": ("latent",),
     "noise_classifier": ("classifier",),
 }
+# The families built on a noise-conditional network: the SDE, its objective, the
+# samplers and the score networks' settings are theirs. A GAN or a VAE ignores them, so
+# setting one there is a mistake to name, not a silent no-op.
+_SCORE_FAMILIES = ("diffusion", "latent_diffusion", "noise_classifier")
+_SCORE_SETTINGS = (
+    "training.sde", "training.objective", "training.P_mean", "training.P_std",
+    "training.continuous", "training.likelihood_weighting", "training.reduce_mean",
+    "training.class_dropout", "sampling",
+    "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
+    "model.num_scales", "model.preconditioning", "model.sigma_data",
+    "model.attn_resolutions", "model.dropout", "model.resamp_with_conv", "model.skip_rescale",
+    "model.resblock_type", "model.embedding_type", "model.fourier_scale", "model.init_scale",
+    "model.fir", "model.fir_kernel", "model.progressive", "model.progressive_input",
+    "model.hidden", "model.num_layers",
+)
 # Settings that some families take and the others refuse.
 _SHARED_SETTINGS = {
     "model.self_condition_clusters": ("gan", "diffusion", "latent_diffusion"),
     "model.cluster_draws": ("gan", "diffusion", "latent_diffusion"),
+    # The VAE's encoder and decoder are built from the U-Net's blocks, and it keeps an EMA
+    # by rate; the GAN's networks have their own depth and its EMA a half-life in images.
+    "model.ch_mult": (*_SCORE_FAMILIES, "vae"),
+    "model.num_res_blocks": (*_SCORE_FAMILIES, "vae"),
+    "model.ema_rate": (*_SCORE_FAMILIES, "vae"),
+    **{key: _SCORE_FAMILIES for key in _SCORE_SETTINGS},
 }
 # Network names that belong to one family, for a clearer refusal than "unknown network".
 _OWN_NETWORKS = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae"}
@@ -66,6 +88,16 @@ def _flat(node, prefix: str) -> dict[str, Any]:
     return {prefix: node}
 
 
+def _first_changed(config, defaults, key: str) -> str | None:
+    """The first setting under `key` whose value differs from the defaults (None: none, or
+    a key the config does not have)."""
+    try:
+        value, default = _flat(_get(config, key), key), _flat(_get(defaults, key), key)
+    except KeyError:
+        return None
+    return next((k for k in value if value[k] != default.get(k)), None)
+
+
 def check_family_settings(config: ml_collections.ConfigDict) -> None:
     """UserError if the config sets another family's settings or names its network."""
     from configs.default import get_default_config
@@ -80,18 +112,12 @@ def check_family_settings(config: ml_collections.ConfigDict) -> None:
         if other == family:
             continue
         for key in keys:
-            try:
-                value = _flat(_get(config, key), key)
-                default = _flat(_get(defaults, key), key)
-            except KeyError:
-                continue
-            changed = [k for k in value if value[k] != default.get(k)]
-            if changed:
-                raise UserError(f"config.{changed[0]} is a setting of model.family={other!r}; "
+            if changed := _first_changed(config, defaults, key):
+                raise UserError(f"config.{changed} is a setting of model.family={other!r}; "
                                 f"this run is model.family={family!r}")
     for key, families in _SHARED_SETTINGS.items():
-        if family not in families and _get(config, key) != _get(defaults, key):
-            raise UserError(f"config.{key} is a setting of model.family "
+        if family not in families and (changed := _first_changed(config, defaults, key)):
+            raise UserError(f"config.{changed} is a setting of model.family "
                             f"{', '.join(map(repr, families))} only; this run is "
                             f"model.family={family!r}")
 

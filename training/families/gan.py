@@ -61,6 +61,10 @@ class GANFamily:
         if len(info.shape) != 3:
             raise UserError(f"a GAN needs image data; dataset {config.data.dataset!r} has "
                             f"shape {tuple(info.shape)}")
+        if not config.data.centered:
+            # The generators end in tanh, and D must see real and fake in one range.
+            raise UserError("a GAN's generator draws images in [-1, 1]: it takes "
+                            "data.centered=True, got False")
         self.data_shape = tuple(info.shape)
         self.num_classes = common.check_num_classes(config, info)
         try:
