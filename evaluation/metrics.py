@@ -28,6 +28,11 @@ _EPS = np.finfo(np.float64).eps
 # rejected as not positive semi-definite. Statistics computed and stored in float32 sit
 # around 1e-8 here, so the margin is ~100x; a genuinely indefinite matrix is far beyond.
 _PSD_RTOL = 1e-6
+# The smallest sample sets the metrics accept, which evaluation.runner checks before it
+# draws any samples: KID's unbiased within-set averages need two points per subset, and
+# precision/recall's radii need k other points in each set.
+KID_MIN_SUBSET_SIZE = 2
+PR_NEIGHBOURS = 3
 
 
 def _features(x: np.ndarray, name: str) -> np.ndarray:
@@ -164,8 +169,10 @@ def kernel_inception_distance(
     if num_subsets < 1:
         raise ValueError(f"KID needs num_subsets >= 1, got {num_subsets}")
     m = min(subset_size, len(a), len(b))
-    if m < 2:
-        raise ValueError(f"KID needs subsets of at least 2 samples per set, got {m}")
+    if m < KID_MIN_SUBSET_SIZE:
+        raise ValueError(
+            f"KID needs subsets of at least {KID_MIN_SUBSET_SIZE} samples per set, got {m}"
+        )
     d = a.shape[1]
     rng = np.random.default_rng(seed)
     off_diagonal = m * (m - 1)
@@ -238,7 +245,7 @@ def _knn_radii2(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
 
 
 def precision_recall(
-    real: np.ndarray, fake: np.ndarray, *, k: int = 3, batch_size: int = 2048
+    real: np.ndarray, fake: np.ndarray, *, k: int = PR_NEIGHBOURS, batch_size: int = 2048
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019).
 

@@ -24,13 +24,15 @@ class Samples:
     provenance: Mapping[str, Any]
 
 
-def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...]) -> Samples:
+def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
+                 num_classes: int = 0) -> Samples:
     """Reads and checks an .npz of samples: `images` (uint8, or float in [0, 1]) of
     `image_shape`, or for 2-D toy data (`image_shape` (2,)) float `points` (N, 2), as
     sample.py writes them.
 
     Optional arrays: `labels` (int, one per image: the classes asked of a conditional
-    model) and the provenance sample.py records (`sampler`, `nfe`, `seed`, `step`).
+    model; in [0, num_classes) where `num_classes` is given) and the provenance sample.py
+    records (`sampler`, `nfe`, `seed`, `step`).
     """
     path = Path(path)
     if not path.is_file():
@@ -50,6 +52,12 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...]) -> Sampl
             raise UserError(
                 f"{path}: labels must be integers of shape ({len(images)},), got "
                 f"{labels.dtype} {labels.shape}"
+            )
+        # A label no class has would count as a miss and quietly lower the accuracy.
+        if num_classes and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UserError(
+                f"{path}: labels must lie in [0, {num_classes}) (the data's classes), got "
+                f"values in [{labels.min()}, {labels.max()}]"
             )
     provenance = {
         key: arrays[key].item() for key in ("sampler", "nfe", "seed", "step") if key in arrays

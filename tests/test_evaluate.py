@@ -1,10 +1,12 @@
 """evaluate.py and the evaluation protocol: a full report with its floor and settings, and
 bad input refused in one line with nothing written."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -13,6 +15,7 @@ import pytest
 
 from evaluation import bpd, runner, samples_file
 from tests.configs import tiny
+from tests.torch_files import contiguous, write_zip
 from training import loop
 from training.errors import UserError
 
@@ -33,6 +36,15 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def _refused(workdir: Path, *flags: str) -> str:
+    """evaluate.py's one error line for `flags`, having checked that nothing was written
+    to the workdir (no metrics.json, nothing else)."""
+    before = sorted(p.name for p in workdir.iterdir())
+    line = _error_line(_run(f"--workdir={workdir}", *flags))
+    assert sorted(p.name for p in workdir.iterdir()) == before
+    return line
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +127,18 @@ def test_samples_file_is_used_as_given_with_its_provenance(tmp_path):
         ({"images": _digits(80).astype(np.float32)}, "must lie in [0, 1]"),
         ({"images": np.zeros((80, 16, 16, 1), np.uint8)}, "expected (N, 8, 8, 1)"),
         ({"images": _digits(80), "labels": np.zeros(3, np.int64)}, "labels must be integers"),
+        ({"images": _digits(80), "labels": np.zeros(80, np.float32)},
+         "labels must be integers of shape (80,), got float32 (80,)"),
+        ({"images": _digits(80), "labels": np.arange(80) % 11},
+         "labels must lie in [0, 10) (the data's classes), got values in [0, 10]"),
+        ({"images": _digits(80), "labels": np.arange(80) % 10 - 1},
+         "labels must lie in [0, 10) (the data's classes), got values in [-1, 8]"),
     ],
 )
 def test_bad_samples_files_are_refused_naming_the_problem(tmp_path, arrays, message):
     path = _npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(UserError, match=None) as err:
-        samples_file.load_samples(path, (8, 8, 1))
+        samples_file.load_samples(path, (8, 8, 1), num_classes=10)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -130,6 +148,11 @@ def test_bad_samples_files_are_refused_naming_the_problem(tmp_path, arrays, mess
         (["--num_samples=40", "--metrics=fd"],
          "Fréchet distance needs more samples than feature dimensions: got 40 samples of "
          "64-dimensional features"),
+        (["--num_samples=1", "--metrics=kid"],
+         "KID needs subsets of at least 2 samples per set: got 1"),
+        (["--num_samples=3", "--metrics=kid,pr"],
+         "precision/recall with k = 3 nearest neighbours needs more than 3 samples per set: "
+         "got 3"),
         (["--metrics=fd,fid"], "unknown metric 'fid'"),
         (["--config.eval.feature_net=inception", "--inception_weights=/no/such.pth"],
          "Inception weights file not found: /no/such.pth"),
@@ -137,16 +160,66 @@ def test_bad_samples_files_are_refused_naming_the_problem(tmp_path, arrays, mess
 )
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, flags, message):
     samples = _npz(tmp_path / "s.npz", images=_digits(80))
-    proc = _run(f"--workdir={tmp_path}", f"--samples={samples}", *flags)
-    assert message in _error_line(proc)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    assert message in _refused(tmp_path, f"--samples={samples}", *flags)
 
 
-def test_a_wrong_npz_key_from_the_cli_is_one_line(tmp_path):
-    samples = _npz(tmp_path / "s.npz", pictures=_digits(80))
-    proc = _run(f"--workdir={tmp_path}", f"--samples={samples}", "--metrics=cs")
-    assert "has no 'images' array (keys: ['pictures'])" in _error_line(proc)
-    assert not (tmp_path / "metrics.json").exists()
+def test_too_few_samples_are_refused_before_any_checkpoint_is_read_or_sample_drawn(tmp_path):
+    # The workdir holds no checkpoint: a check that came after restoring would say so.
+    message = _refused(tmp_path, "--num_samples=3", "--metrics=pr,cs")
+    assert "precision/recall with k = 3 nearest neighbours needs more than 3" in message
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"pictures": _digits(80)}, "has no 'images' array (keys: ['pictures'])"),
+        ({"images": _digits(80).astype(np.int16)},
+         "images must be uint8 (or float in [0, 1]), got int16"),
+        ({"images": np.zeros((80, 28, 28, 1), np.uint8)},
+         "images have shape (80, 28, 28, 1), expected (N, 8, 8, 1) for this config's data"),
+        ({"images": _digits(80), "labels": np.arange(80) % 12},
+         "labels must lie in [0, 10) (the data's classes), got values in [0, 11]"),
+    ],
+)
+def test_bad_samples_files_from_the_cli_are_one_line_and_write_nothing(tmp_path, arrays,
+                                                                        message):
+    samples = _npz(tmp_path / "s.npz", **arrays)
+    assert message in _refused(tmp_path, f"--samples={samples}", "--metrics=cs")
+
+
+def test_inception_weights_of_the_wrong_shape_from_the_cli_are_one_line(tmp_path):
+    # A torch zip file, as pytorch-fid ships its weights; the shape is checked key by key
+    # before anything else is read into the network.
+    weights = tmp_path / "pt_inception.pth"
+    write_zip(weights, contiguous({"fc.weight": np.zeros((10, 2048), np.float32)}))
+    samples = _npz(tmp_path / "s.npz", images=_digits(80))
+    message = _refused(tmp_path, f"--samples={samples}", "--metrics=cs",
+                       "--config.eval.feature_net=inception", f"--inception_weights={weights}")
+    assert message.endswith(f"error: Inception weights file {weights}: fc.weight has shape "
+                            "(10, 2048), expected (1008, 2048)")
+
+
+@pytest.mark.parametrize("metric, fewest", [("fd", 5), ("kid", 2), ("pr", 4)])
+def test_the_sample_count_check_refuses_exactly_what_the_metric_cannot_compute(metric,
+                                                                              fewest):
+    """The up-front check and the metric agree: at `fewest` samples (4-D features) both
+    go ahead, one fewer and the check refuses what the metric would fail on after all the
+    sampling."""
+    rng = np.random.default_rng(0)
+    reference = runner.Features(rng.normal(size=(50, 4)), np.zeros((50, 0)))
+    evaluator = types.SimpleNamespace(n_test=360, feature_dim=4)
+    for n, computable in ((fewest, True), (fewest - 1, False)):
+        other = runner.Features(rng.normal(size=(n, 4)), np.zeros((n, 0)))
+        measure = functools.partial(runner.compare, reference, other, which=(metric,),
+                                    eval_size=n, num_classes=0, seed=0)
+        if computable:
+            runner.check_sample_count((metric,), n, evaluator)
+            assert all(np.isfinite(v) for v in measure().values())
+        else:
+            with pytest.raises(UserError, match=f"got {n}"):
+                runner.check_sample_count((metric,), n, evaluator)
+            with pytest.raises(ValueError):
+                measure()
 
 
 def test_inception_weights_of_the_wrong_shape_are_refused_naming_the_key(tmp_path):

@@ -203,6 +203,120 @@ def test_pools_match_torch_semantics():
             np.testing.assert_array_equal(got[:, i, j], want)
 
 
+def _pool_3x3_same(x, reduce):
+    """3x3 stride-1 pool with padding 1 over the in-bounds taps only, NCHW: torch's
+    avg_pool2d(count_include_pad=False) with np.mean, max_pool2d (padding -inf) with np.max."""
+    out = np.empty_like(x)
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            out[:, :, i, j] = reduce(x[:, :, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2],
+                                     axis=(2, 3))
+    return out
+
+
+# The FID blocks as published (torchvision's InceptionA / InceptionE, pytorch-fid's
+# FIDInceptionA / FIDInceptionE_1 / FIDInceptionE_2): conv name -> (out, in, kh, kw, padding).
+def _inception_a_convs(cin, pool_features):
+    return {
+        "branch1x1": (64, cin, 1, 1, (0, 0)),
+        "branch5x5_1": (48, cin, 1, 1, (0, 0)),
+        "branch5x5_2": (64, 48, 5, 5, (2, 2)),
+        "branch3x3dbl_1": (64, cin, 1, 1, (0, 0)),
+        "branch3x3dbl_2": (96, 64, 3, 3, (1, 1)),
+        "branch3x3dbl_3": (96, 96, 3, 3, (1, 1)),
+        "branch_pool": (pool_features, cin, 1, 1, (0, 0)),
+    }
+
+
+def _inception_e_convs(cin):
+    return {
+        "branch1x1": (320, cin, 1, 1, (0, 0)),
+        "branch3x3_1": (384, cin, 1, 1, (0, 0)),
+        "branch3x3_2a": (384, 384, 1, 3, (0, 1)),
+        "branch3x3_2b": (384, 384, 3, 1, (1, 0)),
+        "branch3x3dbl_1": (448, cin, 1, 1, (0, 0)),
+        "branch3x3dbl_2": (384, 448, 3, 3, (1, 1)),
+        "branch3x3dbl_3a": (384, 384, 1, 3, (0, 1)),
+        "branch3x3dbl_3b": (384, 384, 3, 1, (1, 0)),
+        "branch_pool": (192, cin, 1, 1, (0, 0)),
+    }
+
+
+def _reference_a(x, conv):
+    """FIDInceptionA: the average pool does not count the padding."""
+    b5 = conv("branch5x5_2", conv("branch5x5_1", x))
+    b3 = conv("branch3x3dbl_3", conv("branch3x3dbl_2", conv("branch3x3dbl_1", x)))
+    bp = conv("branch_pool", _pool_3x3_same(x, np.mean))
+    return np.concatenate([conv("branch1x1", x), b5, b3, bp], axis=1)
+
+
+def _reference_e(x, conv, pool):
+    """FIDInceptionE_1 (avg pool, padding not counted) and FIDInceptionE_2 (max pool)."""
+    b3 = conv("branch3x3_1", x)
+    d = conv("branch3x3dbl_2", conv("branch3x3dbl_1", x))
+    pooled = _pool_3x3_same(x, np.mean if pool == "avg" else np.max)
+    branches = [
+        conv("branch1x1", x),
+        conv("branch3x3_2a", b3), conv("branch3x3_2b", b3),
+        conv("branch3x3dbl_3a", d), conv("branch3x3dbl_3b", d),
+        conv("branch_pool", pooled),
+    ]
+    return np.concatenate(branches, axis=1)
+
+
+def _random_weights_into(block, convs, rng):
+    """Random float32 conv and batch-norm weights for every conv of `convs`, loaded into
+    `block`; returns `conv(name, x)`, the float64 torch-semantics reference of that layer."""
+    assert {k.split(".")[0] for k in net.torch_state_dict_shapes(block)} == set(convs)
+    params = {}
+    for name, (o, i, kh, kw, padding) in convs.items():
+        w = rng.standard_normal((o, i, kh, kw)) * np.sqrt(2.0 / (i * kh * kw))
+        bn = {
+            "weight": rng.uniform(0.5, 1.5, o),
+            "bias": rng.normal(0.0, 0.1, o),
+            "running_mean": rng.normal(0.0, 0.1, o),
+            "running_var": rng.uniform(0.5, 1.5, o),
+        }
+        # The reference computes with the float32 values the block holds.
+        w = w.astype(np.float32).astype(np.float64)
+        bn = {k: v.astype(np.float32).astype(np.float64) for k, v in bn.items()}
+        layer = getattr(block, name)
+        assert layer.conv.kernel.shape == (kh, kw, i, o), name
+        layer.conv.kernel[...] = jnp.asarray(net.from_torch_layout(("kernel",), w), jnp.float32)
+        layer.bn.scale[...] = jnp.asarray(bn["weight"], jnp.float32)
+        layer.bn.bias[...] = jnp.asarray(bn["bias"], jnp.float32)
+        layer.bn.mean[...] = jnp.asarray(bn["running_mean"], jnp.float32)
+        layer.bn.var[...] = jnp.asarray(bn["running_var"], jnp.float32)
+        params[name] = (w, bn, padding)
+
+    def conv(name, x):
+        w, bn, padding = params[name]
+        return _torch_conv_bn_relu(x, w, bn, 1, padding, eps=1e-3)
+
+    return conv
+
+
+@pytest.mark.parametrize("block_type", ["A", "E avg", "E max"])
+def test_whole_blocks_match_the_published_fid_definition(block_type):
+    rng = np.random.default_rng(4)
+    cin = 8
+    # Negative inputs and a non-square 5x6 map: the borders decide between the pooling
+    # rules (padding counted or not, -inf or 0), and 1x3 against 3x1 kernels.
+    x = rng.normal(size=(2, cin, 5, 6)).astype(np.float32).astype(np.float64)
+    if block_type == "A":
+        block = net.InceptionA(cin, pool_features=16, rngs=nnx.Rngs(0))
+        want = _reference_a(x, _random_weights_into(block, _inception_a_convs(cin, 16), rng))
+    else:
+        pool = block_type.split()[1]
+        block = net.InceptionE(cin, pool=pool, rngs=nnx.Rngs(0))
+        want = _reference_e(x, _random_weights_into(block, _inception_e_convs(cin), rng), pool)
+    want = want.transpose(0, 2, 3, 1)
+    got = np.asarray(block(jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32)))
+    assert got.shape == want.shape
+    assert (want > 0).mean() > 0.2  # the ReLUs neither all pass nor all block
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------
 # Preprocessing
 

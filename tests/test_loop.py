@@ -43,20 +43,27 @@ def test_one_train_step_per_sde_writes_checkpoint_logs_and_samples(sde, tmp_path
     assert "samples" in events.Tags()["images"]
 
 
-def test_sample_quality_metrics_during_training_go_to_tensorboard(tmp_path):
+def test_sample_quality_metrics_during_training_go_to_tensorboard_every_eval_freq(tmp_path):
     config = tiny.get_config("vpsde")
-    config.training.n_iters = 1
+    config.training.n_iters = 4
+    config.training.eval_freq = 2
+    config.training.log_freq = 1
+    config.training.snapshot_freq = 4  # one save, at the end: saves are slow
     config.training.snapshot_sampling = False
     config.eval.metrics_during_training = "fd,pr,cs"
     config.eval.num_samples = 70  # FD needs more samples than the 64 feature dimensions
     result = loop.run(config, tmp_path, devices=ONE_DEVICE)
-    for name in ("eval/fd", "eval/precision", "eval/recall", "eval/classifier_score",
-                 "eval/class_entropy"):
+    names = ("eval/fd", "eval/precision", "eval/recall", "eval/classifier_score",
+             "eval/class_entropy")
+    for name in names:
         assert np.isfinite(result[name]), name
     events = EventAccumulator(str(tmp_path))
     events.Reload()
-    assert {"eval/fd", "eval/precision", "eval/classifier_score"} <= set(
-        events.Tags()["scalars"])
+    assert set(names) <= set(events.Tags()["scalars"])
+    # Training is logged every step, the sample metrics only every eval_freq steps.
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    for name in names:
+        assert [e.step for e in events.Scalars(name)] == [2, 4], name
 
 
 def test_too_few_evaluation_samples_for_fd_are_refused_before_training(tmp_path):
