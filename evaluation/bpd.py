@@ -5,7 +5,8 @@ dequantized with a fixed seed, and each image's log-density comes from the
 probability-flow ODE (`family.make_log_likelihood`). With `config.eval.bpd_dequant_samples`
 K > 1, each image is dequantized K times (the first with the K = 1 noise) and its
 log-density is the importance-weighted log (1/K) sum_k p(x + u_k), a tighter bound on the
-8-bit log-probability. A VAE reports its IWAE bound and ELBO on the discrete data instead.
+8-bit log-probability. A VAE reports its IWAE bound and ELBO on the discrete data instead,
+in bits/dim and in nats per image.
 """
 
 from __future__ import annotations
@@ -148,32 +149,42 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
 
 def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
                         limit: int | None = None) -> dict[str, Any]:
-    """A VAE's importance-weighted bound (`bpd`) and ELBO (`elbo_bpd`) in bits/dim on the
-    whole test split. Its decoder gives the probability of the discrete 8-bit data itself,
-    so no dequantization is needed and the numbers bound the same quantity as a diffusion
-    model's dequantized bits/dim."""
-    from vae.elbo import bits_per_dim as to_bits
-
+    """A VAE's importance-weighted bound (`bpd`, `iwae_nats`) and ELBO (`elbo_bpd`,
+    `elbo_nats`) on the whole test split, in bits/dim and in nats per image, each with its
+    standard error. Both units are of the negated bound (-log P(x) or more, lower is
+    better), so bits/dim = nats / (D ln 2). Its decoder gives the probability of the
+    discrete 8-bit data itself, so no dequantization is needed and the numbers bound the
+    same quantity as a diffusion model's dequantized bits/dim."""
     ev = config.eval
     bounds = bounds or family.make_bounds()
     params = family.sample_params(state)
 
     def per_batch(key, x):
         out = bounds(params, key, x)
-        return {name: to_bits(out[name], family.num_dims) for name in ("iwae", "elbo")}
+        return {name: out[name] for name in ("iwae", "elbo")}
 
     values = map_test_split(config, per_batch, limit=limit)
-    iwae, elbo = values["iwae"], values["elbo"]
-    if not (np.isfinite(iwae).all() and np.isfinite(elbo).all()):
+    # Negated here, in float64, so that the two units differ by exactly the factor D ln 2
+    # (the convention of vae.elbo.bits_per_dim).
+    nats = {name: -values[name] for name in ("iwae", "elbo")}
+    if not all(np.isfinite(v).all() for v in nats.values()):
         raise UserError("the VAE's bounds are not finite on some test images")
+    bits = {name: v / (family.num_dims * math.log(2.0)) for name, v in nats.items()}
     vae = config.vae
+    likelihood = (f"{vae.likelihood}, {vae.num_bins} levels" if vae.likelihood != "bernoulli"
+                  else "bernoulli, of the data binarised at mid-grey")
     return {
-        "bpd": float(iwae.mean()), "bpd_sem": standard_error(iwae),
-        "elbo_bpd": float(elbo.mean()), "elbo_bpd_sem": standard_error(elbo),
+        "bpd": float(bits["iwae"].mean()), "bpd_sem": standard_error(bits["iwae"]),
+        "elbo_bpd": float(bits["elbo"].mean()), "elbo_bpd_sem": standard_error(bits["elbo"]),
+        "iwae_nats": float(nats["iwae"].mean()), "iwae_nats_sem": standard_error(nats["iwae"]),
+        "elbo_nats": float(nats["elbo"].mean()), "elbo_nats_sem": standard_error(nats["elbo"]),
         "bpd_settings": {
-            "n_test": len(iwae), "method": f"importance-weighted bound, k={vae.iwae_samples}",
+            "n_test": len(nats["iwae"]),
+            "method": f"importance-weighted bound, k={vae.iwae_samples}",
             "elbo": "one posterior sample per image",
-            "likelihood": f"{vae.likelihood}, {vae.num_bins} levels",
+            "units": "bits/dim and nats per image of -log P(x) bounds: bpd = nats / (D ln 2), "
+                     f"D = {family.num_dims}",
+            "likelihood": likelihood,
             "dequantization": "none: the decoder's likelihood is of the discrete data",
             "seed": int(ev.seed),
         },

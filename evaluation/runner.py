@@ -250,7 +250,7 @@ class TrainingEvaluator:
         self.samples = None
         if any(m in SAMPLE_METRICS for m in self.which):
             self.samples = make_sample_evaluator(config, self.which)
-            _check_fd_size(self.which, int(config.eval.num_samples), self.samples)
+            check_sample_count(self.which, int(config.eval.num_samples), self.samples)
             self.generate = inference.make_generator(
                 family, int(config.eval.num_samples), batch_size=int(config.eval.batch_size)
             )
@@ -271,12 +271,19 @@ class TrainingEvaluator:
         return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
 
 
-def _check_fd_size(which: tuple[str, ...], n_fake: int, evaluator: Any) -> None:
-    """Fails early, before sampling or training, if FD could not be computed."""
+def check_sample_count(which: tuple[str, ...], n_fake: int, evaluator: Any) -> None:
+    """Fails early, before sampling or training, if a metric in `which` could not be
+    computed on `min(n_fake, evaluator.n_test)` samples (the size both sides use)."""
     size, dim = min(n_fake, evaluator.n_test), evaluator.feature_dim
     if "fd" in which and size <= dim:
         raise UserError(f"Fréchet distance needs more samples than feature dimensions: got "
                         f"{size} samples of {dim}-dimensional features")
+    if "kid" in which and size < M.KID_MIN_SUBSET_SIZE:
+        raise UserError(f"KID needs subsets of at least {M.KID_MIN_SUBSET_SIZE} samples per "
+                        f"set: got {size}")
+    if "pr" in which and size <= M.PR_NEIGHBOURS:
+        raise UserError(f"precision/recall with k = {M.PR_NEIGHBOURS} nearest neighbours "
+                        f"needs more than {M.PR_NEIGHBOURS} samples per set: got {size}")
 
 
 def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
@@ -297,7 +304,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     info = pipeline.get_info(config.data)
     samples = None
     if samples_path is not None:
-        samples = load_samples(samples_path, tuple(info.shape))
+        samples = load_samples(samples_path, tuple(info.shape), num_classes=info.num_classes)
         if num_samples is not None:
             samples = dataclasses.replace(
                 samples, images=samples.images[:num_samples],
@@ -307,7 +314,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     evaluator = None
     if sample_metrics:
         evaluator = make_sample_evaluator(config, which, inception_weights=inception_weights)
-        _check_fd_size(which, num, evaluator)
+        check_sample_count(which, num, evaluator)
     family = state = step = log_likelihood = None
     likelihood_metric = next((m for m in which if m in LIKELIHOOD_METRICS), None)
     restores = bool(likelihood_metric or (sample_metrics and samples is None))
@@ -376,7 +383,8 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
 _ROWS = (("fd", "FD"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
          ("classifier_score", "classifier score"), ("class_entropy", "class entropy"),
          ("near_mode", "near a mode"), ("conditional_accuracy", "conditional accuracy"),
-         ("bpd", "bits/dim"), ("elbo_bpd", "ELBO bits/dim"), ("nll", "NLL (nats/point)"))
+         ("bpd", "bits/dim"), ("iwae_nats", "nats/image"), ("elbo_bpd", "ELBO bits/dim"),
+         ("elbo_nats", "ELBO nats/image"), ("nll", "NLL (nats/point)"))
 
 
 def _with_spread(values: Mapping[str, Any], key: str) -> str:

@@ -1,20 +1,27 @@
-"""The VAE family (training, the ELBO and IWAE bounds in bits/dim on the whole test split,
-sampling from the prior) and latent diffusion on top of a trained VAE (the latent scale
-from data, decoded samples, the refusals), with one tiny VAE trained per module."""
+"""The VAE family (training, the ELBO and IWAE bounds in bits/dim and nats on the whole
+test split, TensorBoard, sampling from the prior, the Bernoulli decoder, exact resume) and
+latent diffusion on top of a trained VAE (the latent scale from data, decoded samples, the
+refusals, exact resume), with one tiny VAE trained per module in-process and one through
+train.py for the three CLIs."""
 
 import json
+import math
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data import pipeline
 from evaluation import bpd
 from tests.configs import tiny_families
 from tests.test_cli import ROOT, _error_line, _run
+from training import images as image_utils
 from training import inference, loop
 from training.errors import UserError
 from training.families import get_family
+from vae import elbo
 
 ONE_DEVICE = jax.devices()[:1]
 FAMILIES = str(ROOT / "tests" / "configs" / "tiny_families.py")
@@ -27,6 +34,33 @@ def vae_run(tmp_path_factory):
     config.training.snapshot_freq = 1  # checkpoints 1 and 2: latent models pin one
     result = loop.run(config, workdir, devices=ONE_DEVICE)
     return workdir, result
+
+
+@pytest.fixture(scope="module")
+def vae_report(vae_run):
+    """The bits/dim report of the tiny VAE (both bounds on the whole test split)."""
+    config = tiny_families.get_config("vae")
+    family, state, _ = inference.restore_latest(config, vae_run[0])
+    return family, bpd.bits_per_dim(config, family, state)
+
+
+@pytest.fixture(scope="module")
+def vae_cli_run(tmp_path_factory):
+    """A tiny VAE trained by train.py, as a user trains one."""
+    workdir = tmp_path_factory.mktemp("vae_cli")
+    proc = _run("train.py", f"--config={FAMILIES}:vae", f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "elbo_bpd=" in proc.stderr and "elbo_nats=" in proc.stderr
+    return workdir
+
+
+def _bits(nats: float, family) -> float:
+    return nats / (family.num_dims * math.log(2.0))
+
+
+def _restored_leaves(config, workdir):
+    family, state, step = inference.restore_latest(config, workdir)
+    return family, step, jax.tree.leaves(jax.device_get(state))
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +81,34 @@ def test_training_reports_the_elbo_and_its_parts(vae_run):
     assert (workdir / "samples" / "step_0000002.png").is_file()
 
 
-def test_bits_per_dim_reports_both_bounds_on_every_test_image(vae_run):
-    workdir, _ = vae_run
-    config = tiny_families.get_config("vae")
-    family, state, _ = inference.restore_latest(config, workdir)
-    report = bpd.bits_per_dim(config, family, state)
+def test_the_elbo_is_reported_in_nats_and_bits_per_dim_alike(vae_run, vae_report):
+    """Both units are of the negated bound (lower is better): bits/dim = nats / (D ln 2)."""
+    _, result = vae_run
+    family, report = vae_report
+    assert family.num_dims == 8 * 8 * 1
+    # Training and held-out: the negated ELBO in nats per image is reconstruction + KL.
+    np.testing.assert_allclose(result["elbo_nats"], result["recon"] + result["kl"], rtol=1e-5)
+    for prefix in ("", "eval_"):
+        nats = result[f"{prefix}elbo_nats"]
+        assert nats > 0
+        np.testing.assert_allclose(result[f"{prefix}elbo_bpd"], _bits(nats, family), rtol=1e-5)
+    # The evaluation report: both bounds, means and standard errors, in both units.
+    for bits_key, nats_key in (("bpd", "iwae_nats"), ("elbo_bpd", "elbo_nats")):
+        assert report[nats_key] > 0 and report[f"{nats_key}_sem"] > 0
+        np.testing.assert_allclose(report[bits_key], _bits(report[nats_key], family),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(report[f"{bits_key}_sem"],
+                                   _bits(report[f"{nats_key}_sem"], family), rtol=1e-12)
+        # The sign convention of vae.elbo.bits_per_dim, which takes log-probabilities.
+        np.testing.assert_allclose(
+            float(elbo.bits_per_dim(-report[nats_key], family.num_dims)), report[bits_key],
+            rtol=1e-6)
+    assert report["iwae_nats"] < report["elbo_nats"]
+
+
+def test_bits_per_dim_reports_both_bounds_on_every_test_image(vae_report):
+    family, report = vae_report
+    config = family.config
     n_test = len(pipeline.read_split(config.data, "test")["label"])
     assert report["bpd_settings"]["n_test"] == n_test
     assert report["bpd_settings"]["method"] == "importance-weighted bound, k=4"
@@ -130,18 +187,143 @@ def test_latent_diffusion_refuses_a_missing_or_mismatched_vae(latent_config, tmp
         get_family(no_file)
 
 
-def test_evaluate_cli_prints_both_bounds(vae_run):
-    workdir, _ = vae_run
-    proc = _run("evaluate.py", f"--config={FAMILIES}:vae", f"--workdir={workdir}",
-                "--metrics=bpd")
+def test_tensorboard_gets_the_loss_terms_the_elbo_and_the_sample_grid(vae_run):
+    workdir, result = vae_run
+    events = EventAccumulator(str(workdir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss", "kl", "recon", "kl_weight", "grad_norm", "elbo_bpd", "elbo_nats",
+            "eval_elbo_bpd", "eval_elbo_nats", "eval_kl"} <= scalars, scalars
+    for name in ("elbo_bpd", "elbo_nats", "eval_elbo_nats"):
+        logged = events.Scalars(name)
+        assert [e.step for e in logged] == [1, 2], name
+        np.testing.assert_allclose(logged[-1].value, result[name], rtol=1e-6)
+    # One grid per snapshot (snapshot_freq 1), the same picture as the PNG beside it.
+    grids = events.Images("samples")
+    assert [e.step for e in grids] == [1, 2]
+    with Image.open(workdir / "samples" / "step_0000002.png") as png:
+        assert (grids[-1].width, grids[-1].height) == png.size
+
+
+def test_a_bernoulli_vae_trains_on_binarised_data_and_samples_decoder_means(tmp_path):
+    config = tiny_families.get_config("vae")
+    config.vae.likelihood = "bernoulli"
+    config.training.n_iters = 1
+    config.training.snapshot_freq = 1
+    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
+    # Probabilities of binary pixels: a non-negative reconstruction cost, at most ln 2 per
+    # pixel from a decoder that barely moved from its initial logits near 0.
+    assert 0 < result["recon"] < 1.5 * 64 * math.log(2.0)
+    np.testing.assert_allclose(result["elbo_nats"], result["recon"] + result["kl"], rtol=1e-5)
+    assert (tmp_path / "samples" / "step_0000001.png").is_file()
+    family, state, _ = inference.restore_latest(config, tmp_path)
+    assert family.params_per_channel == 1
+    images, nfe = inference.generate(family, state, 6, seed=3)
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8 and nfe == 1
+    # What the family documents: the decoder's mean of a prior draw, i.e. the Bernoulli
+    # probabilities sigmoid(logits) as grey levels, not binary draws.
+    z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3), 0),
+                          (6, *family.latent_shape))
+    logits = family._decode_out(family.sample_params(state), z)
+    expected = image_utils.to_uint8(jax.nn.sigmoid(logits))
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+    assert len(np.unique(images)) > 2
+
+
+def test_a_resumed_vae_continues_exactly(tmp_path):
+    config = tiny_families.get_config("vae")
+    config.training.snapshot_sampling = False
+    loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
+    config.training.n_iters = 1
+    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    config.training.n_iters = 2
+    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    _, step, straight = _restored_leaves(config, tmp_path / "straight")
+    _, resumed_step, resumed = _restored_leaves(config, tmp_path / "resumed")
+    assert step == resumed_step == 2
+    # Parameters, EMA, optimiser moments, step and key.
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_latent_model_continues_exactly_with_the_same_latent_scale(latent_config,
+                                                                             tmp_path):
+    config = latent_config.copy_and_resolve_references()
+    config.training.snapshot_sampling = False
+    loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
+    config.training.n_iters = 1
+    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    config.training.n_iters = 2
+    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    straight_family, step, straight = _restored_leaves(config, tmp_path / "straight")
+    resumed_family, resumed_step, resumed = _restored_leaves(config, tmp_path / "resumed")
+    assert step == resumed_step == 2
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The scale is recomputed from the data at every restore: it must come out the same,
+    # or the restored model would diffuse latents of another size than it was trained on.
+    assert resumed_family.latent_scale == straight_family.latent_scale
+    assert resumed_family.vae_step == straight_family.vae_step == 2
+
+
+def test_a_vae_trains_samples_and_evaluates_through_the_clis(vae_cli_run, tmp_path):
+    workdir, spec = vae_cli_run, f"--config={FAMILIES}:vae"
+    assert (workdir / "checkpoints" / "2").is_dir()
+    assert (workdir / "samples" / "step_0000002.png").is_file()
+    out = tmp_path / "vae.npz"
+    proc = _run("sample.py", spec, f"--workdir={workdir}", "--num_samples=5", f"--out={out}")
     assert proc.returncode == 0, proc.stderr
-    assert "ELBO bits/dim" in proc.stdout and "bits/dim" in proc.stdout
-    report = json.loads((workdir / "metrics.json").read_text())
-    assert report["model"]["bpd"] < report["model"]["elbo_bpd"]
-    proc = _run("sample.py", f"--config={FAMILIES}:vae", f"--workdir={workdir}",
-                "--guidance_scale=1")
+    with np.load(out) as npz:
+        assert npz["images"].shape == (5, 8, 8, 1) and npz["images"].dtype == np.uint8
+        assert int(npz["step"]) == 2 and int(npz["nfe"]) == 1
+        assert str(npz["sampler"]) == "decoder mean of a prior draw (one call)"
+    assert out.with_suffix(".png").is_file()
+    proc = _run("sample.py", spec, f"--workdir={workdir}", "--guidance_scale=1",
+                f"--out={tmp_path / 'no.npz'}")
     assert proc.returncode == 1
     assert "needs a class-conditional model" in _error_line(proc)
+    assert not (tmp_path / "no.npz").exists()
+    proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs,bpd",
+                "--num_samples=20")
+    assert proc.returncode == 0, proc.stderr
+    for label in ("bits/dim", "nats/image", "ELBO bits/dim", "ELBO nats/image"):
+        assert f"\n{label} " in proc.stdout, proc.stdout
+    report = json.loads((workdir / "metrics.json").read_text())
+    assert report["checkpoint_step"] == 2 and report["samples"]["n_fake"] == 20
+    model = report["model"]
+    assert {"classifier_score", "bpd", "bpd_sem", "elbo_bpd", "elbo_bpd_sem", "iwae_nats",
+            "iwae_nats_sem", "elbo_nats", "elbo_nats_sem"} <= set(model), model
+    assert model["iwae_nats"] < model["elbo_nats"]
+
+
+def test_a_latent_model_on_a_cli_trained_vae_through_the_clis(vae_cli_run, tmp_path):
+    workdir = tmp_path / "latent"
+    spec = f"--config={FAMILIES}:latent"
+    vae = f"--config.latent.vae_workdir={vae_cli_run}"
+    proc = _run("train.py", spec, vae, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "latent scale 1/" in proc.stderr
+    assert (workdir / "checkpoints" / "2").is_dir()
+    assert (workdir / "samples" / "step_0000002.png").is_file()
+    out = tmp_path / "latent.npz"
+    proc = _run("sample.py", spec, vae, f"--workdir={workdir}", "--num_samples=3",
+                f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as npz:
+        # Decoded to the data's shape, not the 4x4x2 latents.
+        assert npz["images"].shape == (3, 8, 8, 1) and npz["images"].dtype == np.uint8
+        assert int(npz["step"]) == 2
+    assert out.with_suffix(".png").is_file()
+    proc = _run("evaluate.py", spec, vae, f"--workdir={workdir}", "--metrics=cs,bpd")
+    assert proc.returncode == 1
+    assert "likelihood of its latents only" in _error_line(proc)
+    assert not (workdir / "metrics.json").exists()
+    proc = _run("evaluate.py", spec, vae, f"--workdir={workdir}", "--metrics=cs",
+                "--num_samples=20")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((workdir / "metrics.json").read_text())
+    assert report["samples"]["step"] == 2 and report["samples"]["n_fake"] == 20
+    assert report["model"]["classifier_score"] >= 1.0
 
 
 def test_a_self_conditioned_latent_model_clusters_its_latents_and_samples_images(latent_config):

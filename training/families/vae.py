@@ -5,7 +5,9 @@ Training maximises the ELBO with one reparameterised sample, the KL weighted by 
 (linearly warmed up over `vae.kl_warmup_steps`) and floored per latent channel at
 `vae.free_bits` nats. Evaluation reports the plain ELBO (beta 1, no free bits) and the
 importance-weighted bound with `vae.iwae_samples` samples, both in bits/dim of the
-discrete data, so they stand beside a diffusion model's dequantized bits/dim.
+discrete data, so they stand beside a diffusion model's dequantized bits/dim, and in nats
+per image. Both units report the negated bound, -log P(x) or more (lower is better):
+bits/dim = nats / (D ln 2) for D = H * W * C.
 """
 
 import functools
@@ -150,7 +152,7 @@ class VAEFamily:
             ema_params=ema_update(state.ema_params, params, self.config.model.ema_rate))
         metrics = {
             "loss": loss,
-            "elbo_bpd": jnp.mean(elbo.bits_per_dim(terms["elbo"], self.num_dims)),
+            **self._elbo_metrics(terms["elbo"]),
             "kl": jnp.mean(terms["kl"]), "recon": -jnp.mean(terms["log_px"]),
             "kl_weight": weight, "grad_norm": optax.tree.norm(grads),
             "lr": self.lr_schedule(state.step),
@@ -161,8 +163,15 @@ class VAEFamily:
         """Held-out ELBO (beta 1, no free bits) of the EMA parameters."""
         terms = elbo.elbo_terms(key, self.encode_fn(state.ema_params),
                                 self.decode_log_prob_fn(state.ema_params), batch["image"])
-        return {"eval_elbo_bpd": jnp.mean(elbo.bits_per_dim(terms["elbo"], self.num_dims)),
+        return {**{f"eval_{k}": v for k, v in self._elbo_metrics(terms["elbo"]).items()},
                 "eval_kl": jnp.mean(terms["kl"])}
+
+    def _elbo_metrics(self, bound: jax.Array) -> dict[str, jax.Array]:
+        """The batch's mean ELBO (`bound`: (B,) log-probabilities in nats) as `elbo_bpd` and
+        `elbo_nats`, both of the negated bound (an upper bound on -log P(x), lower is
+        better): elbo_bpd = elbo_nats / (D ln 2)."""
+        return {"elbo_bpd": jnp.mean(elbo.bits_per_dim(bound, self.num_dims)),
+                "elbo_nats": -jnp.mean(bound)}
 
     # -- evaluation and sampling ------------------------------------------------------
 
