@@ -230,26 +230,13 @@ def test_a_bernoulli_vae_trains_on_binarised_data_and_samples_decoder_means(tmp_
     assert len(np.unique(images)) > 2
 
 
-def test_a_resumed_vae_continues_exactly(tmp_path):
-    config = tiny_families.get_config("vae")
+def _straight_and_resumed(config, tmp_path):
+    """2 steps straight, and 1 step then 1 resumed step: the two restored runs, after
+    checking that every leaf of their states (parameters, EMA, optimiser moments, step,
+    key) is equal."""
+    config = config.copy_and_resolve_references()
     config.training.snapshot_sampling = False
-    loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
-    config.training.n_iters = 1
-    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
     config.training.n_iters = 2
-    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
-    _, step, straight = _restored_leaves(config, tmp_path / "straight")
-    _, resumed_step, resumed = _restored_leaves(config, tmp_path / "resumed")
-    assert step == resumed_step == 2
-    # Parameters, EMA, optimiser moments, step and key.
-    for a, b in zip(straight, resumed, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_a_resumed_latent_model_continues_exactly_with_the_same_latent_scale(latent_config,
-                                                                             tmp_path):
-    config = latent_config.copy_and_resolve_references()
-    config.training.snapshot_sampling = False
     loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
     config.training.n_iters = 1
     loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
@@ -260,10 +247,20 @@ def test_a_resumed_latent_model_continues_exactly_with_the_same_latent_scale(lat
     assert step == resumed_step == 2
     for a, b in zip(straight, resumed, strict=True):
         np.testing.assert_array_equal(a, b)
+    return straight_family, resumed_family
+
+
+def test_a_resumed_vae_continues_exactly(tmp_path):
+    _straight_and_resumed(tiny_families.get_config("vae"), tmp_path)
+
+
+def test_a_resumed_latent_model_continues_exactly_with_the_same_latent_scale(latent_config,
+                                                                             tmp_path):
+    straight, resumed = _straight_and_resumed(latent_config, tmp_path)
     # The scale is recomputed from the data at every restore: it must come out the same,
     # or the restored model would diffuse latents of another size than it was trained on.
-    assert resumed_family.latent_scale == straight_family.latent_scale
-    assert resumed_family.vae_step == straight_family.vae_step == 2
+    assert resumed.latent_scale == straight.latent_scale
+    assert resumed.vae_step == straight.vae_step == 2
 
 
 def test_a_vae_trains_samples_and_evaluates_through_the_clis(vae_cli_run, tmp_path):
