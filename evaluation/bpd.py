@@ -153,8 +153,9 @@ def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
     `elbo_nats`) on the whole test split, in bits/dim and in nats per image, each with its
     standard error. Both units are of the negated bound (-log P(x) or more, lower is
     better), so bits/dim = nats / (D ln 2). Its decoder gives the probability of the
-    discrete 8-bit data itself, so no dequantization is needed and the numbers bound the
-    same quantity as a diffusion model's dequantized bits/dim."""
+    discrete data itself, so no dequantization is needed; with an 8-bit likelihood the
+    numbers bound the same quantity as a diffusion model's dequantized bits/dim (a
+    Bernoulli decoder's bound the data binarised at mid-grey)."""
     ev = config.eval
     bounds = bounds or family.make_bounds()
     params = family.sample_params(state)

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gan import ema, losses
 from networks import gan as gan_networks
 from tests.configs import tiny, tiny_families
+from tests.resume_runs import straight_and_resumed
 from tests.test_cli import ROOT, _error_line, _run
 from training import inference, loop
 from training.errors import NonFiniteLossError, UserError
@@ -48,14 +49,8 @@ def test_one_step_on_one_and_eight_devices_gives_the_same_losses(tmp_path, kind)
 
 
 def test_a_resumed_run_continues_exactly(tmp_path):
-    config = tiny_families.get_config("gan")
-    config.training.snapshot_sampling = False
-    config.training.n_iters = 3
-    straight = loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
-    config.training.n_iters = 2
-    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
-    config.training.n_iters = 3
-    resumed = loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    straight, resumed = straight_and_resumed(tiny_families.get_config("gan"), tmp_path,
+                                             ONE_DEVICE, n_iters=3, stop_at=2)
     for name in ("d_loss", "g_loss", "real_logit"):
         np.testing.assert_allclose(resumed[name], straight[name], rtol=1e-5)
 

@@ -6,6 +6,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.configs import tiny
+from tests.resume_runs import straight_and_resumed
 from training import loop
 from training.checkpoint import Checkpointer
 from training.errors import NonFiniteLossError, UserError
@@ -102,14 +103,7 @@ def test_one_and_eight_devices_give_the_same_loss(tmp_path):
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
     # Resuming is the network's business nowhere: the toy MLP keeps the three runs short.
     config = tiny.get_config("toy")
-    config.training.snapshot_sampling = False
-    config.training.n_iters = 4
-    loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
-
-    config.training.n_iters = 2
-    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
-    config.training.n_iters = 4
-    result = loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    _, result = straight_and_resumed(config, tmp_path, ONE_DEVICE, n_iters=4, stop_at=2)
     assert result["step"] == 4
 
     straight = _restored_params(config, tmp_path / "straight", 4)

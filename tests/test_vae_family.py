@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from data import pipeline
 from evaluation import bpd
 from tests.configs import tiny_families
+from tests.resume_runs import straight_and_resumed
 from tests.test_cli import ROOT, _error_line, _run
 from training import images as image_utils
 from training import inference, loop
@@ -234,14 +235,7 @@ def _straight_and_resumed(config, tmp_path):
     """2 steps straight, and 1 step then 1 resumed step: the two restored runs, after
     checking that every leaf of their states (parameters, EMA, optimiser moments, step,
     key) is equal."""
-    config = config.copy_and_resolve_references()
-    config.training.snapshot_sampling = False
-    config.training.n_iters = 2
-    loop.run(config, tmp_path / "straight", devices=ONE_DEVICE)
-    config.training.n_iters = 1
-    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
-    config.training.n_iters = 2
-    loop.run(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    straight_and_resumed(config, tmp_path, ONE_DEVICE, n_iters=2, stop_at=1)
     straight_family, step, straight = _restored_leaves(config, tmp_path / "straight")
     resumed_family, resumed_step, resumed = _restored_leaves(config, tmp_path / "resumed")
     assert step == resumed_step == 2
