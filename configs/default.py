@@ -38,6 +38,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     # the null label (index num_classes) during training, which classifier-free guidance
     # needs; 0 = no null label (no guidance).
     training.class_dropout = 0.0
+    # One optimizer update from this many micro-batches of the global batch (same update,
+    # 1/k of the activation memory). Steps, EMA and schedules count optimizer updates.
+    training.grad_accum_steps = 1
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"  # 'pc' | 'ode'
@@ -76,6 +79,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     data.data_dir = ml_collections.config_dict.placeholder(str)
     data.num_toy_samples = 100_000  # 2-D toy datasets (toy_gmm, toy_moons, ...): train size
     data.num_toy_test_samples = 10_000
+    data.num_synthetic_samples = 50_000  # dataset 'synthetic': train size (test: a fifth)
 
     # evaluate.py's defaults, and the evaluation training can run every eval_freq steps.
     config.eval = evaluation = ml_collections.ConfigDict()
@@ -118,6 +122,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     # std sigma_data; diffusion/score.py).
     model.preconditioning = "none"
     model.sigma_data = 0.5
+    # Compute dtype of activations, matmuls and convolutions: 'float32' | 'bfloat16'.
+    # Parameters, optimizer state, EMA, the loss and normalisation statistics stay float32.
+    model.dtype = "float32"
+    # 'none' | 'block': recompute each res/attention block in the backward pass
+    # (nnx.remat), trading compute for activation memory.
+    model.remat = "none"
     model.conv_impl = "auto"  # 'auto' | 'xla' | 'matmul' (patches x matmul: faster on CPU)
     model.num_classes = 0  # > 0: class-conditional on the dataset's labels (0 .. K-1)
     # > 0: the networks conditioned on this many k-means clusters of the training images

@@ -5,6 +5,8 @@
 - `data.digits`: the embedded 8x8 digits as a TFDS dataset, prepared without TensorFlow;
 - `data.sources`: reading prepared TFDS datasets (mnist, cifar10, celeb_a, ...);
 - `data.toy`: 2-D toy distributions (`SAMPLERS`) with exact densities where they exist;
+- `data.synthetic`: random images of any size, generated per index (`synthetic`);
+- `data.datasets`: which dataset a config names, as records + decoder + `DatasetInfo`;
 - `python -m data.prepare NAME --data_dir DIR`: prepare a dataset.
 """
 

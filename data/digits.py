@@ -37,6 +37,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from training.errors import UserError
+
 NAME = "digits"
 DATASET_VERSION = "1.0.0"
 NUM_CLASSES = 10
@@ -124,13 +126,14 @@ class Digits(tfds.core.GeneratorBasedBuilder):
             yield int(index), {"image": _png(images[index]), "label": int(labels[index])}
 
 
-def version_dir(data_dir: str | os.PathLike) -> Path:
+def version_dir(data_dir: str | os.PathLike) -> epath.Path:
     """The folder that holds the prepared dataset: `<data_dir>/digits/<DATASET_VERSION>`."""
-    return Path(data_dir) / NAME / DATASET_VERSION
+    return epath.Path(data_dir) / NAME / DATASET_VERSION
 
 
 def is_prepared(data_dir: str | os.PathLike) -> bool:
-    """Whether `data_dir` holds a complete prepared copy (the rename makes it all-or-nothing)."""
+    """Whether `data_dir` (local or a bucket) holds a complete prepared copy (the rename makes
+    it all-or-nothing)."""
     return (version_dir(data_dir) / "dataset_info.json").is_file()
 
 
@@ -144,16 +147,25 @@ def _remove_stale_tmp_dirs(data_dir: Path) -> None:
             pass  # another process removed it first
 
 
-def prepare(data_dir: str | os.PathLike) -> Path:
+def prepare(data_dir: str | os.PathLike) -> epath.Path:
     """Writes the dataset into `data_dir` unless it is already there; returns its folder.
 
     Needs no network and no TensorFlow. Safe to call from several processes at once.
-    `data_dir` must be a local (POSIX) filesystem: atomicity relies on `os.rename`.
+    Writing needs a local (POSIX) `data_dir`, as atomicity relies on `os.rename`; a bucket
+    is read from if a prepared copy was put there, and is otherwise refused (UserError).
     """
+    if "://" in os.fspath(data_dir):
+        if is_prepared(data_dir):
+            return version_dir(data_dir)
+        raise UserError(
+            f"data.data_dir {os.fspath(data_dir)!r} has no prepared {NAME!r}, which can only "
+            f"be written locally: python -m data.prepare {NAME} --data_dir LOCAL_DIR, then "
+            f"copy LOCAL_DIR/{NAME} into it"
+        )
     data_dir = Path(data_dir).expanduser()
-    target = version_dir(data_dir)
+    target = Path(version_dir(data_dir))
     if is_prepared(data_dir):
-        return target
+        return version_dir(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp_dirs(data_dir)
     # The temp folder lives inside data_dir so that the final rename stays on one filesystem.
@@ -163,7 +175,7 @@ def prepare(data_dir: str | os.PathLike) -> Path:
         builder.download_and_prepare(download_dir=os.fspath(tmp_root / "downloads"))
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(version_dir(tmp_root), target)
+            os.rename(os.fspath(version_dir(tmp_root)), target)
         except OSError:
             # Lost the race: another process renamed a complete copy into place first.
             if not is_prepared(data_dir):
@@ -173,4 +185,4 @@ def prepare(data_dir: str | os.PathLike) -> Path:
                 ) from None
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    return target
+    return version_dir(data_dir)

@@ -6,7 +6,11 @@ Datasets (`config.data.dataset`):
   data/sources.py; `celeb_a` is centre-cropped (140x140) and resized to `image_size`;
 - `toy_<name>` for the 2-D distributions of data/toy.py (`toy_gmm`, `toy_moons`,
   `toy_swiss_roll`, `toy_checkerboard`): `num_toy_samples` training points (default
-  100,000) and `num_toy_test_samples` test points (default 10,000), fixed across runs.
+  100,000) and `num_toy_test_samples` test points (default 10,000), fixed across runs;
+- `synthetic`: random uint8 images of `image_size` x `num_channels` with 10 classes,
+  generated per index (data/synthetic.py): `num_synthetic_samples` training images (default
+  50,000) and a fifth as many test images, fixed across runs, no download or preparation.
+Which name opens what is data/datasets.py.
 
 Batches are dicts of numpy arrays: `image` float32 (B, H, W, C) (toy: (B, 2)), `label` int32
 (B,) (zeros when the dataset has no labels); eval batches add `mask` bool (B,).
@@ -25,18 +29,18 @@ batches, and the iterator state (the global step) is valid for any process count
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
 import numpy as np
 
-from data import sources, toy
-from data.sources import DataError, DatasetNotPreparedError
+from data.datasets import TOY_PREFIX, DatasetInfo, Options, open_split
+from data.errors import DataError, DatasetNotPreparedError
 
 __all__ = [
+    "TOY_PREFIX",
     "DataError",
     "DatasetInfo",
     "DatasetNotPreparedError",
@@ -46,144 +50,18 @@ __all__ = [
     "make_train_iterator",
 ]
 
-TOY_PREFIX = "toy_"
-DEFAULT_NUM_TOY_SAMPLES = 100_000
-DEFAULT_NUM_TOY_TEST_SAMPLES = 10_000
-
 # One background thread prefetching a few batches: decoding overlaps the train step, while
 # leaving the (few, shared) cores to the step itself.
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What a configured dataset looks like once served.
-
-    `shape` is one example's `image` shape after pre-processing, e.g. (8, 8, 1) or (2,);
-    `num_classes` is 0 for unlabelled data (labels are then all zero).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    num_classes: int
-    num_train: int
-    num_test: int
-
-    @property
-    def is_image(self) -> bool:
-        """True for (H, W, C) images, False for 2-D toy points."""
-        return len(self.shape) == 3
-
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    dataset: str
-    image_size: int | None
-    num_channels: int | None
-    centered: bool
-    random_flip: bool
-    uniform_dequantization: bool
-    data_dir: str | None
-    num_toy_samples: int
-    num_toy_test_samples: int
-
-
-def _options(data_config: Mapping[str, Any]) -> _Options:
-    get = data_config.get
-    return _Options(
-        dataset=str(data_config["dataset"]),
-        image_size=get("image_size"),
-        num_channels=get("num_channels"),
-        centered=bool(get("centered", False)),
-        random_flip=bool(get("random_flip", False)),
-        uniform_dequantization=bool(get("uniform_dequantization", False)),
-        data_dir=get("data_dir"),
-        num_toy_samples=int(get("num_toy_samples", DEFAULT_NUM_TOY_SAMPLES)),
-        num_toy_test_samples=int(get("num_toy_test_samples", DEFAULT_NUM_TOY_TEST_SAMPLES)),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Split:
-    """One split, ready for grain: `records[i]` -> `decode` -> {'image', 'label'}.
-
-    For images the decoded `image` is uint8 (H, W, C) at the served size; for toy data it is
-    already the float32 (2,) point.
-    """
-
-    info: DatasetInfo
-    records: Sequence[Any]
-    decode: Callable[[Any], dict[str, Any]]
-
-
-def _toy_split(opts: _Options, split: str, read: bool) -> _Split:
-    name = opts.dataset.removeprefix(TOY_PREFIX)
-    if name not in toy.SAMPLERS:
-        raise DataError(
-            f"unknown toy dataset {opts.dataset!r}; known: "
-            + ", ".join(TOY_PREFIX + key for key in toy.SAMPLERS)
-        )
-    sizes = {"train": opts.num_toy_samples, "test": opts.num_toy_test_samples}
-    if split not in sizes:
-        raise DataError(f"dataset {opts.dataset!r} has splits ['test', 'train'], not {split!r}")
-    info = DatasetInfo(opts.dataset, (2,), 0, sizes["train"], sizes["test"])
-    points = toy.load(name, split, sizes[split]) if read else np.zeros((0, 2), np.float32)
-    return _Split(info, points, lambda point: {"image": point, "label": 0})
-
-
-def _image_split(opts: _Options, split: str, read: bool) -> _Split:
-    src = sources.open_image_source(opts.dataset, split, opts.data_dir, read=read)
-    height, width, channels = src.image_shape
-    if opts.num_channels != channels:
-        raise DataError(
-            f"config.data.num_channels={opts.num_channels} but dataset {opts.dataset!r} "
-            f"has {channels} channel(s)"
-        )
-    # Look up the bare name: 'celeb_a:2.1.0' is celeb_a too.
-    crop = sources.CENTER_CROP.get(opts.dataset.split(":")[0].split("/")[0])
-    size = opts.image_size
-    if crop is None and (size, size) != (height, width):
-        raise DataError(
-            f"config.data.image_size={size} but dataset {opts.dataset!r} has "
-            f"{height}x{width} images"
-        )
-    if crop is not None and (not isinstance(size, int) or size < 1):
-        raise DataError(f"config.data.image_size must be a positive int, got {size!r}")
-    label_key = src.label_key
-
-    def decode(record: dict[str, Any]) -> dict[str, Any]:
-        image = record["image"]
-        if crop is not None:
-            image = sources.center_crop_resize(image, crop, size)
-        return {"image": image, "label": record[label_key] if label_key else 0}
-
-    info = DatasetInfo(
-        name=opts.dataset,
-        shape=(size, size, channels),
-        num_classes=src.num_classes,
-        num_train=src.split_sizes.get("train", 0),
-        num_test=src.split_sizes.get("test", 0),
-    )
-    return _Split(info, src.records, decode)
-
-
-def _open(
-    data_config: Mapping[str, Any], split: str, *, read: bool = True
-) -> tuple[_Options, _Split]:
-    """Options and split; with `read=False` only the metadata (empty `records`)."""
-    opts = _options(data_config)
-    if opts.dataset.startswith(TOY_PREFIX):
-        return opts, _toy_split(opts, split, read)
-    return opts, _image_split(opts, split, read)
-
-
 def get_info(data_config: Mapping[str, Any]) -> DatasetInfo:
     """Describes the configured dataset (preparing `digits` if needed).
 
-    Raises DataError (a ValueError) if the config does not fit the data, and
-    DatasetNotPreparedError (also a ValueError) if a standard dataset is not prepared.
+    Raises DataError (a UserError, so a ValueError) if the config does not fit the data,
+    and DatasetNotPreparedError (a DataError) if a standard dataset is not prepared.
     """
-    return _open(data_config, "train", read=False)[1].info
+    return open_split(data_config, "train", read=False)[1].info
 
 
 def read_split(
@@ -195,7 +73,7 @@ def read_split(
     no centring): what evaluation compares samples with. Toy data comes back as float32
     points (N, 2). `limit` reads only the first examples.
     """
-    _, data = _open(data_config, split)
+    _, data = open_split(data_config, split)
     count = len(data.records) if limit is None else min(limit, len(data.records))
     examples = [data.decode(data.records[i]) for i in range(count)]
     dtype = np.uint8 if data.info.is_image else np.float32
@@ -211,7 +89,7 @@ def read_split(
 
 
 def _transform(
-    opts: _Options, is_image: bool, *, flip: bool
+    opts: Options, is_image: bool, *, flip: bool
 ) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:
     """The per-example float conversion (+ augmentation), as a grain random map."""
 
@@ -306,7 +184,7 @@ def make_train_iterator(
     """
     local = _local_batch_size(global_batch_size, process_index, process_count)
     shuffle_seed, map_seed = _seeds(seed)
-    opts, split = _open(data_config, "train")
+    opts, split = open_split(data_config, "train")
     ds = (
         grain.MapDataset.source(split.records)
         .shuffle(seed=shuffle_seed)
@@ -347,7 +225,7 @@ def make_eval_iterator(
     dequantization, if configured, is applied with noise drawn from `seed`.
     """
     local = _local_batch_size(batch_size, process_index, process_count)
-    opts, data = _open(data_config, split)
+    opts, data = open_split(data_config, split)
     records, decode = data.records, data.decode
     num_examples = len(records)
     total = math.ceil(num_examples / batch_size) * batch_size

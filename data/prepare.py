@@ -7,20 +7,21 @@
 `--data_dir` defaults to $TFDS_DATA_DIR, else ~/tensorflow_datasets. Standard datasets are
 built by TFDS (`download_and_prepare(file_format='array_record')`), which downloads the raw
 files: run this once, where there is network access, and point the runs at the same DIR.
-Toy datasets are sampled on the fly and need no preparation.
+Toy and synthetic datasets are generated on the fly and need no preparation.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
-from data import digits, sources
-from data.pipeline import TOY_PREFIX
+from data import digits, sources, synthetic
+from data.datasets import TOY_PREFIX
 
 # TFDS builders need TensorFlow to encode images; TFDS 4.9 also imports
 # `importlib_resources` to locate its builders' code, without declaring it on Python >= 3.9.
@@ -33,9 +34,11 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     Raises DataError (a ValueError) when it cannot: unknown name, missing requirements, or
     the dataset already prepared in another file format.
     """
-    data_dir = sources.resolve_data_dir(data_dir)
+    data_dir = os.fspath(sources.resolve_data_dir(data_dir))
     if name.startswith(TOY_PREFIX):
         return f"{name}: toy datasets are sampled on the fly; nothing to prepare"
+    if name == synthetic.NAME:
+        return f"{name}: synthetic images are generated on the fly; nothing to prepare"
     if name == digits.NAME:
         return f"{name}: ready in {digits.prepare(data_dir)}"
     missing = [m for m in _STANDARD_REQUIREMENTS if importlib.util.find_spec(m) is None]

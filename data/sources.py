@@ -14,14 +14,25 @@ import dataclasses
 import functools
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from data import digits
+from data.errors import DataError, DatasetNotPreparedError
+from training import paths
+
+__all__ = [
+    "DataError",
+    "DatasetNotPreparedError",
+    "ImageSource",
+    "center_crop_resize",
+    "open_image_source",
+    "resolve_data_dir",
+]
 
 PREPARE_HINT = (
     "pip install -r requirements-data.txt && python -m data.prepare {name} --data_dir {data_dir}"
@@ -39,19 +50,20 @@ _READ_CHUNK = 4096
 CENTER_CROP = {"celeb_a": 140}
 
 
-class DataError(ValueError):
-    """A dataset cannot be served as configured; the message says why, on one line."""
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> epath.Path:
+    """`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (read at call time).
 
-
-class DatasetNotPreparedError(DataError):
-    """A standard TFDS dataset is not prepared (in array_record format) in the data_dir."""
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-    """`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (read at call time)."""
+    An `etils.epath.Path`, so a bucket (gs://...) works like a local folder; a local path
+    comes back absolute with `~` expanded. A bucket whose file system is not installed is a
+    UserError naming the setting.
+    """
     if data_dir:
-        return os.fspath(Path(data_dir).expanduser())
-    return os.fspath(Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser())
+        text, what = os.fspath(data_dir), "data.data_dir"
+    elif os.environ.get("TFDS_DATA_DIR"):
+        text, what = os.environ["TFDS_DATA_DIR"], "data.data_dir (from $TFDS_DATA_DIR)"
+    else:
+        text, what = "~/tensorflow_datasets", "data.data_dir"
+    return paths.resolve(os.path.expanduser(text), what=what)
 
 
 def _not_prepared(name: str, data_dir: str, problem: str, action: str) -> DatasetNotPreparedError:
@@ -118,7 +130,7 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         raise DataError(
-            f"unknown dataset {name!r}: not 'digits', not a toy dataset "
+            f"unknown dataset {name!r}: not 'digits', not 'synthetic', not a toy dataset "
             f"(toy_gmm, toy_moons, toy_swiss_roll, toy_checkerboard) and not a TFDS dataset"
         ) from err
     except (ValueError, AssertionError) as err:  # malformed name, unknown config or version
@@ -139,7 +151,8 @@ def open_image_source(
     ValueError) if the dataset is not prepared in array_record format, DataError for an
     unknown name or split, or a dataset without a fixed-size `image`.
     """
-    data_dir = resolve_data_dir(data_dir)
+    # A str from here on: `_read_all` caches by it, and the messages print it.
+    data_dir = os.fspath(resolve_data_dir(data_dir))
     builder = _builder(name, data_dir)
     info = builder.info
     if info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
