@@ -46,3 +46,29 @@ def test_unknown_rule_is_rejected():
     mesh = sharding.make_mesh((("data", -1), ("fsdp", 1)))
     with pytest.raises(UserError, match="unknown rule 'shard'"):
         sharding.tree_shardings({"a": jnp.zeros(2)}, mesh, ((".*", "shard"),))
+
+
+def test_mesh_larger_than_the_devices_names_the_setting_and_both_counts():
+    with pytest.raises(UserError, match=r"^config.sharding.mesh \(\('data', 4\), "
+                                        r"\('fsdp', 4\)\) needs 16 devices, found 8$"):
+        sharding.make_mesh((("data", 4), ("fsdp", 4)))
+    with pytest.raises(UserError, match=r"needs 2 devices, found 1$"):
+        sharding.make_mesh((("data", -1), ("fsdp", 2)), jax.devices()[:1])
+    with pytest.raises(UserError, match=r"axis sizes must be >= 1 or -1$"):
+        sharding.make_mesh((("data", 0), ("fsdp", 1)))
+
+
+def test_bytes_per_device_counts_one_device_share_of_each_leaf():
+    mesh = sharding.make_mesh((("data", 2), ("fsdp", 4)))
+    split = jax.sharding.NamedSharding(mesh, P(None, "fsdp"))
+    tree = {
+        "w": jax.device_put(jnp.zeros((8, 16), jnp.float32), split),  # 8 x 4 per device
+        "b": jax.device_put(jnp.zeros((3,), jnp.bfloat16), sharding.replicated(mesh)),
+        "step": jnp.zeros((), jnp.int32),  # one device, whole
+    }
+    expected = 8 * 4 * 4 + 3 * 2 + 4
+    assert sharding.bytes_per_device(tree) == expected
+    assert sharding.bytes_per_device(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree
+    )) == expected
+    assert sharding.mesh_description(mesh) == "data=2 x fsdp=4"

@@ -7,13 +7,14 @@ overwrite a checkpoint we could not read: a bad workdir is reported, not repaire
 
 import json
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from training import paths
 from training.errors import CheckpointError
 
 # Orbax splits a replicated array among its replicas so that each writes a part. For a small
@@ -64,10 +65,14 @@ def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves and restores a run's state in `<workdir>/checkpoints`."""
+    """Saves and restores a run's state in `<workdir>/checkpoints`.
 
-    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+    `workdir` is a local path or a bucket (`gs://...`, through `etils.epath`); every
+    process of a multi-host run must see the same one.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict):
+        self.directory = paths.resolve(workdir) / "checkpoints"
         self.identity = config_identity(config)
         training = config.training
         options = ocp.CheckpointManagerOptions(
@@ -81,10 +86,21 @@ class Checkpointer:
             raise CheckpointError(f"cannot open checkpoints in {self.directory}: {err}") from err
 
     def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None if there is none."""
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """The steps of every complete checkpoint, oldest first."""
         return sorted(self._manager.all_steps())
+
+    def reached_preemption(self, step: int) -> bool:
+        """True at the step every process agreed to save at after a preemption notice.
+
+        jax.distributed's preemption service catches SIGTERM on any host and settles on a
+        step all processes reach; each must call this once per step, in step order. False
+        without that service (one process, or jax_enable_preemption_service off).
+        """
+        return self._manager.reached_preemption(step)
 
     def check_identity(self, step: int) -> None:
         """Fails if the checkpoint at `step` was written by an incompatible config."""
@@ -152,9 +168,11 @@ class Checkpointer:
         return restored.state, restored.data
 
     def wait(self) -> None:
+        """Blocks until the saves under way have finished."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Finishes pending saves and releases the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
 

@@ -1,9 +1,11 @@
 """Image grids and PNG/NPZ output shared by training snapshots and sample.py."""
 
+import io
 import math
-from pathlib import Path
+import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -51,11 +53,16 @@ def points_picture(points: np.ndarray, size: int = 256, extent: float = 4.0) -> 
     return (255 - np.rint(shade * 255)).astype(np.uint8)[..., None]
 
 
-def save_png(path: str | Path, picture: np.ndarray) -> None:
-    """Writes an (H, W, 1|3) uint8 picture atomically (temp file, then rename)."""
-    path = Path(path)
+def save_png(path: str | os.PathLike, picture: np.ndarray) -> None:
+    """Writes an (H, W, 1|3) uint8 picture atomically (temp file, then rename).
+
+    `path` may be local or in a bucket (`gs://...`, through `etils.epath`).
+    """
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = picture[..., 0] if picture.shape[-1] == 1 else picture
+    encoded = io.BytesIO()  # PIL wants a seekable file; a bucket's file object may not be
+    Image.fromarray(picture).save(encoded, format="PNG")
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(picture).save(tmp, format="PNG")
+    tmp.write_bytes(encoded.getvalue())
     tmp.replace(path)

@@ -6,19 +6,21 @@ checkpoint in `workdir`. Everything that varies by model lives in the family's
 """
 
 import json
+import os
 import signal
 import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from data import pipeline
 from evaluation import runner
-from training import images, sharding
+from training import images, paths, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.errors import NonFiniteLossError
 from training.families import get_family
@@ -30,19 +32,35 @@ _GUARDED_METRICS = ("loss", "grad_norm", "d_loss", "g_loss", "d_grad_norm", "g_g
 
 
 class _TerminationRequest:
-    """Turns SIGTERM (preemption, `kill`) into a flag the loop checks between steps."""
+    """Turns SIGTERM (preemption, `kill`) into a step at which every process saves and stops.
 
-    def __init__(self):
+    One process: a Python handler sets a flag the loop checks between steps. Many processes:
+    SIGTERM may reach only some hosts, yet a checkpoint is written by all of them together,
+    so they must stop at the same step. jax.distributed's preemption service catches the
+    signal on any host and agrees on a step that all reach (`reached_sync_point`, orbax's
+    `CheckpointManager.reached_preemption`: a host-side check, well under a microsecond).
+    A Python handler would replace the service's, so none is installed then.
+    """
+
+    def __init__(self, reached_sync_point: Callable[[int], bool]):
         self.requested = False
+        self._reached_sync_point = reached_sync_point
+        self._many_processes = jax.process_count() > 1
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._many_processes and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def check(self, step: int) -> bool:
+        """Whether to save and stop after `step`; every process calls it once per step."""
+        if self._many_processes and not self.requested:
+            self.requested = self._reached_sync_point(step)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -71,7 +89,8 @@ class _MetricBuffer:
     def add(self, step: int, metrics: dict) -> None:
         self._pending.append((step, metrics))
 
-    def drain(self, last_good_step: int | None, checkpoint_dir: Path) -> dict[str, float]:
+    def drain(self, last_good_step: int | None,
+              checkpoint_dir: epath.Path) -> dict[str, float]:
         """Means since the last drain; raises if any guarded metric was not finite."""
         if not self._pending:
             return {}
@@ -99,13 +118,15 @@ def _global_batch(local: dict, batch_sharding) -> dict:
     }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+        devices=None) -> dict[str, Any]:
     """Trains until `config.training.n_iters` steps, resuming from `workdir` if it can.
 
-    Returns the last reported scalars plus `step`. Raises `UserError` subclasses for bad
-    input (config, data, workdir) and `NonFiniteLossError` if training diverges.
+    `workdir` is a local path or a bucket (`gs://...`) that every host sees. Returns the
+    last reported scalars plus `step`. Raises `UserError` subclasses for bad input (config,
+    data, workdir) and `NonFiniteLossError` if training diverges.
     """
-    workdir = Path(workdir)
+    workdir = paths.resolve(workdir)
     training = config.training
     is_chief = jax.process_index() == 0
     family = get_family(config)
@@ -143,6 +164,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
         if is_chief:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         logging.info("Starting from scratch in %s: %s", workdir, describe(config))
+    logging.info(
+        "Train state: %d parameters, %d devices (%d processes), mesh %s, %.2f MiB of "
+        "state per device", _count(state.params), mesh.size, jax.process_count(),
+        sharding.mesh_description(mesh), sharding.bytes_per_device(state) / 2**20,
+    )
     last_saved = start_step if start_step > 0 else None
 
     if start_step >= training.n_iters:
@@ -168,11 +194,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
     reported: dict[str, float] = {}
     step = start_step
     try:
-        with _TerminationRequest() as termination:
+        with _TerminationRequest(ckpt.reached_preemption) as termination:
             while step < training.n_iters:
                 batch = _global_batch(next(train_iter), batch_sharding)
                 state, step_metrics = train_step(state, batch)
                 step += 1
+                stopping = termination.check(step)
                 metrics.add(step, step_metrics)
                 monitor.advance()
                 if step == start_step + 1:
@@ -187,9 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
                         reported.update(monitor.write(step, sample_eval(state)))
                         monitor.reset_timer(step)  # steps/s measures training, not sampling
                 snapshot = step % training.snapshot_freq == 0 or last
-                if snapshot or step % training.snapshot_freq_for_preemption == 0 or (
-                    termination.requested
-                ):
+                if snapshot or step % training.snapshot_freq_for_preemption == 0 or stopping:
                     metrics.drain(last_saved, ckpt.directory)  # never save a diverged state
                     ckpt.save(step, state, train_iter.get_state())
                     last_saved = step
@@ -200,7 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None)
                                    is_chief)
                 if snapshot:
                     monitor.reset_timer(step)  # steps/s measures training, not sampling
-                if termination.requested:
+                if stopping:
                     logging.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
                     break
     finally:
@@ -225,7 +250,11 @@ def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict |
     return _global_batch(first, batch_sharding)
 
 
-def _write_samples(family, sampler, state, step: int, workdir: Path, monitor: Monitor,
+def _count(tree) -> int:
+    return sum(int(np.prod(getattr(leaf, "shape", ()))) for leaf in jax.tree.leaves(tree))
+
+
+def _write_samples(family, sampler, state, step: int, workdir: epath.Path, monitor: Monitor,
                    is_chief: bool) -> None:
     samples, nfe = sampler(family.sample_params(state), jax.random.PRNGKey(step))
     samples = jax.device_get(samples)

@@ -1,10 +1,11 @@
 """What a run shows: TensorBoard event files, a console progress bar, log lines.
 
-Only process 0 writes. Scalars are averaged over the steps since the last report.
+Only process 0 writes. Scalars are averaged over the steps since the last report. The
+workdir may be a bucket: tensorboardX writes `gs://` itself (with google-cloud-storage).
 """
 
+import os
 import time
-from pathlib import Path
 
 import numpy as np
 from absl import logging
@@ -15,11 +16,12 @@ from tqdm import tqdm
 class Monitor:
     """TensorBoard + tqdm + absl logging, with throughput figures."""
 
-    def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int,
+    def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int,
                  global_batch: int, enabled: bool = True):
         self.enabled = enabled
         self.global_batch = global_batch
-        self._writer = SummaryWriter(str(workdir), flush_secs=30) if enabled else None
+        # tensorboardX takes a string: a local folder or a gs:// / s3:// URL.
+        self._writer = SummaryWriter(os.fspath(workdir), flush_secs=30) if enabled else None
         # disable=None: a bar on a terminal, nothing in CI logs (the log lines carry it all).
         self._bar = tqdm(total=total_steps, initial=start_step, disable=None if enabled else True,
                          dynamic_ncols=True, unit="step")

@@ -27,7 +27,16 @@ def make_mesh(mesh_config: Sequence[tuple[str, int]], devices=None) -> Mesh:
     sizes = [int(size) for _, size in mesh_config]
     if sizes.count(-1) > 1:
         raise UserError("config.sharding.mesh: at most one axis size may be -1")
+    if any(s < 1 and s != -1 for s in sizes):
+        raise UserError(
+            f"config.sharding.mesh {tuple(mesh_config)}: axis sizes must be >= 1 or -1"
+        )
     known = int(np.prod([s for s in sizes if s != -1]))
+    if known > len(devices):
+        raise UserError(
+            f"config.sharding.mesh {tuple(mesh_config)} needs {known} devices, "
+            f"found {len(devices)}"
+        )
     if len(devices) % known:
         raise UserError(
             f"config.sharding.mesh {tuple(mesh_config)} does not divide {len(devices)} devices"
@@ -50,14 +59,42 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
     return NamedSharding(mesh, P())
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    """The global batch is split evenly over every device of the mesh, or refused."""
     if global_batch % mesh.size:
         raise UserError(
-            f"training.batch_size={global_batch} is not divisible by the {mesh.size} devices"
+            f"training.batch_size={global_batch} is not divisible by the {mesh.size} devices "
+            f"of config.sharding.mesh ({mesh_description(mesh)})"
         )
+
+
+def mesh_description(mesh: Mesh) -> str:
+    """'data=2 x fsdp=4': the mesh's axes and sizes, for logs and messages."""
+    return " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+
+
+def bytes_per_device(tree) -> int:
+    """Bytes of `tree`'s arrays that each device holds, from their shardings.
+
+    Leaves are `jax.Array`s or `ShapeDtypeStruct`s with a sharding; a leaf without one
+    (a NumPy array, say) counts in full. With the even shardings `tree_shardings` makes,
+    every device holds the same amount, so one shard per leaf tells it all.
+    """
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = tuple(getattr(leaf, "shape", ()))
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:  # a Python scalar
+            dtype = np.asarray(leaf).dtype
+        leaf_sharding = getattr(leaf, "sharding", None)
+        if leaf_sharding is not None:
+            shape = leaf_sharding.shard_shape(shape)
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return total
 
 
 def _path_str(path) -> str:
