@@ -1,7 +1,9 @@
 """Training objectives of score-based diffusion, written against any ``score_fn(x, t)``.
 
-Every loss draws its times and noise with ``jax.random`` on the whole (global) batch from
-one key, so the same key gives the same loss however the batch is sharded over devices.
+Every loss draws each example's time and noise from its own key, split from one key for
+the whole (global) batch: the same key gives the same loss however the batch is sharded over
+devices, and a batch cut into micro-batches (gradient accumulation) sees the same draws when
+each micro-batch is given its examples' keys (``key`` of shape (B, 2) instead of (2,)).
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ LossFn = Callable[[ScoreFn, Array, Array], Array]
 __all__ = ["DISCRETE_LOSSES", "OBJECTIVES", "get_loss_fn"]
 
 
+def example_keys(key: Array, batch_size: int) -> Array:
+    """One raw key per example, (B, 2); keys that already are per example pass through."""
+    return key if key.ndim == 2 else jax.random.split(key, batch_size)
+
+
+def _draws(key: Array, x: Array, first: Callable[[Array], Array]) -> tuple[Array, Array]:
+    """Per example: ``first(key)`` (its noise level) and standard normal noise of its shape."""
+    keys = jax.vmap(jax.random.split)(example_keys(key, x.shape[0]))
+    level = jax.vmap(first)(keys[:, 0])
+    z = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys[:, 1])
+    return level, z
+
+
 def _reducer(reduce_mean: bool) -> Callable[[Array], Array]:
     """Per-example reduction over every non-batch axis."""
     op = jnp.mean if reduce_mean else jnp.sum
@@ -33,9 +48,7 @@ def _continuous_loss(
     reduce = _reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
-        key_t, key_z = jax.random.split(key)
-        t = jax.random.uniform(key_t, x.shape[:1], x.dtype, minval=eps, maxval=sde.T)
-        z = jax.random.normal(key_z, x.shape, x.dtype)
+        t, z = _draws(key, x, lambda k: jax.random.uniform(k, (), x.dtype, eps, sde.T))
         mean, std = sde.marginal_prob(x, t)
         std_b = batch_broadcast(std, x)
         score = score_fn(mean + std_b * z, t)
@@ -69,10 +82,9 @@ def _edm_loss(
     sigma_lo, sigma_hi = (float(v) for v in edm.edm_sigma(sde, jnp.asarray([eps, sde.T])))
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
-        key_s, key_z = jax.random.split(key)
-        log_sigma = p_mean + p_std * jax.random.normal(key_s, x.shape[:1], x.dtype)
+        normal, z = _draws(key, x, lambda k: jax.random.normal(k, (), x.dtype))
+        log_sigma = p_mean + p_std * normal
         t = edm.sigma_to_t(sde, jnp.clip(jnp.exp(log_sigma), sigma_lo, sigma_hi))
-        z = jax.random.normal(key_z, x.shape, x.dtype)
         mean, std = sde.marginal_prob(x, t)
         std_b = batch_broadcast(std, x)
         score = score_fn(mean + std_b * z, t)
@@ -90,10 +102,8 @@ def _ddpm_loss(sde: VPSDE, *, reduce_mean: bool) -> LossFn:
     reduce = _reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
-        key_i, key_z = jax.random.split(key)
-        i = jax.random.randint(key_i, x.shape[:1], 0, sde.N)
+        i, z = _draws(key, x, lambda k: jax.random.randint(k, (), 0, sde.N))
         t = i.astype(x.dtype) / (sde.N - 1)
-        z = jax.random.normal(key_z, x.shape, x.dtype)
         scale = jnp.asarray(sde.sqrt_alphas_cumprod, x.dtype)[i]
         std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[i]
         x_t = batch_broadcast(scale, x) * x + batch_broadcast(std, x) * z
@@ -111,10 +121,8 @@ def _smld_loss(sde: VESDE, *, reduce_mean: bool) -> LossFn:
     reduce = _reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
-        key_i, key_z = jax.random.split(key)
-        i = jax.random.randint(key_i, x.shape[:1], 0, sde.N)
+        i, z = _draws(key, x, lambda k: jax.random.randint(k, (), 0, sde.N))
         t = i.astype(x.dtype) / (sde.N - 1)
-        z = jax.random.normal(key_z, x.shape, x.dtype)
         sigma = batch_broadcast(jnp.asarray(sde.discrete_sigmas, x.dtype)[i], x)
         score = score_fn(x + sigma * z, t)
         return jnp.mean(0.5 * reduce(jnp.square(score * sigma + z)))

@@ -9,6 +9,11 @@ interchangeable implementations over the *same* parameters:
   far better than its convolution emitter, so this wins on CPU.
 
 ``'auto'`` resolves through :func:`resolve_conv_impl` at construction time.
+
+Mixed precision: parameters are float32; a layer computes in the dtype of its *input*
+(its parameters are cast to it), so a network sets its compute dtype once by casting what
+it feeds its first layer (:func:`compute_dtype`). GroupNorm computes its statistics in
+float32 whatever the input.
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 # convolution, which maps onto their conv units without the 9x patch tensor.
 _AUTO_IMPL = {"cpu": "matmul"}
 _AUTO_DEFAULT = "xla"
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The activation dtype named by ``model.dtype`` ('float32' | 'bfloat16')."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {tuple(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -131,7 +146,7 @@ class Conv3x3(nnx.Module):
         self.bias = nnx.Param(const((out_ch,))) if use_bias else None
 
     def __call__(self, x: Array) -> Array:
-        kernel = self.kernel[...]
+        kernel = self.kernel[...].astype(x.dtype)
         if self.impl == "xla":
             y = jax.lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((1, 1), (1, 1)), dimension_numbers=_DIMS
@@ -139,7 +154,7 @@ class Conv3x3(nnx.Module):
         else:
             y = _conv3x3_matmul(x, kernel, self.stride)
         if self.bias is not None:
-            y = y + self.bias[...]
+            y = y + self.bias[...].astype(y.dtype)
         return y
 
 
@@ -175,14 +190,14 @@ class Conv1x1(nnx.Module):
         self.bias = nnx.Param(const((out_ch,)))
 
     def __call__(self, x: Array) -> Array:
-        kernel = self.kernel[...]
+        kernel = self.kernel[...].astype(x.dtype)
         if self.impl == "xla" and x.ndim == 4:
             y = jax.lax.conv_general_dilated(
                 x, kernel[None, None], (1, 1), "VALID", dimension_numbers=_DIMS
             )
         else:
             y = jnp.dot(x, kernel)
-        return y + self.bias[...]
+        return y + self.bias[...].astype(y.dtype)
 
 
 class Dense(Conv1x1):
@@ -208,7 +223,10 @@ def num_groups(channels: int) -> int:
 
 
 class GroupNorm(nnx.Module):
-    """Group normalisation over (H, W, channels-in-group) of NHWC input, eps 1e-6."""
+    """Group normalisation over (H, W, channels-in-group) of NHWC input, eps 1e-6.
+
+    Statistics and the affine map are computed in float32; the output has x's dtype.
+    """
 
     def __init__(self, channels: int, *, groups: int | None = None, eps: float = 1e-6):
         self.groups = num_groups(channels) if groups is None else groups
@@ -220,13 +238,14 @@ class GroupNorm(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         *lead, c = x.shape
-        xg = x.reshape(*lead, self.groups, c // self.groups)
+        xg = x.astype(jnp.float32).reshape(*lead, self.groups, c // self.groups)
         axes = (*range(1, len(lead)), len(lead) + 1)
         mean = jnp.mean(xg, axis=axes, keepdims=True)
         # Two-pass variance: E[x^2] - E[x]^2 loses precision on large-mean activations.
         var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
         xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
-        return xg.reshape(x.shape) * self.scale[...] + self.bias[...]
+        y = xg.reshape(x.shape) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
 
 
 def dropout(x: Array, rate: float, key: Array | None) -> Array:

@@ -10,6 +10,10 @@ pyramids. Differences from score_sde, all deliberate:
 * FIR resampling with a conv blurs first and then applies a plain 3x3 conv instead of a
   fused (transposed) strided conv, so every 3x3 conv goes through ``layers.Conv3x3``;
 * dropout is a pure function of the ``key`` argument (no RNG state in the module).
+
+``dtype`` is the compute dtype of the feature maps (float32 or bfloat16); the noise
+embedding, GroupNorm statistics, the attention softmax and the output stay float32.
+``remat='block'`` recomputes each residual and attention block in the backward pass.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from flax import nnx
 from networks.layers import (
     Conv1x1,
     Conv3x3,
+    compute_dtype,
     Dense,
     Downsample,
     Embed,
@@ -42,6 +47,7 @@ RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 COMBINE = ("sum", "cat")
+REMAT = ("none", "block")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -108,7 +114,7 @@ class ResBlock(nnx.Module):
         h = self._resample(h)
         x = self._resample(x)
         h = self.conv0(h)
-        h = h + self.temb_proj(temb_act)[:, None, None, :]
+        h = h + self.temb_proj(temb_act)[:, None, None, :].astype(h.dtype)
         h = jax.nn.silu(self.norm1(h))
         h = dropout(h, self.dropout, key)
         h = self.conv1(h)
@@ -140,7 +146,8 @@ class AttnBlock(nnx.Module):
         b, hgt, wid, c = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, hgt * wid, 3, c)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) * (c**-0.5), axis=-1)
+        logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c**-0.5)
+        w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = self.proj(jnp.einsum("bij,bjc->bic", w, v).reshape(x.shape))
         return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
@@ -216,9 +223,14 @@ class UNet(nnx.Module):
         progressive_input: str = "none",
         progressive_combine: str = "sum",
         conv_shortcut: bool = False,
+        dtype: str = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
         _check_choice("resblock_type", resblock_type, RESBLOCK_TYPES)
+        _check_choice("remat", remat, REMAT)
+        self.dtype = compute_dtype(dtype)
+        self.remat = remat
         _check_choice("progressive", progressive, PROGRESSIVE)
         _check_choice("progressive_input", progressive_input, PROGRESSIVE_INPUT)
         n_levels = len(ch_mult)
@@ -370,15 +382,30 @@ class UNet(nnx.Module):
         if use_dropout and key is None:
             raise ValueError("train=True with dropout > 0 needs a PRNG key (key=...)")
 
+        def run_block(b: ResBlock, h: Array, temb: Array, key: Array | None) -> Array:
+            return b(h, temb, key)
+
+        def run_attn(a: AttnBlock, h: Array) -> Array:
+            return a(h)
+
+        if self.remat == "block":
+            run_block, run_attn = nnx.remat(run_block), nnx.remat(run_attn)
+
         def block(b: ResBlock, h: Array) -> Array:
-            return b(h, temb, jax.random.fold_in(key, b.key_index) if use_dropout else None)
+            block_key = jax.random.fold_in(key, b.key_index) if use_dropout else None
+            return run_block(b, h, temb, block_key)
+
+        def attend(a: AttnBlock, h: Array) -> Array:
+            return run_attn(a, h)
+
+        x = x.astype(self.dtype)
 
         pyramid = x if self.progressive_input != "none" else None
         hs = [self.conv_in(x)]
         for level in self.down:
             for j, b in enumerate(level.blocks):
                 h = block(b, hs[-1])
-                hs.append(level.attns[j](h) if len(level.attns) else h)
+                hs.append(attend(level.attns[j], h) if len(level.attns) else h)
             if level.resample is None:
                 continue
             r = level.resample
@@ -392,14 +419,14 @@ class UNet(nnx.Module):
             hs.append(h)
 
         h = block(self.mid_block0, hs[-1])
-        h = block(self.mid_block1, self.mid_attn(h))
+        h = block(self.mid_block1, attend(self.mid_attn, h))
 
         pyramid = None
         for level in self.up:
             for b in level.blocks:
                 h = block(b, jnp.concatenate([h, hs.pop()], axis=-1))
             for a in level.attns:
-                h = a(h)
+                h = attend(a, h)
             if self.progressive == "output_skip":
                 out = level.pyramid_head(h)
                 pyramid = out if pyramid is None else level.pyramid_resample(pyramid) + out
@@ -413,7 +440,8 @@ class UNet(nnx.Module):
                 r = level.resample
                 h = block(r, h) if isinstance(r, ResBlock) else r(h)
 
-        return pyramid if self.head is None else self.head(h)
+        out = pyramid if self.head is None else self.head(h)
+        return out.astype(jnp.float32)
 
     def _merge(self, a: Array, b: Array) -> Array:
         return (a + b) / math.sqrt(2.0) if self.skip_rescale else a + b
@@ -444,5 +472,7 @@ def from_config(config: Any, rngs: nnx.Rngs) -> UNet:
         progressive_input=m.get("progressive_input", "none"),
         progressive_combine=m.get("progressive_combine", "sum"),
         conv_shortcut=m.get("conv_shortcut", False),
+        dtype=m.get("dtype", "float32"),
+        remat=m.get("remat", "none"),
         rngs=rngs,
     )

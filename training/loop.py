@@ -20,7 +20,7 @@ from etils import epath
 
 from data import pipeline
 from evaluation import runner
-from training import images, paths, sharding
+from training import accumulate, images, paths, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.errors import NonFiniteLossError
 from training.families import get_family
@@ -136,6 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         family.prepare_training()
     mesh = sharding.make_mesh(config.sharding.mesh, devices)
     sharding.check_batch_divisible(training.batch_size, mesh)
+    accumulate.check_accumulation(training.batch_size, training.grad_accum_steps, mesh.size)
     batch_sharding = sharding.batch_sharding(mesh)
 
     root_key = jax.random.PRNGKey(config.seed)
@@ -160,7 +161,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         logging.info("Resuming from checkpoint step %d in %s", start_step, ckpt.directory)
     else:
         start_step = 0
-        state = jax.jit(family.init_state, out_shardings=state_sh)(root_key)
+        # Built eagerly and then placed: compiling the initialisers of a large network as
+        # one program costs more than running them (CIFAR-10 DDPM++: 20 s against 3 s).
+        state = sharding.place(family.init_state(root_key), state_sh)
         if is_chief:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         logging.info("Starting from scratch in %s: %s", workdir, describe(config))

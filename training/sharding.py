@@ -137,3 +137,19 @@ def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, str]]):
         return NamedSharding(mesh, P())
 
     return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def place(tree, shardings):
+    """`tree`'s values (host or device arrays, the same in every process) as global arrays
+    laid out by `shardings` (a matching tree of NamedShardings).
+
+    Each device receives only its own slice, so an FSDP-sharded state is never gathered
+    whole on one device, and it works unchanged on many hosts.
+    """
+
+    def put(value, leaf_sharding):
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, leaf_sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+

@@ -4,6 +4,7 @@ from typing import Any
 
 import flax
 import jax
+import optax
 
 
 @flax.struct.dataclass
@@ -27,6 +28,15 @@ class TrainState:
 def ema_update(ema: Any, params: Any, rate: float | jax.Array) -> Any:
     """ema <- rate * ema + (1 - rate) * params, leaf by leaf."""
     return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
+                    ema_rate: float) -> TrainState:
+    """One optimizer update of `state.params` by `grads`, its EMA, and the step count."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema_update(state.ema_params, params, ema_rate))
 
 
 def single_network_state(key: jax.Array, init_params, tx) -> TrainState:

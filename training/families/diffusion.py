@@ -18,10 +18,10 @@ from flax import nnx
 import networks
 from data import pipeline
 from diffusion import likelihood, losses, sampling, score, sde_lib
-from training import optim
+from training import accumulate, optim
 from training.errors import UserError
 from training.families import clusters, common
-from training.state import TrainState, ema_update, single_network_state
+from training.state import TrainState, apply_gradients, single_network_state
 
 TASKS = ("sample", "inpaint", "colorize", "sdedit")
 
@@ -59,6 +59,8 @@ class DiffusionFamily:
         self.clusters = clusters.from_config(config, num_classes=self.num_classes,
                                              training_data=self._cluster_data(config))
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
+        self.accum_steps = config.training.grad_accum_steps
+        accumulate.check_accumulation(config.training.batch_size, self.accum_steps)
         try:
             self.loss_fn = losses.get_loss_fn(
                 self.sde,
@@ -194,21 +196,23 @@ class DiffusionFamily:
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(state.rng, state.step)
         dropout_key, loss_key = jax.random.split(step_key)
+        images = batch["image"]
+        # Labels (class dropout) and the loss's per-example keys are drawn for the whole
+        # batch, so micro-batches see the draws of the full batch.
+        inputs = {"image": images,
+                  "key": losses.example_keys(loss_key, images.shape[0])}
         labels = self.training_labels(jax.random.fold_in(step_key, 2), batch)
+        if labels is not None:
+            inputs["label"] = labels
 
-        def loss_of(params):
-            score_fn = self.score_fn(params, train=True, key=dropout_key, labels=labels)
-            return self.loss_fn(score_fn, loss_key, batch["image"])
+        def objective(params, micro, index):
+            key = dropout_key if self.accum_steps == 1 else jax.random.fold_in(dropout_key, index)
+            score_fn = self.score_fn(params, train=True, key=key, labels=micro.get("label"))
+            return self.loss_fn(score_fn, micro["key"], micro["image"]), ()
 
-        loss, grads = jax.value_and_grad(loss_of)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            ema_params=ema_update(state.ema_params, params, self.config.model.ema_rate),
-        )
+        (loss, _), grads = accumulate.value_and_grad(objective, state.params, inputs,
+                                                     self.accum_steps)
+        new_state = apply_gradients(state, grads, self.tx, self.config.model.ema_rate)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),

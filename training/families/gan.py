@@ -83,6 +83,11 @@ class GANFamily:
             raise UserError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
         n_iters = config.training.n_iters
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, n_iters)
+        if config.training.grad_accum_steps != 1:
+            raise UserError(
+                f"training.grad_accum_steps={config.training.grad_accum_steps} is not available "
+                "for model.family='gan': its two networks update in turn on each batch"
+            )
         d_optim = config.optim.copy_and_resolve_references()
         if cfg.d_lr is not None:
             d_optim.lr = float(cfg.d_lr)

@@ -25,9 +25,9 @@ from data import pipeline
 from diffusion import sde_lib
 from diffusion.sde_lib import batch_broadcast
 from networks import noise_classifier
-from training import optim
+from training import accumulate, optim
 from training.errors import UserError
-from training.state import TrainState, ema_update, single_network_state
+from training.state import TrainState, apply_gradients, single_network_state
 
 # Smallest training time: the marginal is still well conditioned in float32 (as the losses).
 TRAIN_EPS = 1e-5
@@ -90,6 +90,8 @@ class NoiseClassifierFamily:
             self.num_classes = 0
         self.sde = sde_lib.get_sde(config)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
+        self.accum_steps = config.training.grad_accum_steps
+        accumulate.check_accumulation(config.training.batch_size, self.accum_steps)
         try:
             model = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
         except ValueError as err:
@@ -215,17 +217,17 @@ class NoiseClassifierFamily:
         step_key = jax.random.fold_in(state.rng, state.step)
         dropout_key, noise_key = jax.random.split(step_key)
 
-        def loss_of(params):
-            return self._loss(self.logits_fn(params, train=True, key=dropout_key), noise_key,
-                              batch)
+        def objective(params, micro, index):
+            # Dropout and noise are drawn per micro-batch (folds of the step's keys).
+            fold = (lambda k: k) if self.accum_steps == 1 else (
+                lambda k: jax.random.fold_in(k, index))
+            logits_fn = self.logits_fn(params, train=True, key=fold(dropout_key))
+            return self._loss(logits_fn, fold(noise_key), micro)
 
-        (loss, accuracy), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state,
-            ema_params=ema_update(state.ema_params, params, self.config.model.ema_rate),
-        )
+        inputs = {k: batch[k] for k in ("image", "label") if k in batch}
+        (loss, accuracy), grads = accumulate.value_and_grad(objective, state.params, inputs,
+                                                            self.accum_steps)
+        new_state = apply_gradients(state, grads, self.tx, self.config.model.ema_rate)
         return new_state, {"loss": loss, "accuracy": accuracy,
                            "grad_norm": optax.tree.norm(grads), "lr": self.lr_schedule(state.step)}
 

@@ -21,10 +21,10 @@ from flax import nnx
 
 from data import pipeline
 from networks import vae as vae_networks
-from training import optim
+from training import accumulate, optim
 from training.errors import UserError
 from training.families import common
-from training.state import TrainState, ema_update, single_network_state
+from training.state import TrainState, apply_gradients, single_network_state
 from vae import elbo, likelihoods
 
 NETWORKS = ("conv_vae",)
@@ -63,6 +63,8 @@ class VAEFamily:
             if not cfg[name] >= low:
                 raise UserError(f"config.vae.{name} must be >= {low}, got {cfg[name]}")
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
+        self.accum_steps = config.training.grad_accum_steps
+        accumulate.check_accumulation(config.training.batch_size, self.accum_steps)
         try:
             model = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
         except ValueError as err:
@@ -136,20 +138,19 @@ class VAEFamily:
         key = jax.random.fold_in(state.rng, state.step)
         weight = elbo.kl_weight(state.step, cfg.beta, cfg.kl_warmup_steps)
 
-        def objective(params):
-            terms = elbo.elbo_terms(key, self.encode_fn(params, train=True),
-                                    self.decode_log_prob_fn(params, train=True), batch["image"])
+        def objective(params, micro, index):
+            # Posterior samples are drawn per micro-batch (a fold of the step's key).
+            micro_key = key if self.accum_steps == 1 else jax.random.fold_in(key, index)
+            terms = elbo.elbo_terms(micro_key, self.encode_fn(params, train=True),
+                                    self.decode_log_prob_fn(params, train=True), micro["image"])
             kl_used = (elbo.free_bits_kl(terms["kl_per_dim"], cfg.free_bits)
                        if cfg.free_bits > 0 else terms["kl"])
             loss = jnp.mean(weight * kl_used - terms["log_px"])
             return loss, terms
 
-        (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state,
-            ema_params=ema_update(state.ema_params, params, self.config.model.ema_rate))
+        (loss, terms), grads = accumulate.value_and_grad(
+            objective, state.params, {"image": batch["image"]}, self.accum_steps)
+        new_state = apply_gradients(state, grads, self.tx, self.config.model.ema_rate)
         metrics = {
             "loss": loss,
             **self._elbo_metrics(terms["elbo"]),
