@@ -7,10 +7,15 @@ writes metrics.json (default WORKDIR/metrics.json) with every setting that decid
 numbers. Without --samples it draws --num_samples samples from the latest checkpoint.
 2-D toy data gets the same sample metrics on its coordinates and nll (nats per point)
 beside the true density's in place of bits/dim (evaluation/points.py).
+
+Samples are drawn on the mesh of `config.sharding.mesh` with the train state's shardings.
+A multi-host job passes the flags train.py takes (--coordinator_address, --num_processes,
+--process_id, or --multihost); every process evaluates and process 0 writes the report.
 """
 
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -38,6 +43,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.maybe_initialize_distributed()
     config = _CONFIG.value
     which = runner.parse_metrics(_METRICS.value or config.eval.metrics)
     if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
@@ -53,6 +59,8 @@ def main(argv: list[str]) -> None:
                              num_samples=_NUM_SAMPLES.value,
                              inception_weights=_INCEPTION.value or "",
                              checkpoint_step=_CHECKPOINT_STEP.value)
+    if jax.process_index() != 0:  # every process computed the same report; one writes it
+        return
     runner.write_json(report, out)
     print(runner.format_table(report))
     logging.info("Wrote %s", out)

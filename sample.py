@@ -19,6 +19,11 @@ Controllable generation:
   `--image in.png --mask mask.png` (inpainting: white = known, black = fill),
   `--image gray.png --colorize` (RGB models), `--image in.png --edit_strength S` (SDEdit).
 The .npz records what was done; `labels` holds the requested classes.
+
+Sampling runs on the mesh of `config.sharding.mesh` with the train state's shardings, each
+batch split over the devices (the same samples for a seed whatever the device count). A
+multi-host job passes the flags train.py takes (--coordinator_address, --num_processes,
+--process_id, or --multihost); every process samples and process 0 writes the files.
 """
 
 from pathlib import Path
@@ -136,13 +141,15 @@ def _check_autoguide() -> None:
         raise UserError(f"--autoguide_step must be >= 0, got {_AUTOGUIDE_STEP.value}")
 
 
-def _restore_guide(inference, config, model_step: int, record: dict):
-    """The autoguide's (family, state), or None; its provenance goes into `record`."""
+def _restore_guide(inference, config, model_step: int, record: dict, mesh):
+    """The autoguide's (family, state) on the model's `mesh`, or None; its provenance goes
+    into `record`."""
     if not _autoguided():
         return None
     workdir = _AUTOGUIDE_WORKDIR.value or _WORKDIR.value
     family, state, step = inference.restore_guide(
-        config, _AUTOGUIDE_CONFIG.value or config, workdir, step=_AUTOGUIDE_STEP.value)
+        config, _AUTOGUIDE_CONFIG.value or config, workdir, step=_AUTOGUIDE_STEP.value,
+        mesh=mesh)
     if Path(workdir).resolve() == Path(_WORKDIR.value).resolve() and step == model_step:
         raise UserError(f"the autoguide is the model itself (step {step} of {workdir}): pass "
                         "an earlier --autoguide_step or another --autoguide_workdir")
@@ -215,22 +222,27 @@ def _sampler_name(config, task: str) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.maybe_initialize_distributed()
     out, task = _check_flags()
     config = _CONFIG.value
     arrays, record = _inputs(config, task)
-    from training import inference  # jax: after the checks, so that bad input fails at once
+    import jax  # after the checks, so that bad input fails at once
+
+    from training import inference
 
     family, state, step = inference.restore_latest(config, _WORKDIR.value,
                                                    step=_CHECKPOINT_STEP.value)
+    # The classifier and the autoguide are placed on the model's mesh, to run beside it.
+    mesh = inference.mesh_of(state)
     classifier = None
     if _CLASSIFIER_WORKDIR.value is not None:
         cls_family, cls_state, cls_step = inference.restore_classifier(
-            config, _CLASSIFIER_CONFIG.value, _CLASSIFIER_WORKDIR.value)
+            config, _CLASSIFIER_CONFIG.value, _CLASSIFIER_WORKDIR.value, mesh=mesh)
         classifier = (cls_family, cls_state)
         record.update(classifier_workdir=np.str_(_CLASSIFIER_WORKDIR.value),
                       classifier_step=np.int64(cls_step),
                       classifier_scale=np.float64(_classifier_scale()))
-    guide = _restore_guide(inference, config, step, record)
+    guide = _restore_guide(inference, config, step, record, mesh)
     generate = inference.make_generator(
         family, _NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value, sampler=_SAMPLER.value,
         steps=_STEPS.value, use_ema=_USE_EMA.value, class_label=_CLASS_LABEL.value,
@@ -262,6 +274,8 @@ def main(argv: list[str]) -> None:
             config.sampling.guidance_scale if _GUIDANCE.value is None else _GUIDANCE.value)
     if generate.labels is not None:
         provenance["labels"] = generate.labels.astype(np.int32)
+    if jax.process_index() != 0:  # every process holds all the samples; one writes them
+        return
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.npz")

@@ -288,14 +288,15 @@ def check_sample_count(which: tuple[str, ...], n_fake: int, evaluator: Any) -> N
 
 def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
              samples_path: str | None = None, num_samples: int | None = None,
-             inception_weights: str = "", checkpoint_step: int | None = None
-             ) -> dict[str, Any]:
+             inception_weights: str = "", checkpoint_step: int | None = None,
+             devices: Any = None) -> dict[str, Any]:
     """The full report: metrics of the model's samples, the real-data floor, bits/dim
     (for 2-D points: nll, beside the true density's).
 
     Samples come from `samples_path` or are drawn from the workdir's latest checkpoint (or
-    the one at `checkpoint_step`; EMA weights, the config's sampler). Raises UserError on
-    bad input before any work.
+    the one at `checkpoint_step`; EMA weights, the config's sampler), restored onto the
+    mesh of `config.sharding.mesh` over `devices` (default: all) as training places it.
+    Raises UserError on bad input before any work.
     """
     from training import inference
 
@@ -322,7 +323,8 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
         raise UserError("a checkpoint step was given, but nothing here reads a checkpoint: "
                         "the samples come from a file and no likelihood metric is asked for")
     if restores:
-        family, state, step = inference.restore_latest(config, workdir, step=checkpoint_step)
+        family, state, step = inference.restore_latest(config, workdir, step=checkpoint_step,
+                                                       devices=devices)
     if likelihood_metric:
         make_log_likelihood, measure_likelihood, likelihood_floor = likelihood_functions(config)
         # A family without a likelihood of the data is refused here, before any sampling.

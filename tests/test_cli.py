@@ -235,3 +235,34 @@ def test_bad_input_image_is_one_line_and_writes_nothing(trained, tmp_path, flags
     assert proc.returncode == 1
     assert message in _error_line(proc)
     assert not out.parent.exists()
+
+
+def test_two_processes_sample_like_one_and_only_process_zero_writes(trained, tmp_path):
+    """sample.py in a multi-host job (2 processes x 2 CPU devices, a batch of 5 padded to 8
+    over the 4 devices): the samples of one process on one device, written once."""
+    flags = [f"--config={TINY}", f"--workdir={trained}", "--num_samples=5", "--steps=2",
+             "--seed=1"]
+    single = _run("sample.py", *flags, f"--out={tmp_path / 'single.npz'}")
+    assert single.returncode == 0, single.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = _env()
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    out = tmp_path / "multi" / "samples.npz"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "sample.py"), *flags, f"--out={out}",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}"],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=400)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert sorted(p.name for p in out.parent.iterdir()) == ["samples.npz", "samples.png"]
+    assert "Wrote 5 samples" in logs[0] and "Wrote" not in logs[1]
+    multi, one = np.load(out)["images"], np.load(tmp_path / "single.npz")["images"]
+    assert multi.shape == one.shape == (5, 8, 8, 1)
+    assert np.abs(multi.astype(int) - one.astype(int)).max() <= 1

@@ -1,12 +1,26 @@
 """Loading a trained run for sampling and evaluation, and drawing samples from it (also
-class-conditionally, guided, or from an input image: inpainting, colorization, SDEdit)."""
+class-conditionally, guided, or from an input image: inpainting, colorization, SDEdit).
+
+Sampling uses training's mesh and shardings: a run is restored onto the mesh of
+`config.sharding.mesh` with the train state's shardings (parameters replicated or
+FSDP-sharded by `config.sharding.rules`), and each sampler call splits its batch over the
+mesh's batch axes. A batch's noise is drawn from one key for the whole batch inside the
+sharded program; with `jax_threefry_partitionable` (jax's default) random values do not
+depend on how the program is partitioned, and the leading rows of a larger draw are those
+of a smaller one, so a batch padded to a multiple of the device count (the extra rows
+dropped) gives the samples of one device, whatever the device count.
+"""
 
 import math
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
 from training import images, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
@@ -23,17 +37,29 @@ _SDE_PARAMETERS = {"vpsde": ("model.beta_min", "model.beta_max"),
                    "vesde": ("model.sigma_min", "model.sigma_max")}
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
-                   step: int | None = None):
-    """Returns (family, state, step) from the newest checkpoint (or the one at `step`),
-    placed on one device.
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
+    """The mesh of `config.sharding.mesh` over `devices` (default: every device of every
+    process), as training builds it."""
+    return sharding.make_mesh(config.sharding.mesh, devices)
 
-    Raises CheckpointError if the workdir has no checkpoint (at `step`) or one of another
-    config.
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
+                   step: int | None = None, *, devices=None, mesh: Mesh | None = None):
+    """Returns (family, state, step) from the newest checkpoint (or the one at `step`),
+    placed as training places it: on `mesh` (default: `config.sharding.mesh` over
+    `devices`, default all devices) with `config.sharding.rules`.
+
+    A checkpoint restores onto any mesh, whatever the mesh that wrote it. Raises
+    CheckpointError if the workdir has no checkpoint (at `step`) or one of another config,
+    UserError if the config's mesh does not fit the devices.
     """
+    from training import loop  # loop imports the evaluation runner, which imports us
+
     checkpoints = Path(workdir) / "checkpoints"
     if not checkpoints.is_dir():
         raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+    if mesh is None:
+        mesh = make_mesh(config, devices)
     family = get_family(config)
     ckpt = Checkpointer(workdir, config)
     try:
@@ -44,13 +70,95 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
         elif step not in (saved := ckpt.all_steps()):
             raise CheckpointError(f"no checkpoint at step {step} in {workdir} (it has "
                                   f"{saved or 'none'})")
-        mesh = sharding.make_mesh((("data", 1), ("fsdp", 1)), jax.devices()[:1])
         abstract: TrainState = jax.eval_shape(family.init_state, jax.random.PRNGKey(0))
-        placed = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+        placed = loop.state_shardings(abstract, mesh, config.sharding.rules)
         state, _ = ckpt.restore(step, abstract_with_shardings(abstract, placed))
     finally:
         ckpt.close()
     return family, state, step
+
+
+def mesh_of(tree: Any) -> Mesh | None:
+    """The mesh the arrays of `tree` are placed on (that of the first NamedSharding among
+    its leaves), or None if none is placed on a mesh."""
+    for leaf in jax.tree.leaves(tree):
+        placed = getattr(leaf, "sharding", None)
+        if isinstance(placed, NamedSharding):
+            return placed.mesh
+    return None
+
+
+def padded_batch(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the mesh's device count."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) global array as numpy, on every process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _replicate(value, mesh: Mesh | None):
+    """Host value -> replicated on `mesh` (each process puts the same value), so that the
+    sampler's inputs never sit on one process's device only."""
+    if value is None or mesh is None:
+        return value
+    return jax.device_put(np.asarray(value), sharding.replicated(mesh))
+
+
+class BatchSampler:
+    """One compiled sampler call of `batch_size` samples, split over the batch axes of
+    `mesh` (padded to a multiple of its devices; the extra rows are drawn and dropped).
+
+    `sampler(params, key, classifier_params=None, image=None, mask=None, guide_params=None)
+    -> (x, nfe)`: `x` the padded batch as a global array sharded over the batch axes (its
+    first `batch_size` rows are the samples, the same whatever the device count), `nfe`
+    replicated. `params` (and the classifier's and guide's) must already be on `mesh`, as
+    `restore_latest` places them; `key` is a raw uint32 key (`jax.random.PRNGKey`).
+    `labels` ((batch_size,) int, or None) and `options` (`make_sampler`'s) are fixed.
+    """
+
+    def __init__(self, family, batch_size: int, mesh: Mesh, *,
+                 labels: np.ndarray | None = None, **options):
+        self.batch_size = batch_size
+        self.padded_size = padded_batch(batch_size, mesh)
+        self.mesh = mesh
+        sample = family.make_sampler(self.padded_size, **options)
+        if labels is not None:
+            # Valid classes for the padding rows, whose samples are dropped.
+            labels = np.resize(np.asarray(labels, np.int32), self.padded_size)
+
+        # The family's sampler is jitted within: this outer jit only fixes where its output
+        # lives, and XLA propagates the batch sharding back through the whole sampler loop.
+        def draw(params, key, classifier_params, guide_params, image, mask):
+            return sample(params, key, labels, classifier_params, image, mask, guide_params)
+
+        self._jitted = jax.jit(draw, out_shardings=(sharding.batch_sharding(mesh),
+                                                    sharding.replicated(mesh)))
+
+    def _args(self, params, key, classifier_params, image, mask, guide_params) -> tuple:
+        put = lambda value: _replicate(value, self.mesh)
+        return params, put(key), classifier_params, guide_params, put(image), put(mask)
+
+    def compile(self, params, key, classifier_params=None, image=None, mask=None,
+                guide_params=None):
+        """Compiles ahead of time for these arguments (to time compilation alone); returns
+        a callable like this sampler that runs the compiled program."""
+        compiled = self._jitted.lower(*self._args(params, key, classifier_params, image, mask,
+                                                  guide_params)).compile()
+
+        def run(params, key, classifier_params=None, image=None, mask=None, guide_params=None):
+            return compiled(*self._args(params, key, classifier_params, image, mask,
+                                        guide_params))
+
+        return run
+
+    def __call__(self, params, key, classifier_params=None, image=None, mask=None,
+                 guide_params=None) -> tuple[jax.Array, jax.Array]:
+        return self._jitted(*self._args(params, key, classifier_params, image, mask,
+                                        guide_params))
 
 
 def make_generator(
@@ -78,14 +186,25 @@ def make_generator(
     Batch `i` uses `fold_in(PRNGKey(seed), i)`, so a seed gives the same samples whatever
     the caller. `generate` raises UserError if the sampler produces non-finite values.
 
+    A state placed on a mesh (`restore_latest`, the training loop) is sampled on it: each
+    batch split over the mesh's batch axes (padded to a multiple of its devices, the extra
+    samples dropped), giving the samples of one device for the same seed whatever the
+    device count (fixed-step samplers exactly, up to float rounding; an adaptive ODE
+    solver steps by the error of the whole batch, padding included, so its samples agree
+    to its tolerance). Exception: a class-conditional batch's labels are constants of the
+    compiled sampler, so when they differ between batches (0..K-1 cycling with a batch
+    size not a multiple of K) each batch runs unsplit, on every device of the mesh.
+
     Class-conditional models, and any model guided by a `classifier` (a
     `(noise_classifier family, its state)` pair from `restore_latest`), sample the
     classes `generate.labels` (int32 (num,)): `class_label` for all, or None for
     0, 1, ..., K-1 cycling; for other models `generate.labels` is None. `guidance_scale`,
     `classifier_scale`, `task`, `image` and `mask` (data space, one image for every sample)
     and `edit_strength` are those of the family's `make_sampler`. `guide` (a `(family,
-    state)` pair from `restore_guide`) autoguides the model with weight `guide_scale`. Bad
-    requests raise UserError here, before any compile.
+    state)` pair from `restore_guide`) autoguides the model with weight `guide_scale`; the
+    classifier's and guide's states must be on the model's mesh (pass `mesh=` to
+    `restore_classifier` / `restore_guide`). Bad requests raise UserError here, before any
+    compile.
     """
     if num <= 0:
         raise UserError(f"the number of samples must be positive, got {num}")
@@ -97,12 +216,15 @@ def make_generator(
         raise UserError("a class label needs a label classifier; this one is a discriminator "
                         "(classifier.objective='discriminator'), which guides towards the "
                         "data without labels")
-    sample = family.make_sampler(
-        batch_size, name=sampler, steps=steps, guidance_scale=guidance_scale,
+    options = dict(
+        name=sampler, steps=steps, guidance_scale=guidance_scale,
         classifier=classifier_family, classifier_scale=classifier_scale, task=task,
         edit_strength=edit_strength, guide=None if guide is None else guide[0],
         guide_scale=guide_scale,
     )
+    # Built here for its checks (bad requests fail before any compile); it also serves
+    # states on no mesh and batches whose labels differ.
+    sample = family.make_sampler(batch_size, **options)
     num_batches = math.ceil(num / batch_size)
     label_classes = getattr(family, "num_classes", 0) or getattr(classifier_family,
                                                                   "num_classes", 0)
@@ -112,20 +234,40 @@ def make_generator(
         labels = family.sample_labels(
             class_label, num_batches * batch_size, label_classes
         )
+    batch_labels = [None if labels is None else labels[i * batch_size:(i + 1) * batch_size]
+                    for i in range(num_batches)]
+    same_labels = all(labels is None or np.array_equal(b, batch_labels[0])
+                      for b in batch_labels)
     classifier_params = (None if classifier is None
                          else classifier_family.sample_params(classifier_state))
     # The guide samples with its EMA weights (or raw ones) as the model does.
     guide_params = None if guide is None else guide[0].sample_params(guide[1], use_ema=use_ema)
+    sharded: dict[Mesh, BatchSampler] = {}
+    unsplit: list[Mesh] = []  # said once that batches run unsplit
 
     def generate(state: TrainState, seed: int = 0) -> tuple[np.ndarray, int]:
         params = family.sample_params(state, use_ema=use_ema)
+        mesh = mesh_of(params)
+        if mesh is not None and same_labels and mesh not in sharded:
+            sharded[mesh] = BatchSampler(family, batch_size, mesh, labels=batch_labels[0],
+                                         **options)
+        elif mesh is not None and not same_labels and mesh.size > 1 and not unsplit:
+            unsplit.append(mesh)
+            logging.info("The class labels differ between batches of %d: each batch runs "
+                         "unsplit on the %d devices (a batch size that is a multiple of the "
+                         "%d classes splits it)", batch_size, mesh.size, label_classes)
         key = jax.random.PRNGKey(seed)
         chunks, nfe = [], 0
         for i in range(num_batches):
-            batch_labels = None if labels is None else labels[i * batch_size:(i + 1) * batch_size]
-            x, nfe = sample(params, jax.random.fold_in(key, i), batch_labels,
-                            classifier_params, image, mask, guide_params)
-            x = np.asarray(jax.device_get(x))
+            batch_key = np.asarray(jax.random.fold_in(key, i))
+            if mesh is not None and same_labels:
+                x, nfe = sharded[mesh](params, batch_key, classifier_params, image, mask,
+                                       guide_params)
+            else:
+                x, nfe = sample(params, _replicate(batch_key, mesh), batch_labels[i],
+                                classifier_params, _replicate(image, mesh),
+                                _replicate(mask, mesh), guide_params)
+            x = to_host(x)[:batch_size]
             if not np.isfinite(x).all():
                 raise UserError("the sampler produced non-finite values; nothing was written")
             chunks.append(images.to_uint8(x) if family.is_image_data else x.astype(np.float32))
@@ -156,10 +298,11 @@ def _differing(keys: tuple[str, ...], theirs: ml_collections.ConfigDict,
 
 def restore_guide(model_config: ml_collections.ConfigDict,
                   guide_config: ml_collections.ConfigDict, workdir: str | Path,
-                  step: int | None = None):
+                  step: int | None = None, *, mesh: Mesh | None = None):
     """(family, state, step) of the autoguide in `workdir` (at `step`, else its newest
     checkpoint): a weaker diffusion model of the model's data and SDE, checked against
-    the model (UserError naming what differs)."""
+    the model (UserError naming what differs). `mesh`: the model's, to sample beside it
+    (default: the guide config's mesh over all devices)."""
     if guide_config.model.family != model_config.model.family:
         raise UserError(f"the autoguide config is of model.family="
                         f"{guide_config.model.family!r}, the model's "
@@ -175,13 +318,15 @@ def restore_guide(model_config: ml_collections.ConfigDict,
     if diffs:
         raise UserError("the autoguide was trained on other data or another SDE than the "
                         "model (guide vs model: " + "; ".join(diffs) + ")")
-    return restore_latest(guide_config, workdir, step=step)
+    return restore_latest(guide_config, workdir, step=step, mesh=mesh)
 
 
 def restore_classifier(model_config: ml_collections.ConfigDict,
-                       classifier_config: ml_collections.ConfigDict, workdir: str | Path):
+                       classifier_config: ml_collections.ConfigDict, workdir: str | Path,
+                       *, mesh: Mesh | None = None):
     """(family, state, step) of the noise classifier in `workdir`, checked against the
-    model it is to guide (UserError naming what differs)."""
+    model it is to guide (UserError naming what differs). `mesh`: the model's, to sample
+    beside it (default: the classifier config's mesh over all devices)."""
     if classifier_config.model.family != "noise_classifier":
         raise UserError(f"the classifier config is of model.family="
                         f"{classifier_config.model.family!r}, not 'noise_classifier'")
@@ -190,5 +335,5 @@ def restore_classifier(model_config: ml_collections.ConfigDict,
     if diffs:
         raise UserError("the classifier was trained on other data or another SDE than the "
                         "model (classifier vs model: " + "; ".join(diffs) + ")")
-    return restore_latest(classifier_config, workdir)
+    return restore_latest(classifier_config, workdir, mesh=mesh)
 
