@@ -2,6 +2,12 @@
 
 Every score network is called as
 ``model(x, c_noise, *, train=False, key=None, class_labels=None) -> array of x's shape``.
+
+Precision and memory, for every network in the zoo (score networks, GANs, the VAE, the
+noise classifier): ``model.dtype`` (:data:`DTYPES`) is the compute dtype of the feature
+maps (parameters stay float32, outputs leave as float32); ``model.remat``
+(:data:`REMAT_MODES`) 'block' recomputes each residual/attention block in the backward
+pass, which only the networks in :data:`REMAT_NETWORKS` have.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import jax
 from flax import nnx
 
 from networks import mlp, unet
+from networks.layers import DTYPES
 
 Builder = Callable[[Any, nnx.Rngs], nnx.Module]
 
@@ -22,6 +29,15 @@ MODELS: dict[str, Builder] = {
     "ncsnpp": unet.from_config,
     "mlp": mlp.from_config,
 }
+
+# The values of model.remat; 'block' wraps each residual/attention block in nnx.remat.
+REMAT_MODES: tuple[str, ...] = unet.REMAT
+# The networks (model.name, every family) built of residual blocks that model.remat='block'
+# rematerialises. The others (DCGAN's plain conv stacks, the toy MLP) have no block to
+# wrap, so the setting is refused for them rather than silently ignored.
+REMAT_NETWORKS: frozenset[str] = frozenset(
+    {"ddpmpp", "ncsnpp", "resnet", "conv_vae", "noise_cnn"}
+)
 
 
 def get_model(config: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -37,4 +53,4 @@ def param_count(model: nnx.Module) -> int:
     return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["MODELS", "get_model", "param_count"]
+__all__ = ["DTYPES", "MODELS", "REMAT_MODES", "REMAT_NETWORKS", "get_model", "param_count"]

@@ -19,6 +19,12 @@ G normalises with GroupNorm, not batch norm: batch norm needs running statistics
 updated by every train step and swapped in at sampling), makes one sample's output depend
 on the rest of its batch, and under data parallelism needs a cross-device reduction.
 GroupNorm is per sample, so G is a pure function of its parameters.
+
+Precision: ``dtype`` ('float32' | 'bfloat16') is the compute dtype of the feature maps;
+parameters, spectral norm's power iteration and sigma stay float32, GroupNorm statistics
+are float32, G's images and D's logits leave as float32 (D's projection head runs in
+float32: it is a few dot products). ``remat='block'`` (ResNet pair only: DCGAN has no
+blocks) recomputes each GBlock / DBlock in the backward pass.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ from networks.layers import (
     Embed,
     GroupNorm,
     Upsample,
+    compute_dtype,
     downsample_2d,
     upsample_2d,
 )
 from networks.spectral_norm import NetState, SpectralNorm
+from networks.unet import REMAT
 
 Array = jax.Array
 
@@ -69,6 +77,11 @@ def _check_labels(num_classes: int, class_labels: Array | None, batch: int) -> N
         raise ValueError(f"class_labels must have shape ({batch},), got {jnp.shape(class_labels)}")
 
 
+def _check_remat(remat: str) -> None:
+    if remat not in REMAT:
+        raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
+
+
 def _maybe_sn(layer: Any, enabled: bool, rngs: nnx.Rngs) -> Any:
     return SpectralNorm(layer, rngs=rngs) if enabled else layer
 
@@ -95,7 +108,8 @@ class LatentInput(nnx.Module):
             raise ValueError(f"expected z of shape (B, {self.latent_dim}), got {z.shape}")
         _check_labels(self.num_classes, class_labels, z.shape[0])
         if self.label_embed is not None:
-            z = jnp.concatenate([z, self.label_embed(class_labels)], axis=-1)
+            # The table is float32; it meets z in z's (compute) dtype.
+            z = jnp.concatenate([z, self.label_embed(class_labels).astype(z.dtype)], axis=-1)
         return self.dense(z).reshape(z.shape[0], 4, 4, self.channels)
 
 
@@ -112,7 +126,9 @@ class ProjectionHead(nnx.Module):
         )
 
     def __call__(self, phi: Array, class_labels: Array | None, *, train: bool) -> Array:
+        """Float32 logits: phi is cast up, so the head is a float32 dot product."""
         _check_labels(self.num_classes, class_labels, phi.shape[0])
+        phi = phi.astype(jnp.float32)
         logits = _apply(self.dense, phi, train)[:, 0]
         if self.label_embed is not None:
             logits = logits + jnp.sum(_apply(self.label_embed, class_labels, train) * phi, -1)
@@ -155,11 +171,13 @@ class DCGANGenerator(nnx.Module):
         num_classes: int = 0,
         convs_per_stage: int = 1,
         conv_impl: str = "auto",
+        dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         k = num_stages(image_size)
         if convs_per_stage < 1:
             raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage}")
+        self.dtype = compute_dtype(dtype)
         chs = [nf * min(2 ** (k - i), 8) for i in range(k + 1)]  # 4x4, 8x8, ..., full size
         self.input = LatentInput(latent_dim, chs[0], num_classes=num_classes, rngs=rngs)
         self.norm_in = GroupNorm(chs[0])
@@ -177,13 +195,14 @@ class DCGANGenerator(nnx.Module):
     def __call__(
         self, z: Array, *, class_labels: Array | None = None, train: bool = False
     ) -> Array:
-        """Images (B, H, W, C) in [-1, 1]; ``train`` changes nothing (no batch statistics)."""
-        h = jax.nn.relu(self.norm_in(self.input(z, class_labels)))
+        """Float32 images (B, H, W, C) in [-1, 1]; ``train`` changes nothing (no batch
+        statistics)."""
+        h = jax.nn.relu(self.norm_in(self.input(z.astype(self.dtype), class_labels)))
         for up, norm, extras in zip(self.ups, self.norms, self.extras, strict=True):
             h = jax.nn.relu(norm(up(h)))
             for layer in extras:
                 h = layer(h)
-        return jnp.tanh(self.conv_out(h))
+        return jnp.tanh(self.conv_out(h).astype(jnp.float32))
 
 
 class DCGANDiscriminator(nnx.Module):
@@ -200,11 +219,13 @@ class DCGANDiscriminator(nnx.Module):
         spectral_norm: bool = False,
         convs_per_stage: int = 1,
         conv_impl: str = "auto",
+        dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         k = num_stages(image_size)
         if convs_per_stage < 1:
             raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage}")
+        self.dtype = compute_dtype(dtype)
         self.image_size = image_size
         self.num_channels = num_channels
         chs = [nf * min(2**i, 8) for i in range(k + 1)]  # full size, ..., 4x4
@@ -226,10 +247,10 @@ class DCGANDiscriminator(nnx.Module):
     def __call__(
         self, x: Array, *, class_labels: Array | None = None, train: bool = False
     ) -> Array:
-        """Logits (B,); ``train=True`` advances the spectral-norm power iterations."""
+        """Float32 logits (B,); ``train=True`` advances the spectral-norm power iterations."""
         _check_images(x, self.image_size, self.num_channels)
         _check_labels(self.head.num_classes, class_labels, x.shape[0])  # before any compute
-        h = jax.nn.leaky_relu(_apply(self.conv_in, x, train), 0.2)
+        h = jax.nn.leaky_relu(_apply(self.conv_in, x.astype(self.dtype), train), 0.2)
         for conv in self.convs:
             h = jax.nn.leaky_relu(_apply(conv, h, train), 0.2)
         return self.head(h.reshape(h.shape[0], -1), class_labels, train=train)
@@ -311,8 +332,13 @@ class ResNetGenerator(nnx.Module):
         nf: int,
         num_classes: int = 0,
         conv_impl: str = "auto",
+        dtype: str = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
+        _check_remat(remat)
+        self.dtype = compute_dtype(dtype)
+        self.remat = remat
         self.num_blocks = num_stages(image_size)
         self.input = LatentInput(latent_dim, nf, num_classes=num_classes, rngs=rngs)
         self.blocks = nnx.List(
@@ -324,11 +350,18 @@ class ResNetGenerator(nnx.Module):
     def __call__(
         self, z: Array, *, class_labels: Array | None = None, train: bool = False
     ) -> Array:
-        """Images (B, H, W, C) in [-1, 1]; ``train`` changes nothing (no batch statistics)."""
-        h = self.input(z, class_labels)
+        """Float32 images (B, H, W, C) in [-1, 1]; ``train`` changes nothing (no batch
+        statistics)."""
+
+        def run(block: GBlock, h: Array) -> Array:
+            return block(h)
+
+        if self.remat == "block":
+            run = nnx.remat(run)
+        h = self.input(z.astype(self.dtype), class_labels)
         for block in self.blocks:
-            h = block(h)
-        return jnp.tanh(self.conv_out(jax.nn.relu(self.norm_out(h))))
+            h = run(block, h)
+        return jnp.tanh(self.conv_out(jax.nn.relu(self.norm_out(h))).astype(jnp.float32))
 
 
 class ResNetDiscriminator(nnx.Module):
@@ -346,9 +379,14 @@ class ResNetDiscriminator(nnx.Module):
         num_classes: int = 0,
         spectral_norm: bool = False,
         conv_impl: str = "auto",
+        dtype: str = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
+        _check_remat(remat)
         k = num_stages(image_size)
+        self.dtype = compute_dtype(dtype)
+        self.remat = remat
         self.image_size = image_size
         self.num_channels = num_channels
         self.num_blocks = k + 1
@@ -364,13 +402,21 @@ class ResNetDiscriminator(nnx.Module):
     def __call__(
         self, x: Array, *, class_labels: Array | None = None, train: bool = False
     ) -> Array:
-        """Logits (B,); ``train=True`` advances the spectral-norm power iterations."""
+        """Float32 logits (B,); ``train=True`` advances the spectral-norm power iterations."""
         _check_images(x, self.image_size, self.num_channels)
         _check_labels(self.head.num_classes, class_labels, x.shape[0])  # before any compute
-        h = x
+
+        # `train` is closed over: a Python bool, not an argument for remat to trace.
+        def run(block: DBlock, h: Array) -> Array:
+            return block(h, train=train)
+
+        if self.remat == "block":
+            run = nnx.remat(run)
+        h = x.astype(self.dtype)
         for block in self.blocks:
-            h = block(h, train=train)
-        phi = jnp.sum(jax.nn.relu(h), axis=(1, 2))
+            h = run(block, h)
+        # Sum pooling in float32: a sum of H*W bfloat16 terms would lose the small ones.
+        phi = jnp.sum(jax.nn.relu(h).astype(jnp.float32), axis=(1, 2))
         return self.head(phi, class_labels, train=train)
 
 
@@ -387,8 +433,8 @@ def from_config(config: Any, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
 
     Reads ``model.latent_dim``, ``.nf`` (G width), ``.d_nf`` (D width), ``.spectral_norm``
     (D; default False), ``.num_classes`` (default 0), ``.convs_per_stage`` (DCGAN's G
-    and D; default 1), ``.conv_impl`` (default 'auto') and
-    ``data.image_size`` / ``.num_channels``.
+    and D; default 1), ``.conv_impl`` (default 'auto'), ``.dtype`` (default 'float32'),
+    ``.remat`` (ResNet pair; default 'none') and ``data.image_size`` / ``.num_channels``.
     """
     m, data = config.model, config.data
     if m.name not in GAN_NETWORKS:
@@ -399,14 +445,19 @@ def from_config(config: Any, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Module]:
         num_channels=data.num_channels,
         num_classes=m.get("num_classes", 0),
         conv_impl=m.get("conv_impl", "auto"),
+        dtype=m.get("dtype", "float32"),
         rngs=rngs,
     )
-    depth: dict[str, Any] = {}
+    own: dict[str, Any] = {}  # what only one pair takes
     if m.name == "dcgan":  # the ResNet pair's depth is fixed by SNGAN's design
-        depth["convs_per_stage"] = m.get("convs_per_stage", 1)
-    generator = gen_cls(latent_dim=m.latent_dim, nf=m.nf, **depth, **common)
+        own["convs_per_stage"] = m.get("convs_per_stage", 1)
+        if m.get("remat", "none") != "none":
+            raise ValueError(f"model.remat={m.remat!r} needs residual blocks; DCGAN has none")
+    else:
+        own["remat"] = m.get("remat", "none")
+    generator = gen_cls(latent_dim=m.latent_dim, nf=m.nf, **own, **common)
     discriminator = disc_cls(
-        nf=m.d_nf, spectral_norm=m.get("spectral_norm", False), **depth, **common
+        nf=m.d_nf, spectral_norm=m.get("spectral_norm", False), **own, **common
     )
     return generator, discriminator
 

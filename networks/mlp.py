@@ -1,4 +1,9 @@
-"""An MLP score network for low-dimensional (toy 2-D) data."""
+"""An MLP score network for low-dimensional (toy 2-D) data.
+
+``dtype`` is the compute dtype of the hidden layers; the noise (and label) embedding is
+computed in float32 and cast where it joins x, the output leaves as float32. It has no
+residual blocks, so there is nothing for ``model.remat='block'`` to wrap.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from networks.layers import Dense, Embed, NoiseEmbedding, dropout
+from networks.layers import Dense, Embed, NoiseEmbedding, compute_dtype, dropout
 
 Array = jax.Array
 
@@ -34,10 +39,12 @@ class MLP(nnx.Module):
         dropout: float = 0.0,
         init_scale: float = 0.0,
         num_classes: int = 0,
+        dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         if num_layers < 1:
             raise ValueError(f"model.num_layers must be >= 1, got {num_layers}")
+        self.dtype = compute_dtype(dtype)
         self.dim = dim
         self.dropout = dropout
         self.num_classes = num_classes
@@ -58,7 +65,8 @@ class MLP(nnx.Module):
         key: Array | None = None,
         class_labels: Array | None = None,
     ) -> Array:
-        """Score-network output of shape (B, D); ``key`` drives dropout when ``train``."""
+        """Float32 score-network output of shape (B, D); ``key`` drives dropout when
+        ``train``."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (B, {self.dim}), got {x.shape}")
         c_noise = jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (x.shape[0],))
@@ -75,16 +83,18 @@ class MLP(nnx.Module):
         use_dropout = train and self.dropout > 0
         if use_dropout and key is None:
             raise ValueError("train=True with dropout > 0 needs a PRNG key (key=...)")
-        h = jnp.concatenate([x, emb], axis=-1)
+        h = jnp.concatenate([x.astype(self.dtype), emb.astype(self.dtype)], axis=-1)
         for i, layer in enumerate(self.layers):
             h = jax.nn.silu(layer(h))
             h = dropout(h, self.dropout, jax.random.fold_in(key, i) if use_dropout else None)
-        return self.out(h)
+        return self.out(h).astype(jnp.float32)
 
 
 def from_config(config: Any, rngs: nnx.Rngs) -> MLP:
     """Build an :class:`MLP` from ``config.model``; data dimension ``config.data.dim`` (2)."""
     m = config.model
+    if m.get("remat", "none") != "none":
+        raise ValueError(f"model.remat={m.remat!r} needs residual blocks; the MLP has none")
     return MLP(
         dim=config.data.get("dim", 2),
         hidden=m.get("hidden", 128),
@@ -95,5 +105,6 @@ def from_config(config: Any, rngs: nnx.Rngs) -> MLP:
         dropout=m.get("dropout", 0.0),
         init_scale=m.get("init_scale", 0.0),
         num_classes=m.get("num_classes", 0),
+        dtype=m.get("dtype", "float32"),
         rngs=rngs,
     )

@@ -6,6 +6,11 @@ followed by global average pooling and a linear head.
 the float (B,) time conditioning the caller chooses (the family feeds ``999 t / T``).
 ``num_classes=1`` gives one logit: the real-vs-generated discriminator of discriminator
 guidance.
+
+``dtype`` is the compute dtype of the feature maps: the time embedding stays float32 (each
+block casts its projection where it meets them), the pooled features and the linear head
+are float32, so the logits (and the log-softmax of the loss) are float32.
+``remat='block'`` recomputes each residual block in the backward pass.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from networks.layers import Conv3x3, Dense, GroupNorm, NoiseEmbedding
-from networks.unet import ResBlock
+from networks.layers import Conv3x3, Dense, GroupNorm, NoiseEmbedding, compute_dtype
+from networks.unet import REMAT, ResBlock
 
 Array = jax.Array
 
@@ -37,6 +42,8 @@ class NoiseClassifier(nnx.Module):
         num_res_blocks: int = 1,
         dropout: float = 0.1,
         conv_impl: str = "auto",
+        dtype: str = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
         if num_classes < 1:
@@ -47,6 +54,10 @@ class NoiseClassifier(nnx.Module):
             raise ValueError(
                 f"image_size {image_size} is not divisible by 2**(len(ch_mult)-1) = {factor}"
             )
+        if remat not in REMAT:
+            raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
+        self.dtype = compute_dtype(dtype)
+        self.remat = remat
         self.image_shape = (image_size, image_size, num_channels)
         self.num_classes = num_classes
         self.dropout = dropout
@@ -82,16 +93,23 @@ class NoiseClassifier(nnx.Module):
         use_dropout = train and self.dropout > 0
         if use_dropout and key is None:
             raise ValueError("train=True with dropout > 0 needs a PRNG key (key=...)")
-        h = self.conv_in(x)
+
+        def run(b: ResBlock, h: Array, temb: Array, key: Array | None) -> Array:
+            return b(h, temb, key)
+
+        if self.remat == "block":
+            run = nnx.remat(run)
+        h = self.conv_in(x.astype(self.dtype))
         for b in self.blocks:
-            h = b(h, temb, jax.random.fold_in(key, b.key_index) if use_dropout else None)
-        h = jnp.mean(jax.nn.silu(self.norm_out(h)), axis=(1, 2))
+            h = run(b, h, temb, jax.random.fold_in(key, b.key_index) if use_dropout else None)
+        # Pool and classify in float32: the mean of H*W bfloat16 terms, then a tiny matmul.
+        h = jnp.mean(jax.nn.silu(self.norm_out(h)).astype(jnp.float32), axis=(1, 2))
         return self.head(h)
 
 
 def from_config(config: Any, num_classes: int, rngs: nnx.Rngs) -> NoiseClassifier:
-    """Build from ``config.model`` (nf, ch_mult, num_res_blocks, dropout, conv_impl) and
-    ``config.data`` (image_size, num_channels)."""
+    """Build from ``config.model`` (nf, ch_mult, num_res_blocks, dropout, conv_impl, dtype,
+    remat) and ``config.data`` (image_size, num_channels)."""
     m = config.model
     return NoiseClassifier(
         image_size=config.data.image_size,
@@ -102,5 +120,7 @@ def from_config(config: Any, num_classes: int, rngs: nnx.Rngs) -> NoiseClassifie
         num_res_blocks=m.num_res_blocks,
         dropout=m.dropout,
         conv_impl=m.get("conv_impl", "auto"),
+        dtype=m.get("dtype", "float32"),
+        remat=m.get("remat", "none"),
         rngs=rngs,
     )

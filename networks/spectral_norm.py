@@ -59,9 +59,14 @@ def _weight(layer: Layer) -> nnx.Param:
 
 
 def _apply(layer: Layer, x: Array, weight: Array) -> Array:
-    """``layer``'s forward pass with ``weight`` in place of its own kernel/table."""
+    """``layer``'s forward pass with ``weight`` in place of its own kernel/table.
+
+    As the plain layers do, a conv or dense computes in x's dtype: the (float32)
+    normalised weight and the bias are cast to it, after sigma was found in float32.
+    """
     if isinstance(layer, Embed):
         return jnp.take(weight, jnp.asarray(x, jnp.int32), axis=0)
+    weight = weight.astype(x.dtype)
     if isinstance(layer, Conv3x3):
         if layer.impl == "xla":
             s = layer.stride
@@ -73,7 +78,7 @@ def _apply(layer: Layer, x: Array, weight: Array) -> Array:
     else:
         # Conv1x1's 'xla' form exists for benchmarking only; the product is the same.
         y = jnp.dot(x, weight)
-    return y if layer.bias is None else y + layer.bias[...]
+    return y if layer.bias is None else y + layer.bias[...].astype(y.dtype)
 
 
 class SpectralNorm(nnx.Module):
@@ -89,6 +94,9 @@ class SpectralNorm(nnx.Module):
     repeated training steps track the top singular vector as W changes; ``train=False``
     uses the stored ``u`` as is. Since v is recomputed from u, an evaluation call right
     after a training call uses exactly the sigma that call used.
+
+    The power iteration and sigma always use the float32 weight (a bfloat16 estimate
+    would drift with rounding); only the normalised weight is cast to the input's dtype.
     """
 
     def __init__(self, layer: Layer, *, rngs: nnx.Rngs):

@@ -11,6 +11,11 @@ the whole zoo.
 With ``ch_mult`` of length L the latent is (image_size / 2**(L-1)) square, with
 ``latent_channels`` channels; the encoder returns its Gaussian's mean and log-variance,
 the decoder the ``params_per_channel`` parameters per pixel channel of the likelihood.
+
+``dtype`` ('float32' | 'bfloat16') is the compute dtype of the feature maps; the
+posterior's mean and log-variance and the decoder's output leave as float32 (the ELBO,
+its KL term and the likelihood are float32 sums). ``remat='block'`` recomputes each
+ResBlock in the backward pass.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from networks.layers import Conv3x3
-from networks.unet import NormActConv, ResBlock
+from networks.layers import Conv3x3, compute_dtype
+from networks.unet import REMAT, NormActConv, ResBlock
 
 Array = jax.Array
 
@@ -62,6 +67,25 @@ def _no_temb(x: Array) -> Array:
     return jnp.zeros((x.shape[0], 1), x.dtype)
 
 
+def _check_remat(remat: str) -> None:
+    if remat not in REMAT:
+        raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
+
+
+def _run_blocks(blocks: nnx.List, h: Array, remat: str) -> Array:
+    """The ResBlocks in turn on a zero time embedding; each one rematerialised if asked."""
+    temb = _no_temb(h)
+
+    def run(b: ResBlock, h: Array, temb: Array) -> Array:
+        return b(h, temb)
+
+    if remat == "block":
+        run = nnx.remat(run)
+    for b in blocks:
+        h = run(b, h, temb)
+    return h
+
+
 def _check_shape(name: str, x: Array, size: int, channels: int) -> None:
     if x.ndim != 4 or x.shape[1:] != (size, size, channels):
         raise ValueError(f"expected {name} of shape (B, {size}, {size}, {channels}), got {x.shape}")
@@ -85,8 +109,13 @@ class Encoder(nnx.Module):
         num_res_blocks: int,
         latent_channels: int,
         conv_impl: str = "auto",
+        dtype: str = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
+        _check_remat(remat)
+        self.dtype = compute_dtype(dtype)
+        self.remat = remat
         self.latent_size = latent_size(image_size, ch_mult)
         self.image_size = image_size
         self.num_channels = num_channels
@@ -104,13 +133,11 @@ class Encoder(nnx.Module):
         self.head = NormActConv(ch, 2 * latent_channels, init_scale=1.0, impl=conv_impl, rngs=rngs)
 
     def __call__(self, x: Array, *, train: bool = False) -> tuple[Array, Array]:
-        """(mean, logvar), logvar clipped to :data:`LOGVAR_RANGE`; ``train`` changes nothing."""
+        """Float32 (mean, logvar), logvar clipped to :data:`LOGVAR_RANGE`; ``train`` changes
+        nothing."""
         _check_shape("x", x, self.image_size, self.num_channels)
-        temb = _no_temb(x)
-        h = self.conv_in(x)
-        for b in self.blocks:
-            h = b(h, temb)
-        mean, logvar = jnp.split(self.head(h), 2, axis=-1)
+        h = _run_blocks(self.blocks, self.conv_in(x.astype(self.dtype)), self.remat)
+        mean, logvar = jnp.split(self.head(h).astype(jnp.float32), 2, axis=-1)
         return mean, jnp.clip(logvar, *LOGVAR_RANGE)
 
 
@@ -135,10 +162,15 @@ class Decoder(nnx.Module):
         latent_channels: int,
         params_per_channel: int,
         conv_impl: str = "auto",
+        dtype: str = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
         if params_per_channel < 1:
             raise ValueError(f"params_per_channel must be >= 1, got {params_per_channel}")
+        _check_remat(remat)
+        self.dtype = compute_dtype(dtype)
+        self.remat = remat
         self.latent_size = latent_size(image_size, ch_mult)
         self.latent_channels = latent_channels
         block = _block_maker(conv_impl, rngs)
@@ -157,19 +189,18 @@ class Decoder(nnx.Module):
         )
 
     def __call__(self, z: Array, *, train: bool = False) -> Array:
-        """Likelihood parameters (B, H, W, C * params_per_channel); ``train`` changes nothing."""
+        """Float32 likelihood parameters (B, H, W, C * params_per_channel); ``train`` changes
+        nothing."""
         _check_shape("z", z, self.latent_size, self.latent_channels)
-        temb = _no_temb(z)
-        h = self.conv_in(z)
-        for b in self.blocks:
-            h = b(h, temb)
-        return self.head(h)
+        h = _run_blocks(self.blocks, self.conv_in(z.astype(self.dtype)), self.remat)
+        return self.head(h).astype(jnp.float32)
 
 
 def from_config(config: Any, params_per_channel: int, rngs: nnx.Rngs) -> tuple[Encoder, Decoder]:
     """(encoder, decoder) from ``config.model`` (``nf``, ``ch_mult``, ``num_res_blocks``,
-    ``latent_channels``, optional ``conv_impl``) and ``config.data`` (``image_size``,
-    ``num_channels``); ``params_per_channel`` comes from the family's likelihood."""
+    ``latent_channels``, optional ``conv_impl``, ``dtype``, ``remat``) and ``config.data``
+    (``image_size``, ``num_channels``); ``params_per_channel`` comes from the family's
+    likelihood."""
     m = config.model
     common = dict(
         image_size=config.data.image_size,
@@ -179,6 +210,8 @@ def from_config(config: Any, params_per_channel: int, rngs: nnx.Rngs) -> tuple[E
         num_res_blocks=m.num_res_blocks,
         latent_channels=m.latent_channels,
         conv_impl=m.get("conv_impl", "auto"),
+        dtype=m.get("dtype", "float32"),
+        remat=m.get("remat", "none"),
         rngs=rngs,
     )
     encoder = Encoder(**common)

@@ -39,7 +39,8 @@ _IDENTITY_KEYS = ("model", "data.dataset", "data.image_size", "data.num_channels
                   "data.centered", "training.sde", "training.continuous", "optim.optimizer",
                   "latent", "classifier.objective")
 # Entries of those sections that only say how to sample the model.
-_NOT_IDENTITY = ("model.cluster_draws",)
+# Compute dtype and rematerialisation change how a step runs, not what it holds.
+_NOT_IDENTITY = ("model.cluster_draws", "model.dtype", "model.remat")
 
 
 def config_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+import networks
 from training.errors import UserError
 from training.families.diffusion import DiffusionFamily
 from training.families.gan import GANFamily
@@ -98,8 +99,24 @@ def _first_changed(config, defaults, key: str) -> str | None:
     return next((k for k in value if value[k] != default.get(k)), None)
 
 
+def _check_precision_settings(config: ml_collections.ConfigDict) -> None:
+    """UserError for a `model.dtype` / `model.remat` no network takes, or `remat='block'`
+    on a network without residual blocks (nothing to rematerialise: refused, not ignored)."""
+    dtype = config.model.get("dtype", "float32")
+    if dtype not in networks.DTYPES:
+        raise UserError(f"model.dtype={dtype!r} is not one of {tuple(networks.DTYPES)}")
+    remat = config.model.get("remat", "none")
+    if remat not in networks.REMAT_MODES:
+        raise UserError(f"model.remat={remat!r} is not one of {networks.REMAT_MODES}")
+    if remat != "none" and config.model.name not in networks.REMAT_NETWORKS:
+        raise UserError(f"model.remat={remat!r} needs a network with residual blocks; "
+                        f"model.name={config.model.name!r} has none "
+                        f"({', '.join(sorted(networks.REMAT_NETWORKS))} have)")
+
+
 def check_family_settings(config: ml_collections.ConfigDict) -> None:
-    """UserError if the config sets another family's settings or names its network."""
+    """UserError if the config sets another family's settings or names its network, or
+    asks for a compute dtype / rematerialisation its network cannot have."""
     from configs.default import get_default_config
 
     family = config.model.family
@@ -107,6 +124,7 @@ def check_family_settings(config: ml_collections.ConfigDict) -> None:
     if owner is not None and owner != family:
         raise UserError(f"model.name={config.model.name!r} is a {owner.upper()} network; this "
                         f"run is model.family={family!r} (set model.family={owner!r})")
+    _check_precision_settings(config)
     defaults = get_default_config()
     for other, keys in _OWN_SETTINGS.items():
         if other == family:
