@@ -50,6 +50,7 @@ from data import pipeline  # noqa: E402
 from training import loop, sharding  # noqa: E402
 from training.families import get_family  # noqa: E402
 from training.families.diffusion import DiffusionFamily  # noqa: E402
+from training.step import LeafStep  # noqa: E402
 
 # Start-up that every config's process pays: the interpreter's imports (the peer counts its
 # own the same way).
@@ -187,15 +188,16 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     key = jax.random.PRNGKey(0)
     abstract = jax.eval_shape(family.init_state, key)
     state_sh = loop.state_shardings(abstract, mesh, config.sharding.rules)
-    state = jax.jit(family.init_state, out_shardings=state_sh)(key)
+    # The state is built and placed, and the step compiled, as training.loop does it.
+    state = sharding.place(family.init_state(key), state_sh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     batch_sh = sharding.batch_sharding(mesh)
-    step_fn = jax.jit(family.train_step, in_shardings=(state_sh, batch_sh),
-                      out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+    step_fn = LeafStep(family.train_step, state, state_sh, batch_sh, sharding.replicated(mesh))
+    state = step_fn.leaves(state)
     batches = (_random_batches if random_data else _pipeline_batches)(config, batch_sh)
 
     start = time.perf_counter()
-    compiled = step_fn.lower(state, next(batches)).compile()
+    compiled = step_fn.jitted.lower(state, next(batches)).compile()
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, next(batches))  # warm-up
     jax.block_until_ready(metrics)

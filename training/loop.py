@@ -26,6 +26,7 @@ from training.errors import NonFiniteLossError
 from training.families import get_family
 from training.monitor import Monitor
 from training.state import TrainState
+from training.step import LeafStep
 
 # Metrics that must stay finite; a NaN gradient norm means the next parameters are NaN.
 _GUARDED_METRICS = ("loss", "grad_norm", "d_loss", "g_loss", "d_grad_norm", "g_grad_norm")
@@ -180,12 +181,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         ckpt.close()
         return {"step": start_step}
 
-    train_step = jax.jit(
-        family.train_step,
-        in_shardings=(state_sh, batch_sharding),
-        out_shardings=(state_sh, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = LeafStep(family.train_step, state, state_sh, batch_sharding,
+                          sharding.replicated(mesh))
+    as_state = train_step.state
+    leaves = train_step.leaves(state)
+    del state  # donated at the first step: only `leaves` is live
     eval_step = jax.jit(family.eval_step, out_shardings=sharding.replicated(mesh))
     eval_batch = _held_out_batch(config, batch_sharding)
     eval_key = jax.random.PRNGKey(config.seed + 1)
@@ -200,7 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         with _TerminationRequest(ckpt.reached_preemption) as termination:
             while step < training.n_iters:
                 batch = _global_batch(next(train_iter), batch_sharding)
-                state, step_metrics = train_step(state, batch)
+                leaves, step_metrics = train_step(leaves, batch)
                 step += 1
                 stopping = termination.check(step)
                 metrics.add(step, step_metrics)
@@ -211,21 +211,22 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 if step % training.log_freq == 0 or last:
                     scalars = metrics.drain(last_saved, ckpt.directory)
                     if eval_batch is not None and (step % training.eval_freq == 0 or last):
-                        scalars.update(jax.device_get(eval_step(state, eval_batch, eval_key)))
+                        held_out = eval_step(as_state(leaves), eval_batch, eval_key)
+                        scalars.update(jax.device_get(held_out))
                     reported = monitor.report(step, scalars)
                     if sample_eval is not None and (step % training.eval_freq == 0 or last):
-                        reported.update(monitor.write(step, sample_eval(state)))
+                        reported.update(monitor.write(step, sample_eval(as_state(leaves))))
                         monitor.reset_timer(step)  # steps/s measures training, not sampling
                 snapshot = step % training.snapshot_freq == 0 or last
                 if snapshot or step % training.snapshot_freq_for_preemption == 0 or stopping:
                     metrics.drain(last_saved, ckpt.directory)  # never save a diverged state
-                    ckpt.save(step, state, train_iter.get_state())
+                    ckpt.save(step, as_state(leaves), train_iter.get_state())
                     last_saved = step
                 if snapshot and training.snapshot_sampling:
                     if snapshot_sampler is None:
                         snapshot_sampler = family.make_sampler(training.num_snapshot_samples)
-                    _write_samples(family, snapshot_sampler, state, step, workdir, monitor,
-                                   is_chief)
+                    _write_samples(family, snapshot_sampler, as_state(leaves), step, workdir,
+                                   monitor, is_chief)
                 if snapshot:
                     monitor.reset_timer(step)  # steps/s measures training, not sampling
                 if stopping:
