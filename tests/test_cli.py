@@ -36,6 +36,17 @@ def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
     )
 
 
+def _two_device_process_env() -> tuple[int, dict[str, str]]:
+    """A free localhost port for the coordinator, and the environment of a process with
+    two CPU devices."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = _env()
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    return port, env
+
+
 def _error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1, proc.stderr
@@ -173,11 +184,7 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
     single = _run("train.py", f"--config={toy}", f"--workdir={tmp_path / 'single'}",
                   "--config.training.snapshot_sampling=False")
     assert single.returncode == 0, single.stderr
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = _env()
-    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    port, env = _two_device_process_env()
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), f"--config={toy}",
@@ -244,11 +251,7 @@ def test_two_processes_sample_like_one_and_only_process_zero_writes(trained, tmp
              "--seed=1"]
     single = _run("sample.py", *flags, f"--out={tmp_path / 'single.npz'}")
     assert single.returncode == 0, single.stderr
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = _env()
-    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    port, env = _two_device_process_env()
     out = tmp_path / "multi" / "samples.npz"
     procs = [
         subprocess.Popen(
