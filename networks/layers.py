@@ -34,6 +34,11 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 # convolution, which maps onto their conv units without the 9x patch tensor.
 _AUTO_IMPL = {"cpu": "matmul"}
 _AUTO_DEFAULT = "xla"
+# The patches are 9x the input and the backward pass keeps them: at CIFAR-10's 32x32 the
+# DDPM++ step at batch 128 asked for 49 GB on CPU. 'auto' therefore hands feature maps of
+# 16x16 and more to XLA's convolution on CPU too (no patches; as fast there by
+# bench/bench_conv.py's shapes), keeping the matmul form for the small maps where it wins.
+_AUTO_MATMUL_MAX_PIXELS = 128
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -142,12 +147,14 @@ class Conv3x3(nnx.Module):
             raise ValueError(f"Conv3x3 supports stride 1 or 2, got {stride}")
         self.stride = stride
         self.impl = resolve_conv_impl(impl)
+        self.auto = impl == "auto"
         self.kernel = nnx.Param(default_init(init_scale)(rngs.params(), (3, 3, in_ch, out_ch)))
         self.bias = nnx.Param(const((out_ch,))) if use_bias else None
 
     def __call__(self, x: Array) -> Array:
         kernel = self.kernel[...].astype(x.dtype)
-        if self.impl == "xla":
+        large = x.shape[1] * x.shape[2] > _AUTO_MATMUL_MAX_PIXELS
+        if self.impl == "xla" or (self.auto and large):
             y = jax.lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((1, 1), (1, 1)), dimension_numbers=_DIMS
             )
