@@ -19,6 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data import digits, pipeline, prepare, sources, toy
+from tests.batches import assert_batches_equal
 
 BATCH = 64
 
@@ -182,14 +183,6 @@ def test_random_flip_flips_about_half(data_dir):
     asymmetric = ~np.all(plain == mirrored, axis=(1, 2, 3))
     fraction = mirror[asymmetric].mean()
     assert 0.35 < fraction < 0.65, fraction
-
-
-def assert_batches_equal(left, right):
-    assert len(left) == len(right)
-    for a, b in zip(left, right, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_iterator_state_round_trip(data_dir, tmp_path):

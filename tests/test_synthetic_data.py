@@ -16,6 +16,7 @@ from etils import epath
 
 from configs import cifar10_ddpmpp_vp
 from data import digits, pipeline, prepare, sources, synthetic
+from tests.batches import assert_batches_equal
 from tests.configs import tiny
 from training import loop
 from training.errors import UserError
@@ -42,14 +43,6 @@ def make_config(size: int = 8, channels: int = 1, **overrides) -> ml_collections
 
 def take(iterator, n: int) -> list[dict[str, np.ndarray]]:
     return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(left, right):
-    assert len(left) == len(right)
-    for a, b in zip(left, right, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
 
 
 @pytest.mark.parametrize(("size", "channels"), SHAPES)

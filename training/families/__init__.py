@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections
 
 import networks
+from training import accumulate
 from training.errors import UserError
 from training.families.diffusion import DiffusionFamily
 from training.families.gan import GANFamily
@@ -115,8 +116,9 @@ def _check_precision_settings(config: ml_collections.ConfigDict) -> None:
 
 
 def check_family_settings(config: ml_collections.ConfigDict) -> None:
-    """UserError if the config sets another family's settings or names its network, or
-    asks for a compute dtype / rematerialisation its network cannot have."""
+    """UserError if the config sets another family's settings or names its network, asks
+    for a compute dtype / rematerialisation its network cannot have, or a batch that does
+    not cut into its gradient-accumulation micro-batches."""
     from configs.default import get_default_config
 
     family = config.model.family
@@ -125,6 +127,8 @@ def check_family_settings(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"model.name={config.model.name!r} is a {owner.upper()} network; this "
                         f"run is model.family={family!r} (set model.family={owner!r})")
     _check_precision_settings(config)
+    accumulate.check_accumulation(config.training.batch_size,
+                                  config.training.grad_accum_steps)
     defaults = get_default_config()
     for other, keys in _OWN_SETTINGS.items():
         if other == family:

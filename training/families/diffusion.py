@@ -60,7 +60,6 @@ class DiffusionFamily:
                                              training_data=self._cluster_data(config))
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         self.accum_steps = config.training.grad_accum_steps
-        accumulate.check_accumulation(config.training.batch_size, self.accum_steps)
         try:
             self.loss_fn = losses.get_loss_fn(
                 self.sde,

@@ -91,7 +91,6 @@ class NoiseClassifierFamily:
         self.sde = sde_lib.get_sde(config)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         self.accum_steps = config.training.grad_accum_steps
-        accumulate.check_accumulation(config.training.batch_size, self.accum_steps)
         try:
             model = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
         except ValueError as err:
