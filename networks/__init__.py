@@ -18,7 +18,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from networks import mlp, unet
+from networks import mlp, unet, unet_blocks
 from networks.layers import DTYPES
 
 Builder = Callable[[Any, nnx.Rngs], nnx.Module]
@@ -31,7 +31,7 @@ MODELS: dict[str, Builder] = {
 }
 
 # The values of model.remat; 'block' wraps each residual/attention block in nnx.remat.
-REMAT_MODES: tuple[str, ...] = unet.REMAT
+REMAT_MODES: tuple[str, ...] = unet_blocks.REMAT
 # The networks (model.name, every family) built of residual blocks that model.remat='block'
 # rematerialises. The others (DCGAN's plain conv stacks, the toy MLP) have no block to
 # wrap, so the setting is refused for them rather than silently ignored.

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from networks.layers import Conv3x3, Dense, GroupNorm, NoiseEmbedding, compute_dtype
-from networks.unet import REMAT, ResBlock
+from networks.unet_blocks import REMAT, ResBlock
 
 Array = jax.Array
 

@@ -1,6 +1,6 @@
 """Convolutional VAE encoder and decoder (NHWC) with a spatial latent, as in latent diffusion.
 
-Both are built from the U-Net's BigGAN-style :class:`networks.unet.ResBlock` (pre-activation
+Both are built from the U-Net's BigGAN-style :class:`networks.unet_blocks.ResBlock` (pre-activation
 GroupNorm-SiLU-conv, resampling inside the block, 1x1 shortcut), run unconditioned. That
 block always adds a projection of a time embedding, so here it is built with ``temb_dim=1``
 and fed a zero embedding: the projection then adds only its bias, a per-channel constant
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from networks.layers import Conv3x3, compute_dtype
-from networks.unet import REMAT, NormActConv, ResBlock
+from networks.unet_blocks import REMAT, NormActConv, ResBlock
 
 Array = jax.Array
 

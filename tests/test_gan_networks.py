@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from networks import gan, layers
+from networks import gan, gan_resnet, layers
 from networks.spectral_norm import NetState, SpectralNorm
 
 LATENT = 8
@@ -74,9 +74,9 @@ def test_pair_shapes_ranges_and_labels(name, size, channels, num_classes):
 
 def test_num_blocks_follow_image_size():
     kwargs = dict(num_channels=3, nf=8, rngs=nnx.Rngs(0))
-    assert gan.ResNetGenerator(latent_dim=LATENT, image_size=32, **kwargs).num_blocks == 3
-    assert gan.ResNetDiscriminator(image_size=32, **kwargs).num_blocks == 4
-    assert gan.ResNetDiscriminator(image_size=8, **kwargs).num_blocks == 2
+    assert gan_resnet.ResNetGenerator(latent_dim=LATENT, image_size=32, **kwargs).num_blocks == 3
+    assert gan_resnet.ResNetDiscriminator(image_size=32, **kwargs).num_blocks == 4
+    assert gan_resnet.ResNetDiscriminator(image_size=8, **kwargs).num_blocks == 2
 
 
 def param_count(model: nnx.Module) -> int:

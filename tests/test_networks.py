@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import networks
-from networks import layers
+from networks import layers, resample
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -140,8 +140,8 @@ def test_auto_conv_impl():
 
 
 def test_fir_resampling_matches_naive_for_box_kernel():
-    up2 = jax.jit(layers.upsample_2d, static_argnums=1, compiler_options=FAST_COMPILE)
-    down2 = jax.jit(layers.downsample_2d, static_argnums=1, compiler_options=FAST_COMPILE)
+    up2 = jax.jit(resample.upsample_2d, static_argnums=1, compiler_options=FAST_COMPILE)
+    down2 = jax.jit(resample.downsample_2d, static_argnums=1, compiler_options=FAST_COMPILE)
     x = jax.random.normal(jax.random.key(0), (1, 4, 6, 2))
     # A (1, 1) FIR kernel is the box filter: nearest upsampling and 2x2 average pooling.
     np.testing.assert_allclose(up2(x, (1, 1)), up2(x, None), atol=1e-6)
