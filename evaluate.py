@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from evaluation import runner
+from evaluation import protocol, runner
 from training import cli
 from training.errors import UserError
 
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.maybe_initialize_distributed()
     config = _CONFIG.value
-    which = runner.parse_metrics(_METRICS.value or config.eval.metrics)
+    which = protocol.parse_metrics(_METRICS.value or config.eval.metrics)
     if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
         raise UserError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
     if _CHECKPOINT_STEP.value is not None and _CHECKPOINT_STEP.value < 0:

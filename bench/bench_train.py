@@ -15,8 +15,8 @@ shape resident on the device, as the peer does.
 ``--peer MODES`` also runs bench/peers/torch_unet.py (a diffusers UNet2DModel of the same
 structure, loss and optimizer) in the peers' venv, once per mode: ``bf16`` (autocast),
 ``tf32``, ``fp32``, each optionally ``+compile`` (torch.compile). The peer runs before
-this process touches the accelerator, so both see all of its memory. bench/README.md
-explains the columns.
+this process touches the accelerator, so both see all of its memory (bench/peer_runner.py
+runs it and sets its rows beside ours). bench/README.md explains the columns.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+from peer_runner import (  # noqa: E402  (bench/, this script's directory)
+    DEFAULT_PEER_PYTHON,
+    PEER_MODES,
+    peer_modes,
+    run_peers,
+    side_by_side,
+)
 
 from configs import cifar10_ddpmpp_vp, digits_vp  # noqa: E402
 from data import pipeline  # noqa: E402
@@ -55,10 +62,6 @@ from training.step import LeafStep  # noqa: E402
 # Start-up that every config's process pays: the interpreter's imports (the peer counts its
 # own the same way).
 _IMPORT_S = time.perf_counter() - _T0
-
-PEER_SCRIPT = ROOT / "bench" / "peers" / "torch_unet.py"
-DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PEER_MODES = ("bf16", "tf32", "fp32")
 
 
 def _six_million_config() -> ml_collections.ConfigDict:
@@ -77,8 +80,6 @@ CONFIGS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
 }
 # Configs whose dataset is not available offline: fed random batches of their shape.
 RANDOM_DATA = {"cifar10"}
-# The peer's shape for each of our configs (bench/peers/torch_unet.py --config).
-PEER_SHAPES = {"unet6m": "unet6m", "cifar10": "cifar10"}
 # What the driver runs when no --only is given (cifar10 takes minutes to compile on CPU).
 DEFAULT_RUN = ("default", "unet6m")
 
@@ -226,71 +227,18 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     }
 
 
-def run_peer(name: str, mode: str, args: argparse.Namespace, batch: int) -> dict:
-    """The PyTorch peer in its own process (its own venv); `mode` as in --peer."""
-    base, _, extra = mode.partition("+")
-    if base not in PEER_MODES or extra not in ("", "compile"):
-        raise SystemExit(f"--peer mode {mode!r}: expected one of {PEER_MODES}, optionally "
-                         "with +compile")
-    cmd = [args.peer_python, str(PEER_SCRIPT), "--config", PEER_SHAPES[name],
-           "--batch", str(batch), "--steps", str(args.steps),
-           "--dtype", "bfloat16" if base == "bf16" else "float32"]
-    cmd += ["--tf32"] if base == "tf32" else []
-    cmd += ["--compile"] if extra else []
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"who": f"peer:{mode}", "config": name, "error": " | ".join(tail)}
-    result = json.loads(lines[-1])
-    return {**result, "who": f"peer:{mode}", "config": name, "mode": mode,
-            "dtype": "bfloat16" if base == "bf16" else "float32", "compile_s": float("nan")}
-
-
-def _peer_modes(args: argparse.Namespace, dtype: str) -> list[str]:
-    if args.peer is None:
-        return []
-    if args.peer == "auto":  # the peer in our dtype: bf16, or f32 as XLA runs it (TF32)
-        return ["bf16" if dtype == "bfloat16" else "tf32"]
-    return [m.strip() for m in args.peer.split(",") if m.strip()]
-
-
 def bench_with_peers(name: str, args: argparse.Namespace) -> list[dict]:
     """Our row and the peer's rows for `name`, with MFU and the ours/peer ratio."""
     config = make_config(name, args)
-    modes = _peer_modes(args, config.model.dtype)
-    if modes and name not in PEER_SHAPES:  # the digits default: nothing to compare with
-        modes = []
-    if modes and not Path(args.peer_python).exists():
-        raise SystemExit(f"--peer: no python at {args.peer_python}; install the peers' venv "
-                         "(bench/README.md) or pass --peer_python")
+    modes = peer_modes(name, args, config.model.dtype)
     # Peers first: this process has not initialised the accelerator yet, so they get all
     # of its memory (JAX preallocates most of a GPU's once it starts).
-    peers = []
-    for mode in modes:
-        peers.append(run_peer(name, mode, args, config.training.batch_size))
-        # Streamed at once: if ours is then cut short (a timeout), the peer's figure stays.
-        done = peers[-1]
-        print(f"# {done['who']} {name}: " + (f"error: {done['error']}" if "error" in done else
-              f"{done['img_per_s']:.1f} img/s, {done['tflops_per_s']:.3f} TFLOP/s, "
-              f"{done['peak_mem_mb']:.0f} MB"), flush=True)
+    peers = run_peers(name, modes, args, config.training.batch_size)
     try:
         ours = bench(name, args)
     except Exception as err:  # a failed config (OOM at a large batch) still shows the peers
         ours = {"who": "ours", "config": name, "error": f"{type(err).__name__}: {err}"[:200]}
-    peaks: dict[str, float] = {}
-    if "error" not in ours:
-        peaks[ours["dtype"]] = ours["peak_tflops"]
-    for row in [ours, *peers]:
-        if "error" in row:
-            continue
-        if row["dtype"] not in peaks:
-            peaks[row["dtype"]] = matmul_peak_tflops(row["dtype"])
-        row["peak_tflops"] = peaks[row["dtype"]]
-        row["mfu"] = row["tflops_per_s"] / row["peak_tflops"]
-        if row is not ours and "error" not in ours:
-            row["ours_over_peer"] = ours["img_per_s"] / row["img_per_s"]
-    return [ours, *peers]
+    return side_by_side(ours, peers, matmul_peak_tflops)
 
 
 COLUMNS = (  # (header, width, format of the row's value)

@@ -23,7 +23,7 @@ from scipy.special import softmax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import digits_vp
-from evaluation import metrics, runner, samples_file
+from evaluation import metrics, protocol, samples_file
 from training.errors import UserError
 
 UNSURE_BELOW = 0.9
@@ -38,7 +38,7 @@ def weighted_statistics(features: np.ndarray, weights: np.ndarray):
     return mu, (w[:, None] * centred).T @ centred / (1.0 - np.sum(w**2))
 
 
-def class_reweighted_fd(features: runner.Features, reference: tuple[np.ndarray, np.ndarray],
+def class_reweighted_fd(features: protocol.Features, reference: tuple[np.ndarray, np.ndarray],
                         train_proportions: np.ndarray) -> float:
     """FD with each image weighted by p_train(c) / p_here(c) of its predicted class c."""
     classes = features.logits.argmax(axis=1)
@@ -48,7 +48,7 @@ def class_reweighted_fd(features: runner.Features, reference: tuple[np.ndarray, 
                                     *reference)
 
 
-def anatomy(features: runner.Features, reference: tuple[np.ndarray, np.ndarray],
+def anatomy(features: protocol.Features, reference: tuple[np.ndarray, np.ndarray],
             train_proportions: np.ndarray) -> dict:
     """FD terms and confidence figures of these features against the reference statistics."""
     mu, cov = metrics.feature_statistics(features.features)
@@ -71,7 +71,7 @@ def main() -> None:
     if not paths:
         sys.exit("usage: python bench/fd_anatomy.py SAMPLES.npz [MORE.npz ...]")
     # evaluate.py's evaluator: the digits features of the train (reference) and test splits.
-    evaluator = runner.SampleEvaluator(digits_vp.get_config(), ("fd",))
+    evaluator = protocol.SampleEvaluator(digits_vp.get_config(), ("fd",))
     rows_per_file = evaluator.n_test  # every row has the floor's sample count
     try:
         samples = [samples_file.load_samples(path, evaluator.image_shape).images for path in paths]
@@ -82,8 +82,8 @@ def main() -> None:
     proportions = np.bincount(train_classes, minlength=10) / len(train_classes)
     rows = [("real test digits", evaluator.test_features, None)]
     for path, images in zip(paths, samples, strict=True):
-        every = runner.Features(*evaluator.extractor(images))
-        first = runner.Features(every.features[:rows_per_file], every.logits[:rows_per_file])
+        every = protocol.Features(*evaluator.extractor(images))
+        first = protocol.Features(every.features[:rows_per_file], every.logits[:rows_per_file])
         rows.append((path, first, every))
     print(f"| images (first {rows_per_file}) | FD | mean term | covariance term | FD, classes "
           f"reweighted to train's | FD of all (n) | unsure (top class < {UNSURE_BELOW}) | "

@@ -35,7 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from diffusion import sampling
-from evaluation import runner
+from evaluation import protocol
 from training import cli, images, inference
 from training.errors import UserError
 
@@ -236,7 +236,7 @@ def main(argv: list[str]) -> None:
     common = _common(config)
     names = _SAMPLERS.value or [n for n in dict.fromkeys([*sampling.SAMPLERS, *VARIANTS])
                                 if _serves(n, family.sde, common)]
-    evaluator = runner.SampleEvaluator(config, ("fd", "pr"))
+    evaluator = protocol.SampleEvaluator(config, ("fd", "pr"))
     features = f"{evaluator.extractor.name} {evaluator.extractor.checksum[:12]}"
     results = json.loads(out.read_text()) if out.exists() else {
         "workdir": _WORKDIR.value, "checkpoint_step": step, "num_samples": _NUM_SAMPLES.value,

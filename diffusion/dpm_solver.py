@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion import edm
-from diffusion.sde_lib import SDE, batch_broadcast
-from diffusion.sde_samplers import (
+from diffusion.sampler_common import (
     Sampler,
     ScoreFn,
     batch_t,
@@ -36,7 +35,8 @@ from diffusion.sde_samplers import (
     default_steps,
     tweedie_denoise,
 )
-from diffusion.sde_samplers import time_grid as uniform_time_grid
+from diffusion.sampler_common import time_grid as uniform_time_grid
+from diffusion.sde_lib import SDE, batch_broadcast
 
 Array = jax.Array
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from diffusion.sampler_common import Sampler, ScoreFn, batch_t, default_steps
 from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast, subVPSDE
-from diffusion.sde_samplers import Sampler, ScoreFn, batch_t, default_steps
 
 Array = jax.Array
 

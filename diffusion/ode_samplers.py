@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import edm
-from diffusion.sde_lib import SDE
-from diffusion.sde_samplers import (
+from diffusion.sampler_common import (
     Sampler,
     ScoreFn,
     batch_t,
@@ -25,7 +24,8 @@ from diffusion.sde_samplers import (
     integrate,
     tweedie_denoise,
 )
-from diffusion.sde_samplers import time_grid as uniform_time_grid
+from diffusion.sampler_common import time_grid as uniform_time_grid
+from diffusion.sde_lib import SDE
 
 Array = jax.Array
 

@@ -27,11 +27,11 @@ edm_heun           S_churn, S_min, S_max, S_noise,     ``2 steps + denoise``
 dpm_solver_pp      time_grid (20)                      ``steps + denoise``
 =================  ==================================  ====================================
 
-The families live in their own modules: reverse-SDE samplers and the shared pieces
-(:func:`time_grid`, :data:`PREDICTORS`, :data:`CORRECTORS`, :func:`tweedie_denoise`) in
-:mod:`diffusion.sde_samplers`, probability-flow ODE samplers in :mod:`diffusion.ode_samplers`,
-EDM in :mod:`diffusion.edm` and DPM-Solver++ in :mod:`diffusion.dpm_solver`; this module
-re-exports their public names.
+The families live in their own modules: reverse-SDE samplers (:data:`PREDICTORS`,
+:data:`CORRECTORS`) in :mod:`diffusion.sde_samplers`, probability-flow ODE samplers in
+:mod:`diffusion.ode_samplers`, EDM in :mod:`diffusion.edm` and DPM-Solver++ in
+:mod:`diffusion.dpm_solver`, the shared pieces (:func:`time_grid`, :func:`tweedie_denoise`)
+in :mod:`diffusion.sampler_common`; this module re-exports their public names.
 """
 
 from __future__ import annotations
@@ -51,25 +51,27 @@ from diffusion.ode_samplers import (
     heun_sampler,
     ode_sampler,
 )
+from diffusion.sampler_common import (
+    Sampler,
+    SamplerFactory,
+    choose,
+    time_grid,
+    tweedie_denoise,
+)
 from diffusion.sde_lib import SDE
 from diffusion.sde_samplers import (
     CORRECTORS,
     PREDICTORS,
     CorrectorStep,
     PredictorStep,
-    Sampler,
-    SamplerFactory,
     ancestral_step,
     annealed_langevin_sampler,
     annealed_langevin_step,
-    choose,
     euler_maruyama_step,
     langevin_step,
     pc_sampler,
     predictor_sampler,
     reverse_diffusion_step,
-    time_grid,
-    tweedie_denoise,
 )
 
 __all__ = [

@@ -1,10 +1,9 @@
-"""Reverse-SDE samplers and the pieces every sampler family shares.
-
-Shared: :func:`time_grid`, :func:`tweedie_denoise` and the compiled loop over a grid.
-Reverse-SDE: the predictor steps (:data:`PREDICTORS`), the corrector steps
+"""Reverse-SDE samplers: the predictor steps (:data:`PREDICTORS`), the corrector steps
 (:data:`CORRECTORS`), predictor-corrector sampling (:func:`pc_sampler`) and the registry
 entries built on it: one predictor alone (:func:`predictor_sampler`, e.g. DDPM/SMLD
 ancestral sampling) and SMLD's annealed Langevin dynamics (:func:`annealed_langevin_sampler`).
+The pieces every sampler family shares (time grid, Tweedie denoising, the compiled loop)
+are in :mod:`diffusion.sampler_common`.
 """
 
 from __future__ import annotations
@@ -16,13 +15,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffusion import sde_lib
+from diffusion.sampler_common import (
+    Sampler,
+    SamplerFactory,
+    ScoreFn,
+    batch_t,
+    choose,
+    default_steps,
+    integrate,
+    time_grid,
+    tweedie_denoise,
+)
 from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast
 
 Array = jax.Array
-ScoreFn = sde_lib.ScoreFn
-Sampler = Callable[[Array, ScoreFn], tuple[Array, int | Array]]
-SamplerFactory = Callable[..., Sampler]
 # step(key, sde, score_fn, x, t, t_next) -> (x, x_mean); t, t_next are scalars, t_next < t.
 PredictorStep = Callable[[Array, SDE, ScoreFn, Array, Array, Array], tuple[Array, Array]]
 # step(key, sde, score_fn, x, t, snr) -> (x, x_mean): MCMC at fixed t towards p_t.
@@ -39,60 +45,7 @@ __all__ = [
     "pc_sampler",
     "predictor_sampler",
     "reverse_diffusion_step",
-    "time_grid",
-    "tweedie_denoise",
 ]
-
-
-# ---------------------------------------------------------------------------------------
-# Shared pieces
-# ---------------------------------------------------------------------------------------
-
-
-def time_grid(sde: SDE, steps: int, eps: float) -> Array:
-    """``steps + 1`` uniformly spaced times from ``sde.T`` down to ``eps``."""
-    return jnp.linspace(sde.T, eps, steps + 1)
-
-
-def batch_t(t: Array | float, x: Array) -> Array:
-    """A scalar time as the ``(B,)`` array score functions take."""
-    return jnp.full(x.shape[:1], t, x.dtype)
-
-
-def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Array, t: Array | float) -> Array:
-    """Posterior mean ``E[x_0 | x_t] = (x + std^2 score) / scale`` (Tweedie's formula).
-
-    For VE this is ``x + sigma^2 score``; for VP it is the noise-free reverse-diffusion step
-    over ``[0, t]`` with DDPM's first-order ``1/sqrt(alpha) ~ 2 - sqrt(alpha)`` made exact.
-    One score evaluation.
-    """
-    t_b = batch_t(t, x)
-    std = sde.marginal_std(t_b)
-    x0 = x + batch_broadcast(std**2, x) * score_fn(x, t_b)
-    return x0 / batch_broadcast(sde.marginal_scale(t_b), x)
-
-
-def integrate(
-    key: Array, x: Array, grid: Array, step: Callable[[Array, Array, Array, Array], Array]
-) -> Array:
-    """``x <- step(key_i, x, grid[i], grid[i+1])`` for every interval, in a compiled loop."""
-
-    def body(i: Array, x: Array) -> Array:
-        return step(jax.random.fold_in(key, i), x, grid[i], grid[i + 1])
-
-    return jax.lax.fori_loop(0, grid.shape[0] - 1, body, x)
-
-
-def choose(kind: str, name: str, registry: dict[str, Any] | tuple[str, ...]) -> Any:
-    """``registry[name]`` (or ``name`` itself for a tuple of names), else a ValueError that
-    lists the known names."""
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; known: {sorted(registry)}")
-    return registry[name] if isinstance(registry, dict) else name
-
-
-def default_steps(steps: int | None, default: int) -> int:
-    return default if steps is None else steps
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ _EPS = np.finfo(np.float64).eps
 # rejected as not positive semi-definite. Statistics computed and stored in float32 sit
 # around 1e-8 here, so the margin is ~100x; a genuinely indefinite matrix is far beyond.
 _PSD_RTOL = 1e-6
-# The smallest sample sets the metrics accept, which evaluation.runner checks before it
+# The smallest sample sets the metrics accept, which evaluation.protocol checks before it
 # draws any samples: KID's unbiased within-set averages need two points per subset, and
 # precision/recall's radii need k other points in each set.
 KID_MIN_SUBSET_SIZE = 2

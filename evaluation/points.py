@@ -1,4 +1,4 @@
-"""Evaluation of the 2-D toy datasets (`toy_*`): the protocol of evaluation/runner.py with
+"""Evaluation of the 2-D toy datasets (`toy_*`): the protocol of evaluation/protocol.py with
 the points as their own features, and the exact density of data/toy.py as a floor.
 
 - fd, kid, pr: on the coordinates. The reference is the first `REFERENCE_SIZE` train
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from data import pipeline, toy
-from evaluation import bpd, runner
+from evaluation import bpd, protocol
 from training.errors import UserError
 
 REFERENCE_SIZE = 10_000
@@ -62,7 +62,7 @@ class PointsEvaluator:
 
     def __init__(self, config: Any, which: tuple[str, ...]):
         self.name = toy_name(config)
-        self.which = tuple(m for m in which if m in runner.SAMPLE_METRICS)
+        self.which = tuple(m for m in which if m in protocol.SAMPLE_METRICS)
         served = SAMPLE_METRICS.get(self.name, DEFAULT_SAMPLE_METRICS)
         refused = [m for m in self.which if m not in served]
         if refused:
@@ -78,13 +78,13 @@ class PointsEvaluator:
         self.reference = self._features(train)
         self.test_features = self._features(test)
 
-    def _features(self, points: np.ndarray) -> runner.Features:
+    def _features(self, points: np.ndarray) -> protocol.Features:
         points = np.asarray(points, np.float32)
         logits = component_logits(points) if self.num_classes else np.zeros((len(points), 0))
-        return runner.Features(points, logits)
+        return protocol.Features(points, logits)
 
-    def _compare(self, other: runner.Features, eval_size: int) -> dict[str, Any]:
-        out = runner.compare(self.reference, other, which=self.which, eval_size=eval_size,
+    def _compare(self, other: protocol.Features, eval_size: int) -> dict[str, Any]:
+        out = protocol.compare(self.reference, other, which=self.which, eval_size=eval_size,
                              num_classes=self.num_classes, seed=self.seed)
         if "cs" in self.which:
             out["near_mode"] = near_mode_share(other.features)
@@ -97,7 +97,7 @@ class PointsEvaluator:
     def floor(self, n_fake: int) -> dict[str, Any]:
         """The same metrics for the first min(n_fake, n_test) test points vs the reference."""
         eval_size = min(n_fake, self.n_test)
-        test = runner.Features(self.test_features.features[:eval_size],
+        test = protocol.Features(self.test_features.features[:eval_size],
                                self.test_features.logits[:eval_size])
         return self._compare(test, eval_size)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion import controllable, sampling
+from diffusion import guidance, sampling
 from evaluation import runner
 from tests.configs import tiny, tiny_families, tiny_guided
 from tests.test_cli import ROOT, _error_line, _run
@@ -75,7 +75,7 @@ def cond_outputs(cond_family):
                                      jax.random.PRNGKey(3))["eval_loss"]
         cond = cond_family.score_fn(params, labels=labels)(images, t)
         # A traced weight always takes the batched (conditional + null) path.
-        guided = controllable.classifier_free_guidance(
+        guided = guidance.classifier_free_guidance(
             lambda x, t, y: cond_family.score_fn(params, labels=y)(x, t), labels, w,
             cond_family.null_label)(images, t)
         return loss, cond, guided

@@ -43,13 +43,13 @@ def test_every_family_experiment_loads_and_sets_only_its_own_settings(name):
 def test_default_metrics_ask_a_likelihood_only_of_a_model_that_has_one(name):
     """evaluate.py with no --metrics must run: GANs, latent diffusion and self-conditioned
     diffusion have no bits/dim, and 2-D points get nll in its place."""
-    from evaluation import runner
+    from evaluation import protocol
 
     config = importlib.import_module(f"configs.{name}").get_config()
     if config.model.family == "noise_classifier":
         return  # a guide: evaluate.py does not measure it
-    metrics = runner.parse_metrics(config.eval.metrics)
-    runner.check_metrics_fit_data(config, metrics)
+    metrics = protocol.parse_metrics(config.eval.metrics)
+    protocol.check_metrics_fit_data(config, metrics)
     has_likelihood = (config.model.family in ("diffusion", "vae")
                       and not config.model.self_condition_clusters)
     assert bool({"bpd", "nll"} & set(metrics)) == has_likelihood

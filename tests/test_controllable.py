@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import controllable, score, sde_lib
+from diffusion import controllable, guidance, score, sde_lib
 
 SDES = {
     "vp": sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000),
@@ -238,7 +238,7 @@ def test_classifier_free_guidance_formula_in_one_batched_call():
     t = jnp.full((6,), 0.3)
     labels = jnp.array([0, 1, 0, 1, 1, 0])
     w = 1.5
-    cfg = controllable.classifier_free_guidance
+    cfg = guidance.classifier_free_guidance
 
     @jax.jit
     def run(x, t, w_traced):
@@ -287,7 +287,7 @@ def test_classifier_guidance_adds_the_classifier_gradient():
         analytic = (sign * (1 - jax.nn.sigmoid(sign * jnp.sum(a * x, -1))))[:, None] * a
         class_score = (sign[:, None] * jnp.asarray(m) * scale[:, None] - x) / v[:, None]
         guided = [
-            controllable.classifier_guidance(mixture, log_prob_fn, labels, w)(x, t)
+            guidance.classifier_guidance(mixture, log_prob_fn, labels, w)(x, t)
             for w in (1.0, 3.0)
         ]
         return mixture(x, t), analytic, class_score, guided
@@ -325,7 +325,7 @@ def test_discriminator_guidance_turns_the_model_score_into_the_data_score(sde_na
 
     x = jax.random.normal(jax.random.key(8), (6, 1, 1, 3)) * 1.5
     t = jnp.linspace(0.02, 0.8, 6)
-    guided = {w: controllable.discriminator_guidance(model, log_ratio, w)(x, t)
+    guided = {w: guidance.discriminator_guidance(model, log_ratio, w)(x, t)
               for w in (0.0, 0.5, 1.0)}
     base, target = model(x, t), data(x, t)
     assert np.max(np.abs(target - base)) > 0.3
@@ -349,17 +349,17 @@ def test_autoguidance_extrapolates_away_from_a_weaker_guide():
     v_s, v_g = scale**2 * s**2 + std**2, scale**2 * g**2 + std**2
     for w in (0.5, 2.0):
         precision = (1 + w) / v_s - w / v_g
-        guided = controllable.autoguidance(model, guide, w)(x, t)
+        guided = guidance.autoguidance(model, guide, w)(x, t)
         np.testing.assert_allclose(guided, -precision[:, None] * x, rtol=1e-5, atol=1e-5)
         assert np.all(precision > 1 / v_s)
 
     def unusable(x, t):
         raise AssertionError("the guide is not evaluated at w = 0")
 
-    np.testing.assert_array_equal(controllable.autoguidance(model, unusable, 0.0)(x, t),
+    np.testing.assert_array_equal(guidance.autoguidance(model, unusable, 0.0)(x, t),
                                   model(x, t))
     with pytest.raises(ValueError, match=r"autoguidance scale must be >= 0, got -1\.0"):
-        controllable.autoguidance(model, guide, -1.0)
+        guidance.autoguidance(model, guide, -1.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_errors():
         with pytest.raises(ValueError, match="strength"):
             controllable.sdedit(sde, shape, strength=strength)
     with pytest.raises(ValueError, match="guidance_scale"):
-        controllable.classifier_free_guidance(lambda x, t, y: x, jnp.zeros(2), -1.0, 0)
+        guidance.classifier_free_guidance(lambda x, t, y: x, jnp.zeros(2), -1.0, 0)
     with pytest.raises(ValueError, match="unknown predictor"):
         controllable.inpainter(sde, shape, predictor="heun")
     with pytest.raises(ValueError, match="unknown predictor"):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from evaluation import bpd, runner, samples_file
+from evaluation import bpd, metrics, protocol, runner, samples_file
 from tests.configs import tiny
 from tests.torch_files import contiguous, write_zip
 from training import loop
@@ -90,7 +90,7 @@ def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
     assert settings["n_test"] == 360 and settings["dequantization"].startswith("uniform")
     assert settings["dequant_samples"] == 1 and settings["num_probes"] == 1
     iid = report["real_floor_iid"]
-    assert iid["splits"] == runner.IID_FLOOR_SPLITS and iid["fd"] > 0 and iid["fd_std"] > 0
+    assert iid["splits"] == protocol.IID_FLOOR_SPLITS and iid["fd"] > 0 and iid["fd_std"] > 0
     table = runner.format_table(report)
     assert "real floor" in table and "bits/dim" in table and "digits_cnn" in table
     assert "i.i.d. floor" in table and "50 random real splits" in table
@@ -100,7 +100,7 @@ def test_iid_real_digits_are_farther_from_train_than_the_stratified_test_split()
     """The digits test split is stratified by class; 360 real digits drawn at random
     (what a perfect i.i.d. sampler gives) are not, and their FD is more than twice the
     test split's: the floor a model can reach is the i.i.d. one. Seeded: repeatable."""
-    evaluator = runner.SampleEvaluator(tiny.get_config("vpsde"), ("fd",))
+    evaluator = protocol.SampleEvaluator(tiny.get_config("vpsde"), ("fd",))
     iid = evaluator.iid_floor(1000)
     assert iid == evaluator.iid_floor(1000)
     assert iid["fd"] > 2 * evaluator.floor(1000)["fd"]
@@ -208,18 +208,18 @@ def test_the_sample_count_check_refuses_exactly_what_the_metric_cannot_compute(m
     go ahead, one fewer and the check refuses what the metric would fail on after all the
     sampling."""
     rng = np.random.default_rng(0)
-    reference = runner.Features(rng.normal(size=(50, 4)), np.zeros((50, 0)))
+    reference = protocol.Features(rng.normal(size=(50, 4)), np.zeros((50, 0)))
     evaluator = types.SimpleNamespace(n_test=360, feature_dim=4)
     for n, computable in ((fewest, True), (fewest - 1, False)):
-        other = runner.Features(rng.normal(size=(n, 4)), np.zeros((n, 0)))
-        measure = functools.partial(runner.compare, reference, other, which=(metric,),
+        other = protocol.Features(rng.normal(size=(n, 4)), np.zeros((n, 0)))
+        measure = functools.partial(protocol.compare, reference, other, which=(metric,),
                                     eval_size=n, num_classes=0, seed=0)
         if computable:
-            runner.check_sample_count((metric,), n, evaluator)
+            protocol.check_sample_count((metric,), n, evaluator)
             assert all(np.isfinite(v) for v in measure().values())
         else:
             with pytest.raises(UserError, match=f"got {n}"):
-                runner.check_sample_count((metric,), n, evaluator)
+                protocol.check_sample_count((metric,), n, evaluator)
             with pytest.raises(ValueError):
                 measure()
 
@@ -233,14 +233,14 @@ def test_inception_weights_of_the_wrong_shape_are_refused_naming_the_key(tmp_pat
     weights = _npz(tmp_path / "w.npz", **arrays)
     config = tiny.get_config("vpsde")
     with pytest.raises(UserError, match=r"fc\.weight.*\(10, 2048\).*\(1008, 2048\)"):
-        runner.get_extractor(config, feature_net="inception", inception_weights=str(weights))
+        protocol.get_extractor(config, feature_net="inception", inception_weights=str(weights))
 
 
 def test_non_digits_data_without_inception_weights_says_what_to_pass():
     config = tiny.get_config("vpsde")
     config.data.dataset = "cifar10"
     with pytest.raises(UserError, match="pass --inception_weights PATH"):
-        runner.get_extractor(config)
+        protocol.get_extractor(config)
 
 
 def test_two_d_points_have_no_image_feature_network():
@@ -248,17 +248,17 @@ def test_two_d_points_have_no_image_feature_network():
     config.data.dataset = "toy_gmm"
     with pytest.raises(UserError, match=r"^dataset 'toy_gmm' is 2-D points, which have no "
                                         r"image feature network: evaluation.points"):
-        runner.get_extractor(config)
+        protocol.get_extractor(config)
 
 
 def test_the_floor_and_the_model_are_measured_at_the_same_size():
     rng = np.random.default_rng(0)
-    reference = runner.Features(rng.normal(size=(500, 4)), rng.normal(size=(500, 3)))
-    other = runner.Features(rng.normal(size=(250, 4)), rng.normal(size=(250, 3)))
-    out = runner.compare(reference, other, which=("fd", "pr"), eval_size=100,
+    reference = protocol.Features(rng.normal(size=(500, 4)), rng.normal(size=(500, 3)))
+    other = protocol.Features(rng.normal(size=(250, 4)), rng.normal(size=(250, 3)))
+    out = protocol.compare(reference, other, which=("fd", "pr"), eval_size=100,
                          num_classes=3, seed=0)
     # Two disjoint chunks of 100 (the remaining 50 are not used for FD/PR).
-    fds = [runner.M.fd_from_features(reference.features, other.features[s])
+    fds = [metrics.fd_from_features(reference.features, other.features[s])
            for s in (slice(0, 100), slice(100, 200))]
     assert out["fd"] == pytest.approx(np.mean(fds)) and out["fd_std"] == pytest.approx(
         np.std(fds))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data import toy
-from evaluation import points, runner, samples_file
+from evaluation import points, protocol, runner, samples_file
 from tests.configs import tiny
 from training import inference, loop
 from training.errors import UserError
@@ -92,10 +92,10 @@ def test_class_metrics_are_refused_for_toy_data_without_components():
 def test_bits_per_dim_and_nll_are_each_refused_on_the_other_kind_of_data():
     with pytest.raises(UserError, match=r"^bits/dim is for 8-bit images, and dataset "
                                         r"'toy_gmm' is 2-D points: ask for nll"):
-        runner.check_metrics_fit_data(_toy_config(), ("fd", "bpd"))
+        protocol.check_metrics_fit_data(_toy_config(), ("fd", "bpd"))
     with pytest.raises(UserError, match=r"^nll \(nats per point\) is for 2-D toy points, "
                                         r"and dataset 'digits' is images: ask for bpd"):
-        runner.check_metrics_fit_data(tiny.get_config("vpsde"), ("nll",))
+        protocol.check_metrics_fit_data(tiny.get_config("vpsde"), ("nll",))
 
 
 class _ExactGmmFamily:

@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from evaluation import inception as ev
+from evaluation import torch_state_dict
 from networks import inception as net
 from tests.torch_files import MAGIC_NUMBER, Storage, Tensor, contiguous, write_legacy, write_zip
 
@@ -145,7 +146,7 @@ def test_reader_handles_shared_storages_and_strides(fmt, tmp_path):
         write_legacy(path, tensors)
     else:
         write_zip(path, tensors, byteorder="big" if fmt.endswith("big-endian") else "little")
-    got = ev.read_state_dict(path)
+    got = torch_state_dict.read_state_dict(path)
     assert list(got) == list(want)
     for key in want:
         assert got[key].dtype == want[key].dtype.newbyteorder("=")
@@ -156,8 +157,8 @@ def test_reader_rejects_a_tensor_beyond_its_storage(tmp_path):
     storage = Storage("0", np.zeros(6, np.float32))
     path = tmp_path / "bad.pth"
     write_zip(path, {"x": Tensor(storage, 2, (2, 3), (3, 1))})  # needs elements 2..7
-    with pytest.raises(ev.WeightsError, match="exceeds its storage"):
-        ev.read_state_dict(path)
+    with pytest.raises(torch_state_dict.WeightsError, match="exceeds its storage"):
+        torch_state_dict.read_state_dict(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def test_reader_rejects_a_tensor_beyond_its_storage(tmp_path):
 
 
 def _error(path) -> str:
-    with pytest.raises(ev.WeightsError) as info:
+    with pytest.raises(torch_state_dict.WeightsError) as info:
         ev.load_inception_params(path)
     assert isinstance(info.value, ValueError)
     message = str(info.value)

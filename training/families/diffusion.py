@@ -4,6 +4,9 @@ Class-conditional models (`model.num_classes > 0`) take the batch's labels; with
 `training.class_dropout > 0` a label is replaced by the null label `num_classes` at that
 rate during training, so that the one network is also the unconditional model that
 classifier-free guidance needs (the network gets `num_classes + 1` label embeddings).
+
+`make_sampler` assembles its sampler in `diffusion_sampling` (request checks, guidance,
+the task's sampler); the family keeps the hook methods that it calls.
 """
 
 import functools
@@ -17,25 +20,19 @@ from flax import nnx
 
 import networks
 from data import pipeline
-from diffusion import likelihood, losses, sampling, score, sde_lib
+from diffusion import likelihood, losses, score, sde_lib
 from training import accumulate, optim
 from training.errors import UserError
-from training.families import clusters, common
+from training.families import clusters, common, diffusion_sampling
 from training.state import TrainState, apply_gradients, single_network_state
 
-TASKS = ("sample", "inpaint", "colorize", "sdedit")
+TASKS = diffusion_sampling.TASKS  # the sampling tasks make_sampler takes
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
     """Each label replaced by `null_label` with probability `rate`, independently."""
     drop = jax.random.bernoulli(key, rate, labels.shape)
     return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
-
-
-def _check_image_shape(what: str, got: tuple, expected: tuple, num: int) -> None:
-    got = tuple(got)
-    if got != expected and got != (num, *expected):
-        raise UserError(f"the {what} has shape {got}; expected {expected} (or ({num}, ...))")
 
 
 class DiffusionFamily:
@@ -290,183 +287,38 @@ class DiffusionFamily:
         guidance in one batched call; the model and its autoguide) counts one; classifier
         gradients are not counted.
         """
-        from diffusion import controllable
+        return diffusion_sampling.make_sampler(
+            self, num, name=name, steps=steps, guidance_scale=guidance_scale,
+            classifier=classifier, classifier_scale=classifier_scale, task=task,
+            edit_strength=edit_strength, guide=guide, guide_scale=guide_scale,
+        )
 
-        if task not in TASKS:
-            raise UserError(f"unknown sampling task {task!r}; known: {', '.join(TASKS)}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int | np.integer)
-                                  or steps <= 0):
-            raise UserError(f"the number of sampler steps must be a positive int, got {steps!r}")
-        if task != "sample" and not self.is_image_data:
-            raise UserError(f"{task} is for image data, not 2-D points")
-        guidance = self._check_guidance(guidance_scale)
-        if self.clusters and (task != "sample" or classifier is not None or guide is not None):
-            raise UserError(self._no_marginal_score(
-                f"score for {task if task != 'sample' else 'guided sampling'}"))
-        label_classes = self.num_classes
-        if classifier is not None:
-            label_classes = self._check_classifier(classifier, classifier_scale)
-        if guide is not None:
-            self._check_guide(guide, guide_scale, guidance)
-        shape = (num, *self.data_shape)
-        draw = self._task_sampler(task, shape, name, steps, edit_strength)
-        image_shape = (*self.data_shape[:-1], 1) if task == "colorize" else self.data_shape
-
-        @jax.jit
-        def run(params, key, labels, classifier_params, guide_params, image, mask):
-            if self.clusters:
-                key, cluster_key = jax.random.split(key)
-                labels = self.clusters.draw(cluster_key, num)
-            score_fn = self._guided_score_fn(params, labels, guidance)
-            if guide is not None:
-                score_fn = controllable.autoguidance(
-                    score_fn, guide._guided_score_fn(guide_params, labels, 0.0), guide_scale)
-            if classifier is not None:
-                score_fn = classifier.guide(score_fn, classifier_params, labels,
-                                            classifier_scale)
-            if image is not None:
-                image = jnp.broadcast_to(jnp.asarray(image, jnp.float32), (num, *image_shape))
-            if mask is not None:
-                mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), shape)
-            x, nfe = draw(key, score_fn, image, mask)
-            return self.to_unit_range(x), nfe
-
-        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
-                   guide_params=None):
-            labels = self.sample_labels(labels, num, label_classes)
-            if (classifier is None) != (classifier_params is None):
-                raise UserError("classifier_params go with a classifier given to make_sampler")
-            if (guide is None) != (guide_params is None):
-                raise UserError("guide_params go with a guide given to make_sampler")
-            if (task == "sample") != (image is None):
-                raise UserError(f"task {task!r} " + ("takes no image" if task == "sample"
-                                                      else "needs an image"))
-            if (task == "inpaint") == (mask is None):
-                raise UserError("a mask goes with inpainting" if task != "inpaint"
-                                else "inpainting needs a mask")
-            if image is not None:
-                _check_image_shape("image", np.shape(image), image_shape, num)
-            if mask is not None:
-                mask_shapes = (self.data_shape, (*self.data_shape[:-1], 1))
-                if tuple(np.shape(mask)[-3:]) not in mask_shapes:
-                    raise UserError(f"the mask has shape {tuple(np.shape(mask))}; it must "
-                                    f"cover the image: {' or '.join(map(str, mask_shapes))}")
-            return run(params, key, labels, classifier_params, guide_params, image, mask)
-
-        return sample
+    # -- sampler hooks (diffusion_sampling's functions; subclasses may extend them) ------
 
     def _check_guidance(self, guidance_scale: float | None) -> float:
-        cfg = self.config.sampling
-        w = float(cfg.get("guidance_scale", 0.0) if guidance_scale is None else guidance_scale)
-        if not np.isfinite(w) or w < 0:
-            raise UserError(f"the guidance scale must be >= 0, got {w}")
-        if w > 0 and not self.is_conditional:
-            raise UserError(f"classifier-free guidance (scale {w}) needs a class-conditional "
-                            "model; this one is unconditional (model.num_classes=0)")
-        if w > 0 and self.null_label is None:
-            raise UserError(f"classifier-free guidance (scale {w}) needs a model trained with "
-                            "training.class_dropout > 0 (a null label); this one has none")
-        return w
+        return diffusion_sampling.check_guidance(self, guidance_scale)
 
     def _check_classifier(self, classifier, scale: float) -> int:
         """The classes the classifier guides towards; UserError if it cannot guide."""
-        if not (np.isfinite(scale) and scale >= 0):
-            raise UserError(f"the classifier scale must be >= 0, got {scale}")
-        if tuple(classifier.data_shape) != self.data_shape:
-            raise UserError(f"the classifier takes data of shape {tuple(classifier.data_shape)}, "
-                            f"the model {self.data_shape}")
-        if self.is_conditional and classifier.is_discriminator:
-            raise UserError("the discriminator tells data from unconditional samples; this "
-                            "model is class-conditional: guide it with a classifier")
-        if self.is_conditional and classifier.num_classes != self.num_classes:
-            raise UserError(f"the classifier has {classifier.num_classes} classes, the "
-                            f"class-conditional model {self.num_classes}")
-        return int(classifier.num_classes)
+        return diffusion_sampling.check_classifier(self, classifier, scale)
 
     def _check_guide(self, guide, scale: float, guidance: float) -> None:
-        """UserError unless `guide` can autoguide this model: the same kind of model on
-        the same data shape and classes (inference.restore_guide checks data and SDE)."""
-        if not (np.isfinite(scale) and scale >= 0):
-            raise UserError(f"the autoguidance scale must be >= 0, got {scale}")
-        if type(guide) is not type(self):
-            raise UserError(f"the autoguide is a {type(guide).__name__}, the model a "
-                            f"{type(self).__name__}: it must be the same kind of model")
-        if tuple(guide.data_shape) != self.data_shape:
-            raise UserError(f"the autoguide draws data of shape {tuple(guide.data_shape)}, "
-                            f"the model {self.data_shape}")
-        if guide.num_classes != self.num_classes:
-            raise UserError(f"the autoguide has model.num_classes={guide.num_classes}, the "
-                            f"model {self.num_classes}: they must match")
-        if guidance > 0:
-            raise UserError("autoguidance and classifier-free guidance (--guidance_scale) do "
-                            "not combine here: use one of them")
+        """UserError unless `guide` can autoguide this model."""
+        diffusion_sampling.check_guide(self, guide, scale, guidance)
 
     sample_labels = staticmethod(common.sample_labels)
 
     def _guided_score_fn(self, params, labels, guidance_scale: float):
         """The model's score for `labels` (none if unconditional), classifier-free guided."""
-        from diffusion import controllable
-
-        if not self.is_conditional:
-            return self.score_fn(params, labels=labels if self.clusters else None)
-        if guidance_scale == 0:
-            return self.score_fn(params, labels=labels)
-        return controllable.classifier_free_guidance(
-            lambda x, t, y: self.score_fn(params, labels=y)(x, t), labels, guidance_scale,
-            self.null_label,
-        )
+        return diffusion_sampling.guided_score_fn(self, params, labels, guidance_scale)
 
     def _task_sampler(self, task: str, shape, name: str | None, steps: int | None,
                       edit_strength: float | None):
         """`draw(key, score_fn, image, mask) -> (x, nfe)` for the task."""
-        from diffusion import controllable
-
-        cfg = self.config.sampling
-        if task != "sdedit" and edit_strength is not None:
-            raise UserError("an edit strength goes with SDEdit only")
-        try:
-            if task == "sample":
-                sampler = self._plain_sampler(shape, name, steps)
-                return lambda key, score_fn, image, mask: sampler(key, score_fn)
-            pc = {"predictor": cfg.predictor if name in (None, "pc") else name,
-                  "corrector": cfg.corrector, "snr": cfg.snr,
-                  "n_corrector_steps": cfg.n_steps_each}
-            common = {"eps": cfg.eps, "denoise": cfg.noise_removal}
-            if task == "sdedit":
-                if edit_strength is None or not 0.0 < float(edit_strength) <= 1.0:
-                    raise UserError(f"the SDEdit strength must lie in (0, 1], got {edit_strength}")
-                strength = float(edit_strength)
-                if steps is None:
-                    steps = max(1, round(strength * cfg.steps))
-                edit = controllable.sdedit(
-                    self.sde, shape, strength=strength, steps=steps,
-                    sampler=pc.pop("predictor"), **pc, **common,
-                )
-                return lambda key, score_fn, image, mask: edit(key, score_fn, image)
-            steps = cfg.steps if steps is None else steps
-            if task == "inpaint":
-                inpaint = controllable.inpainter(self.sde, shape, steps=steps, **pc, **common)
-                return inpaint
-            colorize = controllable.colorizer(self.sde, shape, steps=steps, **pc, **common)
-            return lambda key, score_fn, image, mask: colorize(key, score_fn, image)
-        except UserError:
-            raise
-        except (TypeError, ValueError) as err:
-            what = "sampler" if task == "sample" else f"{task} sampler"
-            raise UserError(f"{what}: {err}") from err
+        return diffusion_sampling.task_sampler(self, task, shape, name, steps, edit_strength)
 
     def _plain_sampler(self, shape, name: str | None, steps: int | None):
-        cfg = self.config.sampling
-        if name is None and steps is None:
-            return sampling.get_sampler_from_config(self.config, self.sde, shape)
-        name = name or cfg.method
-        options = sampling.options_from_config(cfg, name)
-        # The config's step count belongs to the config's sampler; another sampler named
-        # without steps keeps its own default (18 Heun steps for edm_heun, adaptive 'ode').
-        if steps is None and name == cfg.method and name != "ode":
-            steps = cfg.steps
-        return sampling.get_sampler(name, self.sde, shape, steps=steps, eps=cfg.eps,
-                                    denoise=cfg.noise_removal, **options)
+        return diffusion_sampling.plain_sampler(self, shape, name, steps)
 
     def make_log_likelihood(self, **options):
         """A jitted `log_likelihood(params, key, x) -> (logp (B,), nfe)` in nats, for data

@@ -132,7 +132,7 @@ class NoiseClassifierFamily:
 
     def log_prob_fn(self, params):
         """`log_prob(x_t, t, labels) -> log p(labels | x_t, t)` (B,), what
-        `diffusion.controllable.classifier_guidance` differentiates."""
+        `diffusion.guidance.classifier_guidance` differentiates."""
         if self.is_discriminator:
             raise UserError("a discriminator has no class probabilities; use log_ratio_fn")
         logits = self.logits_fn(params)
@@ -146,7 +146,7 @@ class NoiseClassifierFamily:
     def log_ratio_fn(self, params):
         """`log_ratio(x_t, t) -> log D / (1 - D)` (B,): the discriminator's logit, its
         estimate of log p_t(x) / p_t^model(x), what
-        `diffusion.controllable.discriminator_guidance` differentiates."""
+        `diffusion.guidance.discriminator_guidance` differentiates."""
         if not self.is_discriminator:
             raise UserError("log_ratio_fn is a discriminator's; this classifier learns labels")
         logits = self.logits_fn(params)
@@ -155,13 +155,11 @@ class NoiseClassifierFamily:
     def guide(self, score_fn, params, labels, scale):
         """`score_fn` guided by this network with weight `scale`: classifier guidance
         towards `labels`, or discriminator guidance (no labels)."""
-        from diffusion import controllable
+        from diffusion import guidance
 
         if self.is_discriminator:
-            return controllable.discriminator_guidance(score_fn, self.log_ratio_fn(params),
-                                                       scale)
-        return controllable.classifier_guidance(score_fn, self.log_prob_fn(params), labels,
-                                                scale)
+            return guidance.discriminator_guidance(score_fn, self.log_ratio_fn(params), scale)
+        return guidance.classifier_guidance(score_fn, self.log_prob_fn(params), labels, scale)
 
     def _noised(self, key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         key_t, key_z = jax.random.split(key)
