@@ -19,9 +19,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from errors import UserError
 from evaluation import protocol, runner
 from training import cli
-from training.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")

@@ -32,8 +32,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from errors import UserError
 from training import cli, image_input, images
-from training.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")

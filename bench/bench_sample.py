@@ -37,8 +37,8 @@ import numpy as np
 import configs
 from data.errors import DatasetNotPreparedError
 from diffusion import sampling
+from errors import UserError
 from training import inference, loop
-from training.errors import UserError
 from training.families import get_family
 from training.families.diffusion import DiffusionFamily
 

@@ -23,8 +23,8 @@ from scipy.special import softmax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import digits_vp
+from errors import UserError
 from evaluation import metrics, protocol, samples_file
-from training.errors import UserError
 
 UNSURE_BELOW = 0.9
 

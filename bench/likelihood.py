@@ -33,9 +33,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from diffusion import likelihood
+from errors import UserError
 from evaluation import bpd, runner
 from training import cli, inference
-from training.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained diffusion model.")

@@ -35,9 +35,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from diffusion import sampling
+from errors import UserError
 from evaluation import protocol
 from training import cli, images, inference
-from training.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained diffusion model.")

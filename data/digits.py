@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from training.errors import UserError
+from errors import UserError
 
 NAME = "digits"
 DATASET_VERSION = "1.0.0"

@@ -1,6 +1,6 @@
 """The data errors: bad input (a `UserError`), so the CLIs print them on one line."""
 
-from training.errors import UserError
+from errors import UserError
 
 
 class DataError(UserError):

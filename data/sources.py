@@ -21,9 +21,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from data import digits
+from data import digits, paths
 from data.errors import DataError, DatasetNotPreparedError
-from training import paths
 
 __all__ = [
     "DataError",

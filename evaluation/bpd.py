@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from data import pipeline
-from training.errors import UserError
+from errors import UserError
 
 
 def likelihood_options(config: Any) -> dict[str, Any]:

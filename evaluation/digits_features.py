@@ -38,9 +38,9 @@ from absl import logging
 from flax import nnx
 
 from data import pipeline
+from errors import UserError
 from evaluation.extractor import FeatureExtractor
 from networks.classifier import FeatureCNN, cross_entropy
-from training.errors import UserError
 
 NAME = "digits_cnn"
 # The default recipe's weights, built once with `train` (test accuracy 98.33%) and kept in

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from data import pipeline, toy
+from errors import UserError
 from evaluation import bpd, protocol
-from training.errors import UserError
 
 REFERENCE_SIZE = 10_000
 NEAR_MODE_STDS = 3.0

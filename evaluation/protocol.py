@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from data import pipeline
+from errors import UserError
 from evaluation import bpd
 from evaluation import metrics as M
 from evaluation.extractor import FeatureExtractor
-from training.errors import UserError
 
 METRICS = ("fd", "kid", "pr", "cs", "bpd", "nll")
 IID_FLOOR_SPLITS = 50

@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 
 from data import pipeline
+from errors import UserError
 from evaluation.protocol import (
     LIKELIHOOD_METRICS,
     SAMPLE_METRICS,
@@ -29,7 +30,6 @@ from evaluation.protocol import (
     parse_metrics,
 )
 from evaluation.samples_file import Samples, load_samples
-from training.errors import UserError
 
 
 class TrainingEvaluator:

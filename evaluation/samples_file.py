@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from training.errors import UserError
+from errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from errors import UserError
 from tests.configs import tiny, tiny_families, tiny_guided
 from training import accumulate, loop
-from training.errors import UserError
 from training.families import get_family
 
 

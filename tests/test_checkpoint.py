@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from errors import CheckpointError
 from tests.configs import tiny
 from training.checkpoint import Checkpointer
-from training.errors import CheckpointError
 
 
 def _state(value: float):

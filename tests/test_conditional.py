@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from diffusion import guidance, sampling
+from errors import UserError
 from evaluation import runner
 from tests.configs import tiny, tiny_families, tiny_guided
 from tests.test_cli import ROOT, _error_line, _run
 from training import loop
-from training.errors import UserError
 from training.families import diffusion as diffusion_family
 from training.families import get_family
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data import pipeline
+from errors import UserError
 from evaluation import digits_features
-from training.errors import UserError
 
 TINY_RECIPE = digits_features.Recipe(epochs=1, width=4, feature_dim=8)
 

@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import pytest
 
+from errors import UserError
 from evaluation import bpd, metrics, protocol, runner, samples_file
 from tests.configs import tiny
 from tests.torch_files import contiguous, write_zip
 from training import loop
-from training.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from data import toy
+from errors import UserError
 from evaluation import points, protocol, runner, samples_file
 from tests.configs import tiny
 from training import inference, loop
-from training.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = f"{ROOT / 'tests' / 'configs' / 'tiny.py'}:toy"

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from errors import UserError
 from tests.configs import tiny
 from training import loop, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
-from training.errors import UserError
 from training.families import get_family
 
 DATA_PARALLEL = (("data", 8), ("fsdp", 1))

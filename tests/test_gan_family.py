@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from errors import NonFiniteLossError, UserError
 from gan import ema, losses
 from networks import gan as gan_networks
 from tests.configs import tiny, tiny_families
 from tests.resume_runs import straight_and_resumed
 from tests.test_cli import ROOT, _error_line, _run
 from training import inference, loop
-from training.errors import NonFiniteLossError, UserError
 from training.families import get_family
 
 ONE_DEVICE = jax.devices()[:1]

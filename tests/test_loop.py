@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from errors import NonFiniteLossError, UserError
 from tests.configs import tiny
 from tests.resume_runs import straight_and_resumed
 from training import loop
 from training.checkpoint import Checkpointer
-from training.errors import NonFiniteLossError, UserError
 from training.families import diffusion as diffusion_family
 
 # One device unless the test is about devices: the common case, and faster to compile.

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs.default import get_default_config
+from errors import UserError
 from training import optim
-from training.errors import UserError
 from training.state import ema_update
 
 

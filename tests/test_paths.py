@@ -9,10 +9,11 @@ import pytest
 from etils import epath
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from data import paths
+from errors import UserError
 from tests.configs import tiny
-from training import loop, paths
+from training import loop
 from training.checkpoint import Checkpointer
-from training.errors import UserError
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from flax import nnx
 
 import networks
 from diffusion import losses
+from errors import UserError
 from networks import gan, noise_classifier, vae
 from networks.spectral_norm import NetState
 from tests.configs import tiny, tiny_families, tiny_guided
-from training.errors import UserError
 from training.families import get_family
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gan import self_condition
+from data import kmeans
+from errors import UserError
 from tests.configs import tiny, tiny_families
-from training.errors import UserError
 from training.families import get_family
 
 
@@ -27,7 +27,7 @@ def _blobs(seed: int = 0):
 
 def test_kmeans_recovers_separated_blobs_deterministically():
     points, truth, means = _blobs()
-    centres, assignment = self_condition.kmeans(points, 3, seed=1)
+    centres, assignment = kmeans.kmeans(points, 3, seed=1)
     # The same partition as the truth, whatever the cluster numbering.
     pairs = set(zip(truth.tolist(), assignment.tolist(), strict=True))
     assert len(pairs) == 3
@@ -35,34 +35,34 @@ def test_kmeans_recovers_separated_blobs_deterministically():
         members = points[assignment == j]
         np.testing.assert_allclose(centres[j], members.mean(axis=0), rtol=1e-5, atol=1e-5)
         assert np.min(np.abs(means - centres[j]).max(axis=1)) < 0.3
-    again = self_condition.kmeans(points, 3, seed=1)
+    again = kmeans.kmeans(points, 3, seed=1)
     np.testing.assert_array_equal(again[0], centres)
     np.testing.assert_array_equal(again[1], assignment)
 
 
 def test_kmeans_fills_every_cluster_and_refuses_an_impossible_k():
     points = np.repeat(np.eye(2), [6, 1], axis=0)  # two distinct points, one of them 6 times
-    centres, assignment = self_condition.kmeans(points, 3)
+    centres, assignment = kmeans.kmeans(points, 3)
     assert np.all(np.bincount(assignment, minlength=3) >= 1)
     for j in range(3):
         np.testing.assert_allclose(centres[j], points[assignment == j].mean(axis=0))
     with pytest.raises(ValueError, match=r"1 <= k <= the number of points \(7\), got k=8"):
-        self_condition.kmeans(points, 8)
+        kmeans.kmeans(points, 8)
 
 
 def test_nearest_centre_and_cluster_draws():
     points, _, _ = _blobs()
-    centres, assignment = self_condition.kmeans(points, 3)
+    centres, assignment = kmeans.kmeans(points, 3)
     images = jnp.asarray(points, jnp.float32).reshape(75, 5, 1)
-    np.testing.assert_array_equal(self_condition.nearest_centre(images, centres), assignment)
+    np.testing.assert_array_equal(kmeans.nearest_centre(images, centres), assignment)
     frequencies = jnp.array([0.7, 0.0, 0.3])
-    for how in self_condition.CLUSTER_DRAWS:
-        draws = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(0), frequencies,
+    for how in kmeans.CLUSTER_DRAWS:
+        draws = np.asarray(kmeans.draw_clusters(jax.random.PRNGKey(0), frequencies,
                                                         20_000, how=how))
         assert draws.dtype == np.int32 and not np.any(draws == 1)
         assert abs((draws == 0).mean() - 0.7) < 0.02
     with pytest.raises(ValueError, match="cluster draws are one of"):
-        self_condition.draw_clusters(jax.random.PRNGKey(0), frequencies, 5, how="sorted")
+        kmeans.draw_clusters(jax.random.PRNGKey(0), frequencies, 5, how="sorted")
 
 
 _TEN = jnp.array([0.07, 0.13, 0.05, 0.10, 0.10, 0.05, 0.20, 0.10, 0.10, 0.10])
@@ -71,13 +71,13 @@ _TEN = jnp.array([0.07, 0.13, 0.05, 0.10, 0.10, 0.05, 0.20, 0.10, 0.10, 0.10])
 def test_stratified_draws_hold_every_cluster_in_proportion_in_any_window():
     expected = np.asarray(_TEN)
     for seed in range(5):
-        draws = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(seed), _TEN, 5000))
+        draws = np.asarray(kmeans.draw_clusters(jax.random.PRNGKey(seed), _TEN, 5000))
         for n in (10, 360, 1000, 5000):
             for start in range(0, 5000 - n + 1, 97):
                 counts = np.bincount(draws[start:start + n], minlength=10)
                 assert np.abs(counts - n * expected).max() <= 3, (seed, n, start)
     # Independent draws miss by about sqrt(n p): far more than 3 at n = 5000.
-    iid = np.asarray(self_condition.draw_clusters(jax.random.PRNGKey(0), _TEN, 5000, how="iid"))
+    iid = np.asarray(kmeans.draw_clusters(jax.random.PRNGKey(0), _TEN, 5000, how="iid"))
     assert np.abs(np.bincount(iid, minlength=10) - 5000 * expected).max() > 3
 
 
@@ -86,7 +86,7 @@ def test_each_stratified_draw_has_the_cluster_frequencies_as_its_distribution():
     # label an exact draw from the frequencies, so the model is sampled unchanged.
     keys = jax.random.split(jax.random.PRNGKey(0), 4000)
     draws = np.asarray(jax.vmap(
-        lambda key: self_condition.draw_clusters(key, _TEN, 4))(keys))
+        lambda key: kmeans.draw_clusters(key, _TEN, 4))(keys))
     for position in range(4):
         share = np.bincount(draws[:, position], minlength=10) / len(keys)
         np.testing.assert_allclose(share, np.asarray(_TEN), atol=0.025)

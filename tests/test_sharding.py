@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from errors import UserError
 from training import sharding
-from training.errors import UserError
 
 
 def test_mesh_fills_the_minus_one_axis_with_the_devices_left():

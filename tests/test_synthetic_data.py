@@ -16,10 +16,10 @@ from etils import epath
 
 from configs import cifar10_ddpmpp_vp
 from data import digits, pipeline, prepare, sources, synthetic
+from errors import UserError
 from tests.batches import assert_batches_equal
 from tests.configs import tiny
 from training import loop
-from training.errors import UserError
 
 SHAPES = [(8, 1), (12, 3)]  # (image_size, num_channels)
 

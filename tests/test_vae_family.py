@@ -14,13 +14,13 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data import pipeline
+from errors import UserError
 from evaluation import bpd
 from tests.configs import tiny_families
 from tests.resume_runs import straight_and_resumed
 from tests.test_cli import ROOT, _error_line, _run
 from training import images as image_utils
 from training import inference, loop
-from training.errors import UserError
 from training.families import get_family
 from vae import elbo
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from training.errors import UserError
+from errors import UserError
 
 
 def check_accumulation(batch_size: int, steps: int, devices: int = 1) -> None:

@@ -14,8 +14,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from training import paths
-from training.errors import CheckpointError
+from data import paths
+from errors import CheckpointError
 
 # Orbax splits a replicated array among its replicas so that each writes a part. For a small
 # array that saves nothing and costs a compiled slice per array and device (over a thousand

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from training.errors import UserError
+from errors import UserError
 
 _DEBUG_ENV = "SCOREGEN_DEBUG"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

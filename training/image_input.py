@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.errors import UserError
+from errors import UserError
 
 
 def read_image(path: str | Path, *, what: str = "image") -> np.ndarray:

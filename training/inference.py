@@ -22,9 +22,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
+from errors import CheckpointError, UserError
 from training import images, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
-from training.errors import CheckpointError, UserError
 from training.families import get_family
 from training.state import TrainState
 

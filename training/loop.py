@@ -18,11 +18,11 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from data import pipeline
+from data import paths, pipeline
+from errors import NonFiniteLossError
 from evaluation import runner
-from training import accumulate, images, paths, sharding
+from training import accumulate, images, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
-from training.errors import NonFiniteLossError
 from training.families import get_family
 from training.monitor import Monitor
 from training.state import TrainState

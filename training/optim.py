@@ -4,7 +4,7 @@ cosine decay to 0) and global-norm clipping, as one optax chain."""
 import ml_collections
 import optax
 
-from training.errors import UserError
+from errors import UserError
 
 
 def _adam(optim: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from training.errors import UserError
+from errors import UserError
 
 BATCH_AXES = ("data", "fsdp")
 

@@ -19,8 +19,8 @@ from typing import Any
 import ml_collections
 
 import networks
+from errors import UserError
 from training import accumulate
-from training.errors import UserError
 from training.families.diffusion import DiffusionFamily
 from training.families.gan import GANFamily
 from training.families.latent_diffusion import LatentDiffusionFamily

@@ -3,7 +3,7 @@ take it (GAN, diffusion and latent diffusion; `model.self_condition_clusters = K
 
 The networks are conditioned on the cluster of each training image in place of a human
 label (Liu et al., 2020), and sampling draws the cluster from the training split's cluster
-frequencies (`model.cluster_draws`, stratified by default; `gan/self_condition.py`). No
+frequencies (`model.cluster_draws`, stratified by default; `gan/kmeans.py`). No
 label is asked of the user: the model is unconditional, p(x) = sum_k pi_k p(x | k) with
 pi_k the cluster frequencies. (Not the self-conditioning of Chen et al. (2022), which
 feeds a diffusion model its own previous estimate of x_0.)
@@ -17,9 +17,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data import pipeline
-from gan import self_condition
-from training.errors import UserError
+from data import kmeans, pipeline
+from errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +28,7 @@ class Clusters:
 
     centres: jax.Array  # (K, D)
     frequencies: jax.Array  # (K,), summing to 1
-    draws: str  # one of self_condition.CLUSTER_DRAWS
+    draws: str  # one of kmeans.CLUSTER_DRAWS
 
     @property
     def num(self) -> int:
@@ -37,11 +36,11 @@ class Clusters:
 
     def of(self, images: jax.Array) -> jax.Array:
         """(B,) int32 cluster of each of `images` (B, ...), by its nearest centre."""
-        return self_condition.nearest_centre(images, self.centres)
+        return kmeans.nearest_centre(images, self.centres)
 
     def draw(self, key: jax.Array, num: int) -> jax.Array:
         """(num,) int32 clusters for `num` samples, each distributed as the frequencies."""
-        return self_condition.draw_clusters(key, self.frequencies, num, how=self.draws)
+        return kmeans.draw_clusters(key, self.frequencies, num, how=self.draws)
 
 
 def from_config(config: ml_collections.ConfigDict, *, num_classes: int,
@@ -54,9 +53,9 @@ def from_config(config: ml_collections.ConfigDict, *, num_classes: int,
     if k < 0:
         raise UserError(f"config.model.self_condition_clusters must be >= 0, got {k}")
     draws = str(config.model.get("cluster_draws", "stratified"))
-    if draws not in self_condition.CLUSTER_DRAWS:
+    if draws not in kmeans.CLUSTER_DRAWS:
         raise UserError(f"config.model.cluster_draws must be one of "
-                        f"{self_condition.CLUSTER_DRAWS}, got {draws!r}")
+                        f"{kmeans.CLUSTER_DRAWS}, got {draws!r}")
     if k == 0:
         return None
     if num_classes:
@@ -73,7 +72,7 @@ def from_config(config: ml_collections.ConfigDict, *, num_classes: int,
     if k > len(images):
         raise UserError(f"config.model.self_condition_clusters={k} exceeds the "
                         f"{len(images)} training images")
-    centres, assignment = self_condition.kmeans(images, k, seed=0)
+    centres, assignment = kmeans.kmeans(images, k, seed=0)
     sizes = np.bincount(assignment, minlength=k)
     logging.info("self-conditioning on %d k-means clusters of %d training images (sizes %s)",
                  k, len(images), sizes.tolist())

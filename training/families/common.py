@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from training.errors import UserError
+from errors import UserError
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:

@@ -21,8 +21,8 @@ from flax import nnx
 import networks
 from data import pipeline
 from diffusion import likelihood, losses, score, sde_lib
+from errors import UserError
 from training import accumulate, optim
-from training.errors import UserError
 from training.families import clusters, common, diffusion_sampling
 from training.state import TrainState, apply_gradients, single_network_state
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from diffusion import sampling
 from diffusion.guidance import autoguidance, classifier_free_guidance
-from training.errors import UserError
+from errors import UserError
 
 TASKS = ("sample", "inpaint", "colorize", "sdedit")
 

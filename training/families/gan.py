@@ -18,11 +18,11 @@ import optax
 from flax import nnx
 
 from data import pipeline
+from errors import UserError
 from gan import augment, ema, losses, penalties
 from networks import gan as gan_networks
 from networks.spectral_norm import NetState
 from training import optim
-from training.errors import UserError
 from training.families import clusters, common
 from training.state import TrainState
 

@@ -19,7 +19,7 @@ from absl import logging
 
 import configs
 from data import pipeline
-from training.errors import UserError
+from errors import UserError
 from training.families import common
 from training.families.diffusion import DiffusionFamily
 from training.state import TrainState

@@ -24,9 +24,9 @@ from flax import nnx
 from data import pipeline
 from diffusion import sde_lib
 from diffusion.sde_lib import batch_broadcast
+from errors import UserError
 from networks import noise_classifier
 from training import accumulate, optim
-from training.errors import UserError
 from training.state import TrainState, apply_gradients, single_network_state
 
 # Smallest training time: the marginal is still well conditioned in float32 (as the losses).

@@ -20,9 +20,9 @@ import optax
 from flax import nnx
 
 from data import pipeline
+from errors import UserError
 from networks import vae as vae_networks
 from training import accumulate, optim
-from training.errors import UserError
 from training.families import common
 from training.state import TrainState, apply_gradients, single_network_state
 from vae import elbo, likelihoods

@@ -1,21 +1,19 @@
-"""Self-conditioned GANs (Liu et al., 2020, "Diverse image generation via self-conditioned
-GANs"): an unconditional GAN whose generator and discriminator are conditioned on the
-cluster of the image instead of a human label.
+"""Clusters of a dataset, for self-conditioning (Liu et al., 2020, "Diverse image
+generation via self-conditioned GANs"): a model conditioned on the cluster of each image in
+place of a human label, which samples the cluster from the training split's frequencies.
 
-The training split is clustered once by k-means on its pixels (deterministic: k-means++
-seeding from a fixed seed, then Lloyd's iterations to convergence). During training each
-real image takes the label of its nearest centre; sampling draws the label from the
-clusters' frequencies, so no label is ever asked of the user and the model stays
-unconditional. The paper re-clusters the discriminator's features as training goes; fixed
-pixel clusters are the simple form of the idea and suit small images like the digits,
+`kmeans` clusters the training split once (deterministic: k-means++ seeding from a fixed
+seed, then Lloyd's iterations to convergence); `nearest_centre` labels images by their
+nearest centre; `draw_clusters` draws labels for samples. Neutral ground: the GAN and the
+diffusion families both use it. Fixed pixel clusters suit small images like the digits,
 whose pixel clusters already follow the digit classes closely.
 
 Sampling draws the clusters stratified by default: each sample's cluster has exactly the
 training frequencies as its distribution, but any run of n consecutive samples holds
 cluster k within a few samples of n times its frequency, as the stratified test split holds
-each class. Independent draws add multinomial noise to the cluster counts (about sqrt(n)
-samples a cluster), and at a few hundred samples that noise, not the images, is most of
-FD (README, GANs and VAEs).
+each class. Independent draws ('iid') add multinomial noise to the cluster counts (about
+sqrt(n) samples a cluster), and at a few hundred samples that noise, not the images, is
+most of FD (docs/families.md). Headline figures use 'iid' draws.
 """
 
 import jax

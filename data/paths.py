@@ -12,7 +12,7 @@ import os
 
 from etils import epath
 
-from training.errors import UserError
+from errors import UserError
 
 # URL scheme -> the packages of which any one gives epath that file system.
 _SCHEME_SUPPORT = {
