@@ -8,7 +8,7 @@ nearest centre; `draw_clusters` draws labels for samples. Neutral ground: the GA
 diffusion families both use it. Fixed pixel clusters suit small images like the digits,
 whose pixel clusters already follow the digit classes closely.
 
-Sampling draws the clusters stratified by default: each sample's cluster has exactly the
+Stratified draws (an option; i.i.d. is the default): each sample's cluster has exactly the
 training frequencies as its distribution, but any run of n consecutive samples holds
 cluster k within a few samples of n times its frequency, as the stratified test split holds
 each class. Independent draws ('iid') add multinomial noise to the cluster counts (about
@@ -81,7 +81,7 @@ _WEYL_STEP = 2654435769
 
 
 def draw_clusters(key: jax.Array, frequencies: jax.Array, num: int, *,
-                  how: str = "stratified") -> jax.Array:
+                  how: str) -> jax.Array:
     """(num,) int32 cluster labels whose distribution is `frequencies` (K,).
 
     'iid': independent categorical draws. 'stratified': the inverse CDF of the

@@ -71,7 +71,8 @@ _TEN = jnp.array([0.07, 0.13, 0.05, 0.10, 0.10, 0.05, 0.20, 0.10, 0.10, 0.10])
 def test_stratified_draws_hold_every_cluster_in_proportion_in_any_window():
     expected = np.asarray(_TEN)
     for seed in range(5):
-        draws = np.asarray(kmeans.draw_clusters(jax.random.PRNGKey(seed), _TEN, 5000))
+        draws = np.asarray(kmeans.draw_clusters(jax.random.PRNGKey(seed), _TEN, 5000,
+                                                  how="stratified"))
         for n in (10, 360, 1000, 5000):
             for start in range(0, 5000 - n + 1, 97):
                 counts = np.bincount(draws[start:start + n], minlength=10)
@@ -86,7 +87,7 @@ def test_each_stratified_draw_has_the_cluster_frequencies_as_its_distribution():
     # label an exact draw from the frequencies, so the model is sampled unchanged.
     keys = jax.random.split(jax.random.PRNGKey(0), 4000)
     draws = np.asarray(jax.vmap(
-        lambda key: kmeans.draw_clusters(key, _TEN, 4))(keys))
+        lambda key: kmeans.draw_clusters(key, _TEN, 4, how="stratified"))(keys))
     for position in range(4):
         share = np.bincount(draws[:, position], minlength=10) / len(keys)
         np.testing.assert_allclose(share, np.asarray(_TEN), atol=0.025)
@@ -198,8 +199,8 @@ def test_how_clusters_are_drawn_is_not_part_of_a_checkpoint_identity():
 
     config = tiny.get_config()
     config.model.self_condition_clusters = 5
-    stratified = config_identity(config)
-    config.model.cluster_draws = "iid"
-    assert config_identity(config) == stratified
+    iid = config_identity(config)
+    config.model.cluster_draws = "stratified"
+    assert config_identity(config) == iid
     config.model.self_condition_clusters = 6
-    assert config_identity(config) != stratified
+    assert config_identity(config) != iid
