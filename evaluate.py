@@ -7,6 +7,8 @@ writes metrics.json (default WORKDIR/metrics.json) with every setting that decid
 numbers. Without --samples it draws --num_samples samples from the latest checkpoint.
 2-D toy data gets the same sample metrics on its coordinates and nll (nats per point)
 beside the true density's in place of bits/dim (evaluation/points.py).
+`--protocol=fid50k` computes the literature's FID-50k instead: 50,000 samples against the
+train split's Inception statistics (evaluation/fid_protocol.py, docs/evaluation.md).
 
 Samples are drawn on the mesh of `config.sharding.mesh` with the train state's shardings.
 A multi-host job passes the flags train.py takes (--coordinator_address, --num_processes,
@@ -20,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from errors import UserError
-from evaluation import protocol, runner
+from evaluation import fid_protocol, protocol, runner
 from training import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -34,6 +36,12 @@ _METRICS = flags.DEFINE_string("metrics", None, "Comma-separated subset of fd,ki
                                "config.eval.metrics).")
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights file "
                                  "(pt_inception-2015-12-05-6726825d.pth) for non-digits data.")
+_PROTOCOL = flags.DEFINE_enum("protocol", None, list(fid_protocol.PROTOCOLS), "floors (the "
+                               "project's: metrics beside real-data floors) or fid50k (the "
+                               "literature's FID); default config.eval.protocol.")
+_FID_REFERENCE = flags.DEFINE_string("fid_reference", None, "fid50k: an .npz of the train "
+                                     "split's Inception statistics (mu, sigma); default: "
+                                     "computed once and cached.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default WORKDIR/metrics.json).")
 _CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to sample "
                                         "and score (default: the newest).")
@@ -46,6 +54,9 @@ def main(argv: list[str]) -> None:
     cli.maybe_initialize_distributed()
     config = _CONFIG.value
     which = protocol.parse_metrics(_METRICS.value or config.eval.metrics)
+    eval_protocol = fid_protocol.check_protocol(_PROTOCOL.value or config.eval.protocol)
+    if eval_protocol == fid_protocol.FID50K and _METRICS.value not in (None, "fd"):
+        raise UserError("--protocol=fid50k computes FID alone: leave out --metrics")
     if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
         raise UserError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
     if _CHECKPOINT_STEP.value is not None and _CHECKPOINT_STEP.value < 0:
@@ -58,7 +69,8 @@ def main(argv: list[str]) -> None:
     report = runner.evaluate(config, _WORKDIR.value, which=which, samples_path=_SAMPLES.value,
                              num_samples=_NUM_SAMPLES.value,
                              inception_weights=_INCEPTION.value or "",
-                             checkpoint_step=_CHECKPOINT_STEP.value)
+                             checkpoint_step=_CHECKPOINT_STEP.value, protocol=eval_protocol,
+                             fid_reference=_FID_REFERENCE.value or "")
     if jax.process_index() != 0:  # every process computed the same report; one writes it
         return
     runner.write_json(report, out)

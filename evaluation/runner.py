@@ -20,6 +20,7 @@ from absl import logging
 
 from data import pipeline
 from errors import UserError
+from evaluation import fid_protocol
 from evaluation.protocol import (
     LIKELIHOOD_METRICS,
     SAMPLE_METRICS,
@@ -71,7 +72,8 @@ class TrainingEvaluator:
 def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
              samples_path: str | None = None, num_samples: int | None = None,
              inception_weights: str = "", checkpoint_step: int | None = None,
-             devices: Any = None) -> dict[str, Any]:
+             devices: Any = None, protocol: str = fid_protocol.FLOORS,
+             fid_reference: str = "") -> dict[str, Any]:
     """The full report: metrics of the model's samples, the real-data floor, bits/dim
     (for 2-D points: nll, beside the true density's).
 
@@ -83,6 +85,9 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     from training import inference
 
     start = time.time()
+    fid = protocol == fid_protocol.FID50K  # the literature's FID-50k: FID only
+    if fid:
+        which, num_samples = ("fd",), num_samples or fid_protocol.NUM_SAMPLES
     check_metrics_fit_data(config, which)
     info = pipeline.get_info(config.data)
     samples = None
@@ -96,8 +101,12 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     num = len(samples.images) if samples else int(num_samples or config.eval.num_samples)
     evaluator = None
     if sample_metrics:
-        evaluator = make_sample_evaluator(config, which, inception_weights=inception_weights)
-        check_sample_count(which, num, evaluator)
+        if fid:
+            evaluator = fid_protocol.make_evaluator(config, num, reference=fid_reference,
+                                                    inception_weights=inception_weights)
+        else:
+            evaluator = make_sample_evaluator(config, which, inception_weights=inception_weights)
+            check_sample_count(which, num, evaluator)
     family = state = step = log_likelihood = None
     likelihood_metric = next((m for m in which if m in LIKELIHOOD_METRICS), None)
     restores = bool(likelihood_metric or (sample_metrics and samples is None))
@@ -126,8 +135,11 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
                           {"sampler": sampler, "nfe": nfe,
                            "seed": int(config.eval.seed), "step": step})
     report: dict[str, Any] = {"dataset": config.data.dataset, "workdir": str(workdir),
-                              "metrics_asked": list(which)}
-    if evaluator is not None:
+                              "metrics_asked": list(which), "protocol": protocol}
+    if fid:
+        report.update(evaluator(samples.images), samples={
+            "file": samples_path, "n_fake": len(samples.images), **samples.provenance})
+    elif evaluator is not None:
         n_fake = len(samples.images)
         report.update(
             feature_network=evaluator.describe(),
@@ -180,6 +192,8 @@ def _with_spread(values: Mapping[str, Any], key: str) -> str:
 def format_table(report: Mapping[str, Any]) -> str:
     """The report as a small text table: metric, model, real-data floor, and the i.i.d.
     floor where there is one (FD)."""
+    if report.get("protocol") == fid_protocol.FID50K:
+        return fid_protocol.format_report(report)
     model, floor = report.get("model", {}), report.get("real_floor", {})
     iid = report.get("real_floor_iid", {})
     lines = [f"{'metric':<22}{'model':>18}{'real floor':>14}"
