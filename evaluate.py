@@ -1,10 +1,13 @@
 """Measures a trained model: FD, KID, precision/recall, classifier score, class balance and
 bits/dim, each beside the same metric for real test images (the real-data floor).
 
-`python evaluate.py --config configs/digits_vp.py --workdir runs/digits_vp
-[--samples samples.npz] [--num_samples N] [--metrics fd,kid,pr,cs,bpd]` prints a table and
-writes metrics.json (default WORKDIR/metrics.json) with every setting that decides the
-numbers. Without --samples it draws --num_samples samples from the latest checkpoint.
+`python evaluate.py --workdir runs/digits_vp [--samples samples.npz] [--num_samples N]
+[--metrics fd,kid,pr,cs,bpd]` prints a table and writes metrics.json (default
+WORKDIR/metrics.json) with every setting that decides the numbers. Without --samples it
+draws --num_samples samples from the latest checkpoint. The config is the run's
+(WORKDIR/config.json, written by train.py); `--config.eval.x=` / `--config.sampling.x=`
+overrides apply to it, with or without `--config FILE`, which is checked against the
+run's model (training/run_config.py).
 2-D toy data gets the same sample metrics on its coordinates and nll (nats per point)
 beside the true density's in place of bits/dim (evaluation/points.py).
 `--protocol=fid50k` computes the literature's FID-50k instead: 50,000 samples against the
@@ -15,6 +18,7 @@ A multi-host job passes the flags train.py takes (--coordinator_address, --num_p
 --process_id, or --multihost); every process evaluates and process 0 writes the report.
 """
 
+import sys
 from pathlib import Path
 
 import jax
@@ -23,9 +27,10 @@ from ml_collections import config_flags
 
 from errors import UserError
 from evaluation import fid_protocol, protocol, runner
-from training import cli
+from training import cli, eval_hook, run_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (default: "
+                                           "the run's WORKDIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
 _SAMPLES = flags.DEFINE_string("samples", None, "An .npz of samples (as sample.py writes); "
                                "default: draw them from the latest checkpoint.")
@@ -45,14 +50,14 @@ _FID_REFERENCE = flags.DEFINE_string("fid_reference", None, "fid50k: an .npz of 
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default WORKDIR/metrics.json).")
 _CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to sample "
                                         "and score (default: the newest).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.maybe_initialize_distributed()
-    config = _CONFIG.value
+    config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
     which = protocol.parse_metrics(_METRICS.value or config.eval.metrics)
     eval_protocol = fid_protocol.check_protocol(_PROTOCOL.value or config.eval.protocol)
     if eval_protocol == fid_protocol.FID50K and _METRICS.value not in (None, "fd"):
@@ -66,11 +71,11 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--out must end in .json, got {out}")
     if _INCEPTION.value and not Path(_INCEPTION.value).is_file():
         raise UserError(f"Inception weights file not found: {_INCEPTION.value}")
-    report = runner.evaluate(config, _WORKDIR.value, which=which, samples_path=_SAMPLES.value,
-                             num_samples=_NUM_SAMPLES.value,
-                             inception_weights=_INCEPTION.value or "",
-                             checkpoint_step=_CHECKPOINT_STEP.value, protocol=eval_protocol,
-                             fid_reference=_FID_REFERENCE.value or "")
+    report = eval_hook.evaluate(config, _WORKDIR.value, which=which,
+                                samples_path=_SAMPLES.value, num_samples=_NUM_SAMPLES.value,
+                                inception_weights=_INCEPTION.value or "",
+                                checkpoint_step=_CHECKPOINT_STEP.value, protocol=eval_protocol,
+                                fid_reference=_FID_REFERENCE.value or "")
     if jax.process_index() != 0:  # every process computed the same report; one writes it
         return
     runner.write_json(report, out)
@@ -78,5 +83,14 @@ def main(argv: list[str]) -> None:
     logging.info("Wrote %s", out)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The entry point (`python evaluate.py`, the `scoregen-evaluate` script)."""
+    try:  # --config.x= overrides without --config apply to the run's config.json
+        sys.argv = run_config.workdir_config_argv(sys.argv)
+    except UserError as err:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -2,15 +2,21 @@
 
 Resumes from the workdir's latest checkpoint; any config key can be overridden
 (`--config.training.n_iters=300`). TensorBoard: `tensorboard --logdir WORKDIR`.
+`--dry_run` builds and compiles the train step abstractly, prints the parameter count, the
+batch shapes and the memory per device, and exits without training or writing anything.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from training import cli, loop
+from training import cli, dry_run, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and samples.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Build the state and compile the train step abstractly, print the "
+    "parameter count, batch shapes and memory per device, and exit: no training, nothing "
+    "written to the workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -18,9 +24,17 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.maybe_initialize_distributed()
+    if _DRY_RUN.value:
+        dry_run.dry_run(_CONFIG.value)
+        return
     result = loop.run(_CONFIG.value, _WORKDIR.value)
     logging.info("Finished at step %d", result["step"])
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The entry point (`python train.py`, the `scoregen-train` script)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -40,7 +40,9 @@ from diffusion import sampling
 from errors import UserError
 from training import inference, loop
 from training.families import get_family
+from training.families.base import SAMPLERS
 from training.families.diffusion import DiffusionFamily
+from training.families.request import SampleRequest
 
 COLUMNS = ("config", "sampler", "NFE", "batch", "compile s", "samples/s")
 
@@ -109,9 +111,9 @@ def steps_for_nfe(config: ml_collections.ConfigDict, family, name: str, target: 
                   ) -> int | None:
     """The most steps of sampler `name` (the config's options) whose NFE is at most
     `target`; None if even one step needs more, or for a family without steps."""
-    sde = getattr(family, "sde", None)
-    if sde is None:
+    if SAMPLERS not in family.capabilities:
         return None
+    sde = family.sde
     cfg = config.sampling
     common = {"eps": float(cfg.eps), "denoise": bool(cfg.noise_removal)}
     options = sampling.options_from_config(cfg, name)
@@ -129,8 +131,9 @@ def bench(config: ml_collections.ConfigDict, family, state, mesh, name: str, tar
           batch: int, seconds: float, repeats: int | None) -> dict:
     """One row of the table: `batch` samples at about `target` NFE."""
     steps = steps_for_nfe(config, family, name, target)
-    sampler_name = name if getattr(family, "sde", None) is not None else None
-    draw = inference.BatchSampler(family, batch, mesh, name=sampler_name, steps=steps)
+    sampler_name = name if SAMPLERS in family.capabilities else None
+    request = SampleRequest(batch, batch_size=batch, sampler=sampler_name, steps=steps)
+    draw = inference.BatchSampler(family, batch, mesh, request)
     params = family.sample_params(state)
     key = np.asarray(jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -185,7 +188,7 @@ def main() -> None:
               f"{dict(mesh.shape)}, {jax.process_count()} process(es); fresh parameters")
         print(" | ".join(COLUMNS))
         for target in targets:
-            if getattr(family, "sde", None) is not None and \
+            if SAMPLERS in family.capabilities and \
                     steps_for_nfe(config, family, name, target) is None:
                 print(f"# {name}: one step needs more than {target} NFE; skipped")
                 continue

@@ -18,8 +18,11 @@ import jax
 import numpy as np
 from absl import logging
 
+import progress
 from data import pipeline
 from errors import UserError
+
+LIKELIHOOD, BOUNDS = "likelihood", "bounds"  # training.families.base's capability names
 
 
 def likelihood_options(config: Any) -> dict[str, Any]:
@@ -34,8 +37,17 @@ def standard_error(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def map_test_split(config: Any, per_batch, *, limit: int | None = None
-                   ) -> dict[str, np.ndarray]:
+def _num_batches(config: Any, limit: int | None) -> int | None:
+    """The batches a pass over the test split reads (up to `limit` examples), for a
+    progress bar; None (nothing read) where bars are off."""
+    if not progress.enabled():
+        return None
+    n = pipeline.get_info(config.data).num_test
+    return math.ceil((n if limit is None else min(n, limit)) / int(config.eval.batch_size))
+
+
+def map_test_split(config: Any, per_batch, *, limit: int | None = None,
+                   desc: str = "test split") -> dict[str, np.ndarray]:
     """`per_batch(key, x) -> {name: (B,) array}` over the whole test split in padded
     batches of `config.eval.batch_size` (key: fold_in(PRNGKey(eval.seed), batch index));
     the padding rows dropped, the rest concatenated, cut at `limit` examples."""
@@ -44,7 +56,8 @@ def map_test_split(config: Any, per_batch, *, limit: int | None = None
     count = 0
     batches = pipeline.make_eval_iterator(config.data, batch_size=int(config.eval.batch_size),
                                           split="test")
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(progress.bar(batches, total=_num_batches(config, limit),
+                                           desc=desc)):
         if limit is not None and count >= limit:
             break
         out = jax.device_get(per_batch(jax.random.fold_in(key, i), batch["image"]))
@@ -70,11 +83,12 @@ def _dequant_seeds(seed: int, k: int) -> list[int]:
 
 def make_log_likelihood(config: Any, family: Any):
     """The family's compiled-once likelihood function (a VAE's bounds), or UserError."""
-    if hasattr(family, "make_bounds"):  # a VAE: bounds on the discrete likelihood
+    # Capability names (training.families.base): plain strings, so evaluation/ needs no
+    # training/ import.
+    if BOUNDS in family.capabilities:  # a VAE: bounds on the discrete likelihood
         return family.make_bounds()
-    if not hasattr(family, "make_log_likelihood"):
-        raise UserError(f"bits/dim needs a likelihood; model family {config.model.family!r} "
-                        "has none")
+    if LIKELIHOOD not in family.capabilities:
+        raise UserError(family.refusal([(LIKELIHOOD, "bits/dim")]))
     if not family.is_image_data:
         raise UserError("bits/dim is defined for 8-bit image data, not 2-D points")
     _dequant_samples(config)
@@ -95,7 +109,7 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
     from diffusion.likelihood import bits_per_dim as to_bits
     from diffusion.likelihood import importance_weighted_logp
 
-    if hasattr(family, "make_bounds"):
+    if BOUNDS in family.capabilities:
         return _bound_bits_per_dim(config, family, state, log_likelihood, limit=limit)
     num_dequant = _dequant_samples(config)
     log_likelihood = log_likelihood or make_log_likelihood(config, family)
@@ -112,7 +126,9 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
     params = family.sample_params(state)
     key = jax.random.PRNGKey(int(ev.seed))
     bpds, nfes, count = [], [], 0
-    for i, batches in enumerate(zip(*iterators, strict=True)):
+    batches_and_dequants = progress.bar(zip(*iterators, strict=True),
+                                        total=_num_batches(config, limit), desc="bits/dim")
+    for i, batches in enumerate(batches_and_dequants):
         if limit is not None and count >= limit:
             break
         batch_key = jax.random.fold_in(key, i)
@@ -164,7 +180,7 @@ def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
         out = bounds(params, key, x)
         return {name: out[name] for name in ("iwae", "elbo")}
 
-    values = map_test_split(config, per_batch, limit=limit)
+    values = map_test_split(config, per_batch, limit=limit, desc="bits/dim (bounds)")
     # Negated here, in float64, so that the two units differ by exactly the factor D ln 2
     # (the convention of vae.elbo.bits_per_dim).
     nats = {name: -values[name] for name in ("iwae", "elbo")}

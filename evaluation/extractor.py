@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+import progress
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureExtractor:
@@ -38,7 +40,8 @@ class FeatureExtractor:
                 f"{images.shape}"
             )
         features, logits = [], []
-        for start in range(0, len(images), self.batch_size):
+        starts = range(0, len(images), self.batch_size)
+        for start in progress.bar(starts, desc=f"{self.name} features"):
             chunk = images[start : start + self.batch_size]
             n = len(chunk)
             if n < self.batch_size:

@@ -115,7 +115,7 @@ class PointsEvaluator:
 
 def make_log_likelihood(config: Any, family: Any):
     """The family's compiled-once log-likelihood of points, or UserError."""
-    if not hasattr(family, "make_log_likelihood") or hasattr(family, "make_bounds"):
+    if bpd.LIKELIHOOD not in family.capabilities:
         raise UserError(f"nll needs a likelihood of the points; model family "
                         f"{config.model.family!r} has none; leave nll out of the metrics")
     return family.make_log_likelihood(**bpd.likelihood_options(config))
@@ -133,7 +133,7 @@ def negative_log_likelihood(config: Any, family: Any, state: Any, log_likelihood
         nfes.append(int(nfe))
         return {"nll": -np.asarray(logp, np.float64)}
 
-    nlls = bpd.map_test_split(config, per_batch, limit=limit)["nll"]
+    nlls = bpd.map_test_split(config, per_batch, limit=limit, desc="nll")["nll"]
     if not np.isfinite(nlls).all():
         raise UserError("the likelihood is not finite on some test points")
     return {

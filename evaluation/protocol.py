@@ -3,7 +3,8 @@ network, the same metrics, and the real-data floor beside every number.
 
 This module holds the protocol's pieces: the metric names and their checks, the feature
 network, :func:`compare` and :class:`SampleEvaluator` (reference features and the floors).
-`evaluation.runner` assembles them into a report.
+`evaluation.runner` assembles them into a report (and picks `evaluation.points` for 2-D
+data: that module builds on this one, so this one never imports it).
 
 Protocol (recorded in every report):
 - The reference set is the whole train split. The floor compares the test split with it;
@@ -32,7 +33,6 @@ import numpy as np
 
 from data import pipeline
 from errors import UserError
-from evaluation import bpd
 from evaluation import metrics as M
 from evaluation.extractor import FeatureExtractor
 
@@ -67,17 +67,6 @@ def check_metrics_fit_data(config: Any, which: tuple[str, ...]) -> None:
     if not is_points(config) and "nll" in which:
         raise UserError(f"nll (nats per point) is for 2-D toy points, and dataset "
                         f"{dataset!r} is images: ask for bpd (bits/dim) instead")
-
-
-def likelihood_functions(config: Any):
-    """(make_log_likelihood, measure, real_floor) for the data's likelihood metric: bits/dim
-    of images (`evaluation.bpd`; no real floor) or the NLL of points (`evaluation.points`;
-    the true density's, where known)."""
-    if is_points(config):
-        from evaluation import points
-
-        return points.make_log_likelihood, points.negative_log_likelihood, points.exact_nll
-    return bpd.make_log_likelihood, bpd.bits_per_dim, lambda config: {}
 
 
 def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: str = "",
@@ -220,16 +209,6 @@ class SampleEvaluator:
     def describe(self) -> dict[str, Any]:
         return {"name": self.extractor.name, "sha256": self.extractor.checksum,
                 "feature_dim": self.extractor.feature_dim, **self.extractor.settings}
-
-
-def make_sample_evaluator(config: Any, which: tuple[str, ...], *,
-                          inception_weights: str = ""):
-    """SampleEvaluator for images, `points.PointsEvaluator` for 2-D toy data."""
-    if is_points(config):
-        from evaluation import points
-
-        return points.PointsEvaluator(config, which)
-    return SampleEvaluator(config, which, inception_weights=inception_weights)
 
 
 def check_sample_count(which: tuple[str, ...], n_fake: int, evaluator: Any) -> None:

@@ -1,8 +1,12 @@
-"""The evaluation report: :func:`evaluate` draws or loads the samples, scores them under the
-protocol of `evaluation.protocol` (the metrics, the real-data floor, the i.i.d. floor, bits/dim
-or the nll of 2-D points) and assembles the report; :func:`write_json` and
-:func:`format_table` write it out. :class:`TrainingEvaluator` is the same protocol for the
-training loop.
+"""The evaluation report from samples: :class:`Evaluation` checks what is asked, loads a
+samples file if one is given, builds the feature network once, and scores samples under
+the protocol of `evaluation.protocol` (the metrics, the real-data floor, the i.i.d. floor,
+bits/dim or the nll of 2-D points); :func:`write_json` and :func:`format_table` write the
+report out.
+
+Nothing here restores a checkpoint or draws samples: a model arrives as arguments (its
+family, state and compiled log-likelihood), from `training.eval_hook`, which does both for
+evaluate.py and for the training loop.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,151 +22,141 @@ from typing import Any
 from absl import logging
 
 from data import pipeline
+from data.samples_file import Samples, load_samples
 from errors import UserError
-from evaluation import fid_protocol
+from evaluation import bpd, fid_protocol, points
 from evaluation.protocol import (
     LIKELIHOOD_METRICS,
     SAMPLE_METRICS,
+    SampleEvaluator,
     check_metrics_fit_data,
     check_sample_count,
-    likelihood_functions,
-    make_sample_evaluator,
-    parse_metrics,
+    is_points,
 )
-from evaluation.samples_file import Samples, load_samples
 
 
-class TrainingEvaluator:
-    """`evaluator(state) -> {metric: float}`: `config.eval.metrics_during_training`, on
-    `config.eval.num_samples` samples (EMA weights, the config's sampler, compiled once)
-    and, if asked, bits/dim (nll for 2-D points); what the training loop writes to
-    TensorBoard."""
-
-    def __init__(self, config: Any, family: Any):
-        from training import inference
-
-        self.config, self.family = config, family
-        self.which = parse_metrics(config.eval.metrics_during_training)
-        check_metrics_fit_data(config, self.which)
-        self.samples = None
-        if any(m in SAMPLE_METRICS for m in self.which):
-            self.samples = make_sample_evaluator(config, self.which)
-            check_sample_count(self.which, int(config.eval.num_samples), self.samples)
-            self.generate = inference.make_generator(
-                family, int(config.eval.num_samples), batch_size=int(config.eval.batch_size)
-            )
-        # Compiled once here, not at every evaluation.
-        self._log_likelihood = self._measure_likelihood = None
-        if any(m in LIKELIHOOD_METRICS for m in self.which):
-            make, self._measure_likelihood, _ = likelihood_functions(config)
-            self._log_likelihood = make(config, family)
-
-    def __call__(self, state: Any) -> dict[str, float]:
-        out: dict[str, Any] = {}
-        if self.samples is not None:
-            images, _ = self.generate(state, int(self.config.eval.seed))
-            out.update(self.samples(images, self.generate.labels))
-        if self._measure_likelihood is not None:
-            out.update(self._measure_likelihood(self.config, self.family, state,
-                                                self._log_likelihood))
-        return {f"eval/{k}": float(v) for k, v in out.items() if isinstance(v, float | int)}
+def make_sample_evaluator(config: Any, which: tuple[str, ...], *,
+                          inception_weights: str = ""):
+    """SampleEvaluator for images, `points.PointsEvaluator` for 2-D toy data."""
+    if is_points(config):
+        return points.PointsEvaluator(config, which)
+    return SampleEvaluator(config, which, inception_weights=inception_weights)
 
 
-def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
-             samples_path: str | None = None, num_samples: int | None = None,
-             inception_weights: str = "", checkpoint_step: int | None = None,
-             devices: Any = None, protocol: str = fid_protocol.FLOORS,
-             fid_reference: str = "") -> dict[str, Any]:
-    """The full report: metrics of the model's samples, the real-data floor, bits/dim
-    (for 2-D points: nll, beside the true density's).
+def likelihood_functions(config: Any):
+    """(make_log_likelihood, measure, real_floor) for the data's likelihood metric: bits/dim
+    of images (`evaluation.bpd`; no real floor) or the NLL of points (`evaluation.points`;
+    the true density's, where known)."""
+    if is_points(config):
+        return points.make_log_likelihood, points.negative_log_likelihood, points.exact_nll
+    return bpd.make_log_likelihood, bpd.bits_per_dim, lambda config: {}
 
-    Samples come from `samples_path` or are drawn from the workdir's latest checkpoint (or
-    the one at `checkpoint_step`; EMA weights, the config's sampler), restored onto the
-    mesh of `config.sharding.mesh` over `devices` (default: all) as training places it.
-    Raises UserError on bad input before any work.
+
+class Evaluation:
+    """One evaluation of `which` metrics, checked and prepared before any work: the
+    samples of `samples_path` (the first `num_samples`), or `num` to be drawn (default
+    `config.eval.num_samples`); the feature network; the protocol (`floors`, or `fid50k`:
+    FID alone on 50,000 samples by default). Raises UserError on bad input.
+
+    `needs_model`: whether a checkpoint must be restored (to draw the samples, or for a
+    likelihood metric). Then `make_log_likelihood(family)` (the compiled likelihood, or
+    UserError) and `report(workdir, samples, family=, state=, log_likelihood=, step=)`.
     """
-    from training import inference
 
-    start = time.time()
-    fid = protocol == fid_protocol.FID50K  # the literature's FID-50k: FID only
-    if fid:
-        which, num_samples = ("fd",), num_samples or fid_protocol.NUM_SAMPLES
-    check_metrics_fit_data(config, which)
-    info = pipeline.get_info(config.data)
-    samples = None
-    if samples_path is not None:
-        samples = load_samples(samples_path, tuple(info.shape), num_classes=info.num_classes)
-        if num_samples is not None:
-            samples = dataclasses.replace(
-                samples, images=samples.images[:num_samples],
-                labels=None if samples.labels is None else samples.labels[:num_samples])
-    sample_metrics = tuple(m for m in which if m in SAMPLE_METRICS)
-    num = len(samples.images) if samples else int(num_samples or config.eval.num_samples)
-    evaluator = None
-    if sample_metrics:
-        if fid:
-            evaluator = fid_protocol.make_evaluator(config, num, reference=fid_reference,
-                                                    inception_weights=inception_weights)
-        else:
-            evaluator = make_sample_evaluator(config, which, inception_weights=inception_weights)
-            check_sample_count(which, num, evaluator)
-    family = state = step = log_likelihood = None
-    likelihood_metric = next((m for m in which if m in LIKELIHOOD_METRICS), None)
-    restores = bool(likelihood_metric or (sample_metrics and samples is None))
-    if checkpoint_step is not None and not restores:
-        raise UserError("a checkpoint step was given, but nothing here reads a checkpoint: "
-                        "the samples come from a file and no likelihood metric is asked for")
-    if restores:
-        family, state, step = inference.restore_latest(config, workdir, step=checkpoint_step,
-                                                       devices=devices)
-    if likelihood_metric:
-        make_log_likelihood, measure_likelihood, likelihood_floor = likelihood_functions(config)
-        # A family without a likelihood of the data is refused here, before any sampling.
+    def __init__(self, config: Any, which: tuple[str, ...], *, samples_path: str | None = None,
+                 num_samples: int | None = None, inception_weights: str = "",
+                 protocol: str = fid_protocol.FLOORS, fid_reference: str = ""):
+        self.config, self.protocol, self.samples_path = config, protocol, samples_path
+        self.fid = protocol == fid_protocol.FID50K  # the literature's FID-50k: FID only
+        if self.fid:
+            which, num_samples = ("fd",), num_samples or fid_protocol.NUM_SAMPLES
+        self.which = tuple(which)
+        check_metrics_fit_data(config, which)
+        info = pipeline.get_info(config.data)
+        self.samples = None
+        if samples_path is not None:
+            samples = load_samples(samples_path, tuple(info.shape),
+                                   num_classes=info.num_classes)
+            if num_samples is not None:
+                samples = dataclasses.replace(
+                    samples, images=samples.images[:num_samples],
+                    labels=None if samples.labels is None else samples.labels[:num_samples])
+            self.samples = samples
+        self.sample_metrics = tuple(m for m in which if m in SAMPLE_METRICS)
+        self.num = (len(self.samples.images) if self.samples
+                    else int(num_samples or config.eval.num_samples))
+        self.evaluator = None
+        if self.sample_metrics:
+            if self.fid:
+                self.evaluator = fid_protocol.make_evaluator(
+                    config, self.num, reference=fid_reference,
+                    inception_weights=inception_weights)
+            else:
+                self.evaluator = make_sample_evaluator(config, which,
+                                                       inception_weights=inception_weights)
+                check_sample_count(which, self.num, self.evaluator)
+        self.likelihood_metric = next((m for m in which if m in LIKELIHOOD_METRICS), None)
+
+    @property
+    def draws_samples(self) -> bool:
+        """True if the samples are to be drawn from the model (no samples file)."""
+        return bool(self.sample_metrics) and self.samples is None
+
+    @property
+    def needs_model(self) -> bool:
+        return bool(self.likelihood_metric) or self.draws_samples
+
+    def make_log_likelihood(self, family: Any):
+        """The family's compiled-once log-likelihood for the likelihood metric; a family
+        without one is a UserError naming the metrics to ask for instead."""
+        make_log_likelihood, _, _ = likelihood_functions(self.config)
         try:
-            log_likelihood = make_log_likelihood(config, family)
+            return make_log_likelihood(self.config, family)
         except UserError as err:
-            rest = ",".join(m for m in which if m != likelihood_metric)
-            raise UserError(f"{err}; leave {likelihood_metric} out of the metrics"
+            rest = ",".join(m for m in self.which if m != self.likelihood_metric)
+            raise UserError(f"{err}; leave {self.likelihood_metric} out of the metrics"
                             + (f" (--metrics {rest})" if rest else "")) from None
-    if sample_metrics and samples is None:
-        logging.info("Drawing %d samples from checkpoint step %d", num, step)
-        generate = inference.make_generator(family, num, batch_size=int(config.eval.batch_size))
-        images, nfe = generate(state, int(config.eval.seed))
-        # A conditional model draws balanced labels: they give the conditional accuracy.
-        sampler = getattr(family, "sampler_name", config.sampling.method)
-        samples = Samples(images, generate.labels,
-                          {"sampler": sampler, "nfe": nfe,
-                           "seed": int(config.eval.seed), "step": step})
-    report: dict[str, Any] = {"dataset": config.data.dataset, "workdir": str(workdir),
-                              "metrics_asked": list(which), "protocol": protocol}
-    if fid:
-        report.update(evaluator(samples.images), samples={
-            "file": samples_path, "n_fake": len(samples.images), **samples.provenance})
-    elif evaluator is not None:
-        n_fake = len(samples.images)
-        report.update(
-            feature_network=evaluator.describe(),
-            samples={"file": samples_path, "n_fake": n_fake, **samples.provenance},
-            n_real_reference=evaluator.n_train, n_real_test=evaluator.n_test,
-            eval_size=min(n_fake, evaluator.n_test), seed=evaluator.seed,
-            model=evaluator(samples.images, samples.labels),
-            real_floor=evaluator.floor(n_fake),
-        )
-        iid_floor = evaluator.iid_floor(n_fake) if "fd" in which else None
-        if iid_floor:
-            report["real_floor_iid"] = iid_floor
-    if likelihood_metric:
-        logging.info("%s on the test split (%s)", likelihood_metric, "ELBO and IWAE bounds"
-                     if hasattr(family, "make_bounds") else
-                     f"{config.eval.bpd_divergence} divergence")
-        report.setdefault("model", {}).update(
-            measure_likelihood(config, family, state, log_likelihood))
-        floor = likelihood_floor(config)
-        if floor:
-            report.setdefault("real_floor", {}).update(floor)
-        report["checkpoint_step"] = step
-    report["seconds"] = round(time.time() - start, 1)
-    return report
+
+    def report(self, workdir: str | os.PathLike, samples: Samples | None = None, *,
+               family: Any = None, state: Any = None, log_likelihood: Any = None,
+               step: int | None = None) -> dict[str, Any]:
+        """The full report: metrics of `samples` (default: the samples file's), the
+        real-data floor, and the likelihood metric of `family` at `state` (its
+        `log_likelihood`, from make_log_likelihood) at checkpoint `step`."""
+        config, which = self.config, self.which
+        samples = samples if samples is not None else self.samples
+        report: dict[str, Any] = {"dataset": config.data.dataset, "workdir": str(workdir),
+                                  "metrics_asked": list(which), "protocol": self.protocol}
+        evaluator = self.evaluator
+        if self.fid and evaluator is not None:
+            report.update(evaluator(samples.images), samples={
+                "file": self.samples_path, "n_fake": len(samples.images),
+                **samples.provenance})
+        elif evaluator is not None:
+            n_fake = len(samples.images)
+            report.update(
+                feature_network=evaluator.describe(),
+                samples={"file": self.samples_path, "n_fake": n_fake, **samples.provenance},
+                n_real_reference=evaluator.n_train, n_real_test=evaluator.n_test,
+                eval_size=min(n_fake, evaluator.n_test), seed=evaluator.seed,
+                model=evaluator(samples.images, samples.labels),
+                real_floor=evaluator.floor(n_fake),
+            )
+            iid_floor = evaluator.iid_floor(n_fake) if "fd" in which else None
+            if iid_floor:
+                report["real_floor_iid"] = iid_floor
+        if self.likelihood_metric:
+            _, measure_likelihood, likelihood_floor = likelihood_functions(config)
+            logging.info("%s on the test split (%s)", self.likelihood_metric,
+                         "ELBO and IWAE bounds" if bpd.BOUNDS in family.capabilities else
+                         f"{config.eval.bpd_divergence} divergence")
+            report.setdefault("model", {}).update(
+                measure_likelihood(config, family, state, log_likelihood))
+            floor = likelihood_floor(config)
+            if floor:
+                report.setdefault("real_floor", {}).update(floor)
+            report["checkpoint_step"] = step
+        return report
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:

@@ -12,12 +12,12 @@ from PIL import Image
 
 from diffusion import guidance, sampling
 from errors import UserError
-from evaluation import runner
 from tests.configs import tiny, tiny_families, tiny_guided
 from tests.test_cli import ROOT, _error_line, _run
-from training import loop
+from training import eval_hook, loop
 from training.families import diffusion as diffusion_family
 from training.families import get_family
+from training.families.request import SampleRequest as R
 
 GUIDED = str(ROOT / "tests" / "configs" / "tiny_guided.py")
 ONE_DEVICE = jax.devices()[:1]
@@ -123,21 +123,22 @@ def test_classifier_free_guidance_at_zero_is_the_conditional_score(cond_outputs)
 def test_guidance_and_labels_are_refused_where_they_cannot_apply(cond_family):
     uncond = get_family(tiny.get_config("vpsde"))
     with pytest.raises(UserError, match="needs a class-conditional model"):
-        uncond.make_sampler(4, guidance_scale=1.0)
+        uncond.make_sampler(R(4, guidance_scale=1.0))
     with pytest.raises(UserError, match="unconditional"):
-        uncond.make_sampler(4)(None, None, labels=3)
+        uncond.make_sampler(R(4))(None, None, labels=3)
     with pytest.raises(UserError, match=r"out of range: the classes are 0\.\.9"):
-        cond_family.make_sampler(4)(None, None, labels=10)
+        cond_family.make_sampler(R(4))(None, None, labels=10)
     no_null = tiny_guided.get_config("cond")
     no_null.training.class_dropout = 0.0
     with pytest.raises(UserError, match="class_dropout > 0"):
-        get_family(no_null).make_sampler(4, guidance_scale=1.0)
+        get_family(no_null).make_sampler(R(4, guidance_scale=1.0))
     with pytest.raises(UserError, match="inpaint sampler: unknown predictor 'ode'"):
-        cond_family.make_sampler(4, name="ode", task="inpaint")
-    with pytest.raises(UserError, match=r"SDEdit strength must lie in \(0, 1\], got 0"):
-        cond_family.make_sampler(4, task="sdedit", edit_strength=0.0)
-    with pytest.raises(UserError, match="colorization needs a colour"):
-        cond_family.make_sampler(4, task="colorize")
+        cond_family.make_sampler(R(4, sampler="ode", task="inpaint",
+                              image=np.zeros((8, 8, 1)), mask=np.ones((8, 8, 1))))
+    with pytest.raises(UserError, match=r"--edit_strength must lie in \(0, 1\], got 0"):
+        R(4, task="sdedit", edit_strength=0.0, image=np.zeros((8, 8, 1)))
+    with pytest.raises(UserError, match="--colorize needs an RGB model"):
+        cond_family.make_sampler(R(4, task="colorize", image=np.zeros((8, 8, 1))))
     mismatched = tiny_guided.get_config("cond")
     mismatched.model.num_classes = 7
     with pytest.raises(UserError, match="num_classes=7 but dataset 'digits' has 10 classes"):
@@ -147,9 +148,9 @@ def test_guidance_and_labels_are_refused_where_they_cannot_apply(cond_family):
 def test_a_sampler_that_cannot_serve_the_sde_is_a_user_error():
     subvp = get_family(tiny.get_config("subvpsde"))
     with pytest.raises(UserError, match=r"^sampler: .*subVPSDE"):
-        subvp.make_sampler(4, name="ancestral", steps=2)
-    with pytest.raises(UserError, match="steps must be a positive int"):
-        subvp.make_sampler(4, steps=0)
+        subvp.make_sampler(R(4, sampler="ancestral", steps=2))
+    with pytest.raises(UserError, match="--steps must be positive, got 0"):
+        R(4, steps=0)
 
 
 def test_noise_classifier_trains_two_steps_in_the_loop(classifier_run):
@@ -159,7 +160,7 @@ def test_noise_classifier_trains_two_steps_in_the_loop(classifier_run):
         assert np.isfinite(result[name]), name
     assert result["loss"] > 0 and (workdir / "checkpoints" / "2").is_dir()
     with pytest.raises(UserError, match="draws no samples"):
-        get_family(tiny_guided.get_config("classifier")).make_sampler(4)
+        get_family(tiny_guided.get_config("classifier")).make_sampler(R(4))
 
 
 def _noise_fakes(path, num: int = 60, shape=(8, 8, 1)):
@@ -229,21 +230,22 @@ def test_discriminator_guidance_moves_unconditional_samples_and_scale_zero_does_
     plain = get_family(tiny_guided.get_config("plain"))
     params = _perturbed(plain.init_params(jax.random.PRNGKey(0)))
     key = jax.random.PRNGKey(3)
-    unguided, nfe = plain.make_sampler(3, steps=2)(params, key)
+    unguided, nfe = plain.make_sampler(R(3, steps=2))(params, key)
     samples = {}
     for scale in (0.0, 5.0):
-        draw = plain.make_sampler(3, steps=2, classifier=disc_family, classifier_scale=scale)
+        draw = plain.make_sampler(R(3, steps=2, classifier_scale=scale), classifier=disc_family)
         samples[scale], guided_nfe = draw(params, key, classifier_params=disc_params)
         assert guided_nfe == nfe
     np.testing.assert_allclose(samples[0.0], unguided, atol=1e-5)
     assert np.max(np.abs(np.asarray(samples[5.0]) - np.asarray(unguided))) > 1e-3
     with pytest.raises(UserError, match="the discriminator tells data from unconditional"):
-        get_family(tiny_guided.get_config("cond")).make_sampler(3, classifier=disc_family)
+        get_family(tiny_guided.get_config("cond")).make_sampler(R(3), classifier=disc_family)
     with pytest.raises(UserError, match="a discriminator has no class probabilities"):
         disc_family.log_prob_fn(disc_params)
     with pytest.raises(UserError, match="a class label needs a label classifier; this one "
                                         "is a discriminator"):
-        inference.make_generator(plain, 3, class_label=4, classifier=(disc_family, disc_state))
+        inference.make_generator(plain, R(3, labels=4, classifier_scale=1.0),
+                                 classifier=(disc_family, disc_state))
     labels_classifier = tiny_guided.get_config("classifier")
     with pytest.raises(UserError, match=r"classifier\.objective: 'discriminator' in "
                                         r"checkpoint vs 'labels' now"):
@@ -369,7 +371,7 @@ def test_the_experiment_configs_build_their_families():
 def test_evaluate_scores_a_conditional_model_on_the_labels_it_drew(cond_run):
     """evaluate.py samples a conditional model with balanced labels and reports how many
     samples the digits classifier assigns to the class that was asked for."""
-    report = runner.evaluate(tiny_guided.get_config("cond"), cond_run, which=("cs",),
+    report = eval_hook.evaluate(tiny_guided.get_config("cond"), cond_run, which=("cs",),
                              num_samples=20)
     model = report["model"]
     assert 0.0 <= model["conditional_accuracy"] <= 1.0
@@ -382,8 +384,8 @@ def test_autoguidance_by_the_model_itself_changes_nothing_and_a_weaker_guide_doe
     params = _perturbed(cond_family.init_params(jax.random.PRNGKey(0)))
     weaker = _perturbed(params, seed=1)
     key, labels = jax.random.PRNGKey(4), np.array([1, 2, 3], np.int32)
-    guided = cond_family.make_sampler(3, steps=2, guide=cond_family, guide_scale=2.0)
-    plain, nfe = cond_family.make_sampler(3, steps=2)(params, key, labels)
+    guided = cond_family.make_sampler(R(3, steps=2, autoguidance_scale=2.0), guide=cond_family)
+    plain, nfe = cond_family.make_sampler(R(3, steps=2))(params, key, labels)
     same, guided_nfe = guided(params, key, labels, guide_params=params)
     moved, _ = guided(params, key, labels, guide_params=weaker)
     np.testing.assert_allclose(same, plain, atol=1e-4)
@@ -392,9 +394,9 @@ def test_autoguidance_by_the_model_itself_changes_nothing_and_a_weaker_guide_doe
     with pytest.raises(UserError, match="guide_params go with a guide"):
         guided(params, key, labels)
     with pytest.raises(UserError, match="autoguidance and classifier-free guidance"):
-        cond_family.make_sampler(3, steps=2, guide=cond_family, guidance_scale=1.0)
+        cond_family.make_sampler(R(3, steps=2, guidance_scale=1.0), guide=cond_family)
     with pytest.raises(UserError, match=r"autoguide has model\.num_classes=0, the model 10"):
-        cond_family.make_sampler(3, guide=get_family(tiny_guided.get_config("plain")))
+        cond_family.make_sampler(R(3), guide=get_family(tiny_guided.get_config("plain")))
 
 
 def test_an_autoguide_of_other_data_or_another_sde_is_refused(tmp_path):

@@ -17,7 +17,7 @@ from errors import UserError
 from evaluation import bpd, metrics, protocol, runner, samples_file
 from tests.configs import tiny
 from tests.torch_files import contiguous, write_zip
-from training import loop
+from training import eval_hook, loop
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -69,7 +69,7 @@ def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
     config.eval.batch_size = 360  # the whole test split in one likelihood batch
     # One device: bits/dim does not split its test batch, so on 8 fake CPU devices every
     # device would integrate the whole batch.
-    report = runner.evaluate(config, trained, which=("fd", "kid", "pr", "cs", "bpd"),
+    report = eval_hook.evaluate(config, trained, which=("fd", "kid", "pr", "cs", "bpd"),
                              num_samples=100, devices=jax.devices()[:1])
     model, floor = report["model"], report["real_floor"]
     for key in ("fd", "kid", "kid_std", "precision", "recall", "classifier_score",
@@ -270,6 +270,7 @@ class _ClosedFormFamily:
 
     data_shape = (8, 8, 1)
     is_image_data = True
+    capabilities = frozenset({"likelihood"})
 
     def sample_params(self, state):
         return state

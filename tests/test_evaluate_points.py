@@ -17,7 +17,7 @@ from data import toy
 from errors import UserError
 from evaluation import points, protocol, runner, samples_file
 from tests.configs import tiny
-from training import inference, loop
+from training import eval_hook, inference, loop
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = f"{ROOT / 'tests' / 'configs' / 'tiny.py'}:toy"
@@ -102,6 +102,8 @@ class _ExactGmmFamily:
     """What negative_log_likelihood needs of a family, with the true toy_gmm density as
     the model (no network, no ODE)."""
 
+    capabilities = frozenset({"likelihood"})
+
     def sample_params(self, state):
         return state
 
@@ -151,7 +153,7 @@ def test_the_points_report_has_every_metric_and_the_true_density_as_nll_floor(tr
     config = tiny.get_config("toy")
     config.eval.bpd_rtol = config.eval.bpd_atol = 1e-3
     config.eval.bpd_divergence = "exact"
-    report = runner.evaluate(config, trained, which=("fd", "kid", "pr", "cs", "nll"),
+    report = eval_hook.evaluate(config, trained, which=("fd", "kid", "pr", "cs", "nll"),
                              num_samples=64)
     model, floor = report["model"], report["real_floor"]
     for key in ("fd", "kid", "precision", "recall", "classifier_score", "class_entropy",
@@ -174,7 +176,7 @@ def test_training_can_report_point_metrics_and_nll(trained):
     config.eval.num_samples = 64
     config.eval.bpd_rtol = config.eval.bpd_atol = 1e-3
     family, state, _ = inference.restore_latest(config, trained)
-    out = runner.TrainingEvaluator(config, family)(state)
+    out = eval_hook.TrainingEvaluator(config, family)(state)
     assert {"eval/fd", "eval/class_entropy", "eval/near_mode", "eval/nll"} <= set(out)
     assert all(np.isfinite(v) for v in out.values())
 
@@ -209,9 +211,10 @@ def test_the_cli_scores_a_points_file_and_refuses_bits_per_dim_in_one_line(train
 
 def test_an_earlier_checkpoint_is_sampled_and_scored_when_asked_for(trained, tmp_path):
     config = tiny.get_config("toy")
-    report = runner.evaluate(config, trained, which=("fd",), num_samples=64, checkpoint_step=1)
+    report = eval_hook.evaluate(config, trained, which=("fd",), num_samples=64, checkpoint_step=1)
     assert report["samples"]["step"] == 1
-    assert runner.evaluate(config, trained, which=("fd",), num_samples=64)["samples"]["step"] == 2
+    newest = eval_hook.evaluate(config, trained, which=("fd",), num_samples=64)
+    assert newest["samples"]["step"] == 2
     out = tmp_path / "s.npz"
     proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"--config={TOY}",
                            f"--workdir={trained}", "--checkpoint_step=1", "--num_samples=8",

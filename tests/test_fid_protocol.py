@@ -18,6 +18,7 @@ from evaluation import fid_protocol as fp
 from evaluation import protocol, runner
 from evaluation.extractor import FeatureExtractor
 from tests.configs import tiny
+from training import eval_hook
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8  # the fake network's feature dimension
@@ -198,7 +199,7 @@ def test_the_runner_reports_fid_of_a_samples_file_with_its_settings(fake, tmp_pa
 
     train = pipeline.read_split(_config().data, "train")["image"]
     np.savez(tmp_path / "s.npz", images=train[:300])
-    report = runner.evaluate(_config(), tmp_path, which=("fd", "kid"), protocol=fp.FID50K,
+    report = eval_hook.evaluate(_config(), tmp_path, which=("fd", "kid"), protocol=fp.FID50K,
                              samples_path=str(tmp_path / "s.npz"))
     assert report["protocol"] == "fid50k" and report["num_samples"] == 300
     assert report["metrics_asked"] == ["fd"] and set(report["model"]) == {"fid"}

@@ -20,6 +20,7 @@ from tests.resume_runs import straight_and_resumed
 from tests.test_cli import ROOT, _error_line, _run
 from training import inference, loop
 from training.families import get_family
+from training.families.request import SampleRequest as R
 
 ONE_DEVICE = jax.devices()[:1]
 FAMILIES = str(ROOT / "tests" / "configs" / "tiny_families.py")
@@ -139,7 +140,7 @@ def test_a_gan_refuses_diffusion_settings_and_uncentered_data():
 def test_a_conditional_generator_draws_the_labels_it_is_given():
     family = get_family(tiny_families.get_config("gan_cond"))
     state = family.init_state(jax.random.PRNGKey(0))
-    sample = family.make_sampler(4)
+    sample = family.make_sampler(R(4))
     params, key = family.sample_params(state), jax.random.PRNGKey(1)
     threes, nfe = sample(params, key, labels=3)
     sevens, _ = sample(params, key, labels=7)
@@ -149,9 +150,10 @@ def test_a_conditional_generator_draws_the_labels_it_is_given():
     with pytest.raises(UserError, match="class label 10 is out of range"):
         sample(params, key, labels=10)
     with pytest.raises(UserError, match=r"one generator call: --steps"):
-        family.make_sampler(4, steps=10)
+        family.make_sampler(R(4, steps=10))
     with pytest.raises(UserError, match=r"task 'inpaint'"):
-        family.make_sampler(4, task="inpaint")
+        family.make_sampler(R(4, task="inpaint",
+                              image=np.zeros((8, 8, 1)), mask=np.ones((8, 8, 1))))
 
 
 def test_a_family_network_mismatch_is_refused_by_name():
@@ -243,6 +245,6 @@ def test_restore_for_sampling_uses_the_ema_generator(tmp_path):
     loop.run(config, tmp_path, devices=ONE_DEVICE)
     family, state, step = inference.restore_latest(config, tmp_path)
     assert step == 2
-    ema_draw, _ = inference.generate(family, state, 3)
-    raw_draw, _ = inference.generate(family, state, 3, use_ema=False)
+    ema_draw, _ = inference.generate(family, state, R(3))
+    raw_draw, _ = inference.generate(family, state, R(3, use_ema=False))
     assert ema_draw.shape == (3, 8, 8, 1) and not np.array_equal(ema_draw, raw_draw)

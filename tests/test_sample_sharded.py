@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from evaluation import runner
 from tests.configs import tiny
-from training import inference, loop, sharding
+from training import eval_hook, inference, loop, sharding
 from training.checkpoint import Checkpointer
 from training.families import get_family
+from training.families.request import SampleRequest as R
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -121,7 +121,7 @@ def test_generate_gives_the_same_images_for_a_seed_whatever_the_device_count(res
     got = {}
     for name in ("one", "fsdp8"):
         family, state = restored[name]
-        generate = inference.make_generator(family, 13, batch_size=5, steps=STEPS)
+        generate = inference.make_generator(family, R(13, batch_size=5, steps=STEPS))
         got[name], nfe = generate(state, seed=3)
         assert got[name].shape == (13, 8, 8, 1) and got[name].dtype == np.uint8
         assert nfe == STEPS + 1
@@ -129,7 +129,7 @@ def test_generate_gives_the_same_images_for_a_seed_whatever_the_device_count(res
     assert np.abs(got["one"].astype(int) - got["fsdp8"].astype(int)).max() <= 1
     assert np.mean(got["one"] == got["fsdp8"]) > 0.99
     family, state = restored["one"]
-    other, _ = inference.make_generator(family, 13, batch_size=5, steps=STEPS)(state, seed=4)
+    other, _ = inference.make_generator(family, R(13, batch_size=5, steps=STEPS))(state, seed=4)
     assert np.mean(other == got["one"]) < 0.9
 
 
@@ -148,19 +148,19 @@ def test_sample_cli_restores_the_fsdp_checkpoint_on_one_device(fsdp_run, restore
     written = np.load(out)
     assert int(written["step"]) == 1
     family, state = restored["fsdp8"]
-    expected, _ = inference.make_generator(family, 6, batch_size=4, steps=STEPS)(state, seed=2)
+    expected, _ = inference.make_generator(family, R(6, batch_size=4, steps=STEPS))(state, seed=2)
     assert np.abs(written["images"].astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_evaluate_restores_the_fsdp_checkpoint_onto_an_fsdp_mesh(fsdp_run):
-    """runner.evaluate (what evaluate.py runs) samples the FSDP checkpoint on an 8-device
+    """eval_hook.evaluate (what evaluate.py runs) samples the FSDP checkpoint on an 8-device
     FSDP mesh (12 samples, one batch padded to 16) as on one device."""
     reports = {}
     for name, mesh, devices in (("one", None, jax.devices()[:1]),
                                 ("fsdp8", FSDP_2X4, jax.devices()[:8])):
         config = _config(mesh)
         config.sampling.steps = STEPS
-        reports[name] = runner.evaluate(config, fsdp_run, which=("cs",), num_samples=12,
+        reports[name] = eval_hook.evaluate(config, fsdp_run, which=("cs",), num_samples=12,
                                         devices=devices)
     one, fsdp8 = reports["one"], reports["fsdp8"]
     assert one["samples"]["step"] == fsdp8["samples"]["step"] == 1

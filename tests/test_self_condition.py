@@ -13,6 +13,7 @@ from data import kmeans
 from errors import UserError
 from tests.configs import tiny, tiny_families
 from training.families import get_family
+from training.families.request import SampleRequest as R
 
 
 def _blobs(seed: int = 0):
@@ -112,7 +113,7 @@ def test_a_self_conditioned_gan_trains_on_clusters_and_samples_unconditionally()
              "label": jnp.zeros((16,), jnp.int32)}
     new, metrics = jax.jit(family.train_step)(state, batch)
     assert int(new.step) == 1 and np.isfinite(metrics["d_loss"])
-    sample = family.make_sampler(6)
+    sample = family.make_sampler(R(6))
     images, nfe = sample(family.sample_params(new), jax.random.PRNGKey(1))
     assert nfe == 1 and images.shape == (6, 8, 8, 1)
     with pytest.raises(UserError, match="class labels need a class-conditional model"):
@@ -157,7 +158,7 @@ def test_a_self_conditioned_diffusion_model_trains_and_samples_on_drawn_clusters
     new, metrics = jax.jit(family.train_step)(state, batch)
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
     assert np.isfinite(float(family.eval_step(new, batch, jax.random.PRNGKey(2))["eval_loss"]))
-    sample = family.make_sampler(4, name="euler_maruyama", steps=2)
+    sample = family.make_sampler(R(4, sampler="euler_maruyama", steps=2))
     images, nfe = sample(family.sample_params(new), jax.random.PRNGKey(1))
     assert images.shape == (4, 8, 8, 1) and nfe == 3
     assert np.all(np.isfinite(np.asarray(images)))
@@ -171,11 +172,12 @@ def test_a_self_conditioned_diffusion_model_refuses_what_needs_its_marginal_scor
     with pytest.raises(UserError, match=marginal + " likelihood here"):
         family.make_log_likelihood()
     with pytest.raises(UserError, match=marginal + " score for inpaint"):
-        family.make_sampler(4, task="inpaint")
+        family.make_sampler(R(4, task="inpaint",
+                              image=np.zeros((8, 8, 1)), mask=np.ones((8, 8, 1))))
     with pytest.raises(UserError, match=marginal + " unconditional score"):
         family.score_fn(family.init_params(jax.random.PRNGKey(0)))
     with pytest.raises(UserError, match="needs a class-conditional model"):
-        family.make_sampler(4, guidance_scale=1.0)
+        family.make_sampler(R(4, guidance_scale=1.0))
 
 
 def test_self_conditioning_is_refused_where_it_has_no_meaning():

@@ -22,6 +22,7 @@ from tests.test_cli import ROOT, _error_line, _run
 from training import images as image_utils
 from training import inference, loop
 from training.families import get_family
+from training.families.request import SampleRequest as R
 from vae import elbo
 
 ONE_DEVICE = jax.devices()[:1]
@@ -121,11 +122,11 @@ def test_prior_samples_and_the_refusals(vae_run):
     family = get_family(tiny_families.get_config("vae"))
     state = family.init_state(jax.random.PRNGKey(0))
     assert family.latent_shape == (4, 4, 2)
-    images, nfe = family.make_sampler(3)(family.sample_params(state), jax.random.PRNGKey(0))
+    images, nfe = family.make_sampler(R(3))(family.sample_params(state), jax.random.PRNGKey(0))
     assert images.shape == (3, 8, 8, 1) and nfe == 1
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     with pytest.raises(UserError, match=r"one generator call: --sampler"):
-        family.make_sampler(3, name="ode")
+        family.make_sampler(R(3, sampler="ode"))
     bad = tiny_families.get_config("vae")
     bad.vae.likelihood = "poisson"
     with pytest.raises(UserError, match=r"config.vae.likelihood='poisson' is not one of"):
@@ -148,14 +149,14 @@ def test_latent_diffusion_trains_and_decodes_its_samples(latent_config, tmp_path
     result = loop.run(latent_config, tmp_path, devices=ONE_DEVICE)
     assert np.isfinite(result["loss"]) and np.isfinite(result["eval_loss"])
     family, state, _ = inference.restore_latest(latent_config, tmp_path)
-    images, nfe = inference.generate(family, state, 5)
+    images, nfe = inference.generate(family, state, R(5))
     assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
     assert nfe == latent_config.sampling.steps + 1
     with pytest.raises(UserError, match="latent diffusion model has the likelihood of its "
                                         "latents only"):
         bpd.bits_per_dim(latent_config, family, state)
     with pytest.raises(UserError, match="inpainting, colorization, SDEdit"):
-        family.make_sampler(2, task="sdedit", edit_strength=0.5)
+        family.make_sampler(R(2, task="sdedit", edit_strength=0.5, image=np.zeros((8, 8, 1))))
     # The run recorded the VAE checkpoint it encoded with; another one is refused.
     assert json.loads((tmp_path / "config.json").read_text())["latent"]["vae_step"] == 2
     pinned_elsewhere = latent_config.copy_and_resolve_references()
@@ -219,7 +220,7 @@ def test_a_bernoulli_vae_trains_on_binarised_data_and_samples_decoder_means(tmp_
     assert (tmp_path / "samples" / "step_0000001.png").is_file()
     family, state, _ = inference.restore_latest(config, tmp_path)
     assert family.params_per_channel == 1
-    images, nfe = inference.generate(family, state, 6, seed=3)
+    images, nfe = inference.generate(family, state, R(6, seed=3))
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8 and nfe == 1
     # What the family documents: the decoder's mean of a prior draw, i.e. the Bernoulli
     # probabilities sigmoid(logits) as grey levels, not binary draws.
@@ -272,7 +273,7 @@ def test_a_vae_trains_samples_and_evaluates_through_the_clis(vae_cli_run, tmp_pa
     proc = _run("sample.py", spec, f"--workdir={workdir}", "--guidance_scale=1",
                 f"--out={tmp_path / 'no.npz'}")
     assert proc.returncode == 1
-    assert "needs a class-conditional model" in _error_line(proc)
+    assert "one generator call: --guidance_scale do(es) not apply" in _error_line(proc)
     assert not (tmp_path / "no.npz").exists()
     proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs,bpd",
                 "--num_samples=20")
@@ -329,6 +330,6 @@ def test_a_self_conditioned_latent_model_clusters_its_latents_and_samples_images
              "label": np.zeros((8,), np.int32)}
     new, metrics = jax.jit(family.train_step)(state, batch)
     assert np.isfinite(float(metrics["loss"]))
-    images, _ = family.make_sampler(3, name="euler_maruyama", steps=2)(
+    images, _ = family.make_sampler(R(3, sampler="euler_maruyama", steps=2))(
         family.sample_params(new), jax.random.PRNGKey(1))
     assert images.shape == (3, 8, 8, 1)

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from data import paths
 from errors import CheckpointError
+from training import sharding
 
 # Orbax splits a replicated array among its replicas so that each writes a part. For a small
 # array that saves nothing and costs a compiled slice per array and device (over a thousand
@@ -183,3 +184,40 @@ def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
     )
+
+
+def check_has_checkpoints(workdir: str | os.PathLike) -> None:
+    """CheckpointError if `workdir` holds no checkpoints folder (nothing was trained)."""
+    if not (paths.resolve(workdir) / "checkpoints").is_dir():
+        raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+
+
+def restore_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, family: Any,
+                step: int | None = None, *, mesh: Any = None, devices=None) -> tuple[Any, int]:
+    """(state, step) of `family` (the config's, built by the caller) from the newest
+    checkpoint in `workdir` (or the one at `step`), placed as training places it: on `mesh`
+    (default: `config.sharding.mesh` over `devices`, default all) with
+    `config.sharding.rules`. A checkpoint restores onto any mesh.
+
+    Raises CheckpointError if the workdir has no checkpoint (at `step`) or one of another
+    config. Needs no family registry, so a family may restore another run (the latent
+    diffusion family its VAE) through it.
+    """
+    check_has_checkpoints(workdir)
+    if mesh is None:
+        mesh = sharding.make_mesh(config.sharding.mesh, devices)
+    ckpt = Checkpointer(workdir, config)
+    try:
+        if step is None:
+            step = ckpt.latest_step()
+            if step is None:
+                raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+        elif step not in (saved := ckpt.all_steps()):
+            raise CheckpointError(f"no checkpoint at step {step} in {workdir} (it has "
+                                  f"{saved or 'none'})")
+        abstract = jax.eval_shape(family.init_state, jax.random.PRNGKey(0))
+        placed = sharding.state_shardings(abstract, mesh, config.sharding.rules)
+        state, _ = ckpt.restore(step, abstract_with_shardings(abstract, placed))
+    finally:
+        ckpt.close()
+    return state, step

@@ -13,6 +13,10 @@ from errors import UserError
 
 _DEBUG_ENV = "SCOREGEN_DEBUG"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What of _REPO_ROOT is ours: a checkout's folders, or (pip-installed) site-packages' entries.
+_OWN_TOP_LEVEL = frozenset({"bench", "configs", "data", "diffusion", "evaluation", "gan",
+                            "networks", "training", "vae", "tests", "errors.py", "progress.py",
+                            "train.py", "sample.py", "evaluate.py"})
 
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
@@ -125,7 +129,14 @@ class _OwnInfoOnly(logging.Filter):
         if record.levelno >= logging.WARNING:
             # tfds suggests OpenCV for decoding; PIL is what we want for tiny images.
             return "OpenCV is not installed" not in record.getMessage()
-        return path.startswith(_REPO_ROOT) and "site-packages" not in path
+        return _is_own(path)
+
+
+def _is_own(path: str) -> bool:
+    """Whether `path` is one of the project's files, in a checkout or installed."""
+    if not path.startswith(_REPO_ROOT + os.sep):
+        return False
+    return path[len(_REPO_ROOT) + 1:].split(os.sep, 1)[0] in _OWN_TOP_LEVEL
 
 
 def quiet_library_logs() -> None:

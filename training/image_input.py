@@ -67,3 +67,20 @@ def load_mask(path: str | Path, image_shape: tuple[int, int, int], *,
         raise UserError(f"{what} {path} is {_describe(pixels.shape)}; it must match the image: "
                         f"{w}x{h} with 1{f' or {c}' if c != 1 else ''} channel(s)")
     return (pixels >= 128).astype(np.float32)
+
+
+def load_inputs(data, task: str, image_path: str | None, mask_path: str | None):
+    """(image, mask, record) for `task` with `data` (a config's `data`): the input picture
+    (colorize: gray) and inpainting mask in data space (None where the task has none), and
+    what a samples file records of them."""
+    if task == "sample":
+        return None, None, {}
+    shape = (data.image_size, data.image_size, data.num_channels)
+    expected = (*shape[:2], 1) if task == "colorize" else shape
+    pixels, image = load_image(image_path, expected, centered=data.centered, what="--image")
+    record = {"input_path": np.str_(image_path), "input_image": pixels}
+    mask = None
+    if task == "inpaint":
+        mask = load_mask(mask_path, shape, what="--mask")
+        record.update(mask_path=np.str_(mask_path), input_mask=mask.astype(np.uint8))
+    return image, mask, record

@@ -22,10 +22,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from errors import CheckpointError, UserError
-from training import images, sharding
-from training.checkpoint import Checkpointer, abstract_with_shardings
-from training.families import get_family
+import progress
+from errors import UserError
+from training import checkpoint, images, sharding
+from training.families import common, get_family
+from training.families.request import SampleRequest
 from training.state import TrainState
 
 # What a guiding noise classifier must share with the diffusion model: the data it saw and
@@ -44,37 +45,22 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
 
 
 def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
-                   step: int | None = None, *, devices=None, mesh: Mesh | None = None):
+                   step: int | None = None, *, devices=None, mesh: Mesh | None = None,
+                   family=None):
     """Returns (family, state, step) from the newest checkpoint (or the one at `step`),
     placed as training places it: on `mesh` (default: `config.sharding.mesh` over
     `devices`, default all devices) with `config.sharding.rules`.
 
     A checkpoint restores onto any mesh, whatever the mesh that wrote it. Raises
     CheckpointError if the workdir has no checkpoint (at `step`) or one of another config,
-    UserError if the config's mesh does not fit the devices.
+    UserError if the config's mesh does not fit the devices. `family`: the config's, if
+    the caller has built it already.
     """
-    from training import loop  # loop imports the evaluation runner, which imports us
-
-    checkpoints = Path(workdir) / "checkpoints"
-    if not checkpoints.is_dir():
-        raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+    checkpoint.check_has_checkpoints(workdir)  # before building the family, which may be dear
     if mesh is None:
         mesh = make_mesh(config, devices)
-    family = get_family(config)
-    ckpt = Checkpointer(workdir, config)
-    try:
-        if step is None:
-            step = ckpt.latest_step()
-            if step is None:
-                raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
-        elif step not in (saved := ckpt.all_steps()):
-            raise CheckpointError(f"no checkpoint at step {step} in {workdir} (it has "
-                                  f"{saved or 'none'})")
-        abstract: TrainState = jax.eval_shape(family.init_state, jax.random.PRNGKey(0))
-        placed = loop.state_shardings(abstract, mesh, config.sharding.rules)
-        state, _ = ckpt.restore(step, abstract_with_shardings(abstract, placed))
-    finally:
-        ckpt.close()
+    family = family or get_family(config)
+    state, step = checkpoint.restore_run(config, workdir, family, step, mesh=mesh)
     return family, state, step
 
 
@@ -117,15 +103,18 @@ class BatchSampler:
     first `batch_size` rows are the samples, the same whatever the device count), `nfe`
     replicated. `params` (and the classifier's and guide's) must already be on `mesh`, as
     `restore_latest` places them; `key` is a raw uint32 key (`jax.random.PRNGKey`).
-    `labels` ((batch_size,) int, or None) and `options` (`make_sampler`'s) are fixed.
+    `labels` ((batch_size,) int, or None), `request` (a SampleRequest; its image and mask
+    are the defaults of the call's), `classifier` and `guide` (families) are fixed.
     """
 
-    def __init__(self, family, batch_size: int, mesh: Mesh, *,
-                 labels: np.ndarray | None = None, **options):
+    def __init__(self, family, batch_size: int, mesh: Mesh, request: SampleRequest, *,
+                 labels: np.ndarray | None = None, classifier=None, guide=None):
         self.batch_size = batch_size
         self.padded_size = padded_batch(batch_size, mesh)
         self.mesh = mesh
-        sample = family.make_sampler(self.padded_size, **options)
+        self.request = request
+        sample = family.make_sampler(request.with_batch(self.padded_size),
+                                     classifier=classifier, guide=guide)
         if labels is not None:
             # Valid classes for the padding rows, whose samples are dropped.
             labels = np.resize(np.asarray(labels, np.int32), self.padded_size)
@@ -140,6 +129,8 @@ class BatchSampler:
 
     def _args(self, params, key, classifier_params, image, mask, guide_params) -> tuple:
         put = lambda value: _replicate(value, self.mesh)
+        image = self.request.image if image is None else image
+        mask = self.request.mask if mask is None else mask
         return params, put(key), classifier_params, guide_params, put(image), put(mask)
 
     def compile(self, params, key, classifier_params=None, image=None, mask=None,
@@ -161,26 +152,10 @@ class BatchSampler:
                                         guide_params))
 
 
-def make_generator(
-    family,
-    num: int,
-    *,
-    batch_size: int = 256,
-    sampler: str | None = None,
-    steps: int | None = None,
-    use_ema: bool = True,
-    class_label: int | None = None,
-    guidance_scale: float | None = None,
-    classifier: tuple | None = None,
-    classifier_scale: float = 1.0,
-    task: str = "sample",
-    image: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    edit_strength: float | None = None,
-    guide: tuple | None = None,
-    guide_scale: float = 1.0,
-):
-    """`generate(state, seed=0) -> (samples, nfe per batch)` for `num` samples, compiled once.
+def make_generator(family, request: SampleRequest, *, classifier: tuple | None = None,
+                   guide: tuple | None = None):
+    """`generate(state, seed=request.seed) -> (samples, nfe per batch)` for
+    `request.num_samples` samples, `request.batch_size` per compiled sampler call.
 
     Samples are uint8 images (N, H, W, C), or float32 points (N, 2) for 2-D toy data.
     Batch `i` uses `fold_in(PRNGKey(seed), i)`, so a seed gives the same samples whatever
@@ -197,43 +172,30 @@ def make_generator(
 
     Class-conditional models, and any model guided by a `classifier` (a
     `(noise_classifier family, its state)` pair from `restore_latest`), sample the
-    classes `generate.labels` (int32 (num,)): `class_label` for all, or None for
-    0, 1, ..., K-1 cycling; for other models `generate.labels` is None. `guidance_scale`,
-    `classifier_scale`, `task`, `image` and `mask` (data space, one image for every sample)
-    and `edit_strength` are those of the family's `make_sampler`. `guide` (a `(family,
-    state)` pair from `restore_guide`) autoguides the model with weight `guide_scale`; the
-    classifier's and guide's states must be on the model's mesh (pass `mesh=` to
-    `restore_classifier` / `restore_guide`). Bad requests raise UserError here, before any
-    compile.
+    classes `generate.labels` (int32 (num,)): `request.labels` for all, or None for
+    0, 1, ..., K-1 cycling; for other models `generate.labels` is None. `guide` (a
+    `(family, state)` pair from `restore_guide`) autoguides the model; the classifier's
+    and guide's states must be on the model's mesh (pass `mesh=` to `restore_classifier`
+    / `restore_guide`). Bad requests raise UserError here, before any compile.
     """
-    if num <= 0:
-        raise UserError(f"the number of samples must be positive, got {num}")
-    if batch_size <= 0:
-        raise UserError(f"the sampling batch size must be positive, got {batch_size}")
-    batch_size = min(batch_size, num)
+    num, batch_size = request.num_samples, request.batch
     classifier_family, classifier_state = classifier if classifier is not None else (None, None)
-    if class_label is not None and classifier is not None and classifier_family.is_discriminator:
+    if request.labels is not None and classifier is not None and \
+            classifier_family.is_discriminator:
         raise UserError("a class label needs a label classifier; this one is a discriminator "
                         "(classifier.objective='discriminator'), which guides towards the "
                         "data without labels")
-    options = dict(
-        name=sampler, steps=steps, guidance_scale=guidance_scale,
-        classifier=classifier_family, classifier_scale=classifier_scale, task=task,
-        edit_strength=edit_strength, guide=None if guide is None else guide[0],
-        guide_scale=guide_scale,
-    )
+    options = {"classifier": classifier_family, "guide": None if guide is None else guide[0]}
     # Built here for its checks (bad requests fail before any compile); it also serves
     # states on no mesh and batches whose labels differ.
-    sample = family.make_sampler(batch_size, **options)
+    sample = family.make_sampler(request, **options)
     num_batches = math.ceil(num / batch_size)
-    label_classes = getattr(family, "num_classes", 0) or getattr(classifier_family,
-                                                                  "num_classes", 0)
+    label_classes = family.num_classes or (classifier_family.num_classes
+                                           if classifier is not None else 0)
     labels = None
-    if label_classes or class_label is not None:
+    if label_classes or request.labels is not None:
         # Checked (range, conditional model) by the sampler; the last batch is filled up.
-        labels = family.sample_labels(
-            class_label, num_batches * batch_size, label_classes
-        )
+        labels = common.sample_labels(request.labels, num_batches * batch_size, label_classes)
     batch_labels = [None if labels is None else labels[i * batch_size:(i + 1) * batch_size]
                     for i in range(num_batches)]
     same_labels = all(labels is None or np.array_equal(b, batch_labels[0])
@@ -241,24 +203,26 @@ def make_generator(
     classifier_params = (None if classifier is None
                          else classifier_family.sample_params(classifier_state))
     # The guide samples with its EMA weights (or raw ones) as the model does.
-    guide_params = None if guide is None else guide[0].sample_params(guide[1], use_ema=use_ema)
+    guide_params = (None if guide is None
+                    else guide[0].sample_params(guide[1], use_ema=request.use_ema))
+    image, mask = request.image, request.mask
     sharded: dict[Mesh, BatchSampler] = {}
     unsplit: list[Mesh] = []  # said once that batches run unsplit
 
-    def generate(state: TrainState, seed: int = 0) -> tuple[np.ndarray, int]:
-        params = family.sample_params(state, use_ema=use_ema)
+    def generate(state: TrainState, seed: int | None = None) -> tuple[np.ndarray, int]:
+        params = family.sample_params(state, use_ema=request.use_ema)
         mesh = mesh_of(params)
         if mesh is not None and same_labels and mesh not in sharded:
-            sharded[mesh] = BatchSampler(family, batch_size, mesh, labels=batch_labels[0],
-                                         **options)
+            sharded[mesh] = BatchSampler(family, batch_size, mesh, request,
+                                         labels=batch_labels[0], **options)
         elif mesh is not None and not same_labels and mesh.size > 1 and not unsplit:
             unsplit.append(mesh)
             logging.info("The class labels differ between batches of %d: each batch runs "
                          "unsplit on the %d devices (a batch size that is a multiple of the "
                          "%d classes splits it)", batch_size, mesh.size, label_classes)
-        key = jax.random.PRNGKey(seed)
+        key = jax.random.PRNGKey(request.seed if seed is None else seed)
         chunks, nfe = [], 0
-        for i in range(num_batches):
+        for i in progress.bar(range(num_batches), desc="sampling"):
             batch_key = np.asarray(jax.random.fold_in(key, i))
             if mesh is not None and same_labels:
                 x, nfe = sharded[mesh](params, batch_key, classifier_params, image, mask,
@@ -277,10 +241,10 @@ def make_generator(
     return generate
 
 
-def generate(family, state: TrainState, num: int, *, seed: int = 0, **options):
-    """`num` samples from `state` and the score evaluations per batch (see make_generator,
-    whose keyword options this takes)."""
-    return make_generator(family, num, **options)(state, seed)
+def generate(family, state: TrainState, request: SampleRequest, **resources):
+    """The request's samples from `state` and the score evaluations per batch (see
+    make_generator, whose keyword arguments this takes)."""
+    return make_generator(family, request, **resources)(state)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

@@ -20,12 +20,12 @@ from etils import epath
 
 from data import paths, pipeline
 from errors import NonFiniteLossError
-from evaluation import runner
-from training import accumulate, images, sharding
+from training import accumulate, eval_hook, images, run_info, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.families import get_family
+from training.families.request import SampleRequest
 from training.monitor import Monitor
-from training.state import TrainState
+from training.sharding import state_shardings
 from training.step import LeafStep
 
 # Metrics that must stay finite; a NaN gradient norm means the next parameters are NaN.
@@ -66,19 +66,6 @@ class _TerminationRequest:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def state_shardings(abstract_state: TrainState, mesh, rules) -> TrainState:
-    """Replicated step and rng; parameters and optimizer state by the sharding rules."""
-    tree = lambda t: sharding.tree_shardings(t, mesh, rules)
-    return TrainState(
-        step=sharding.replicated(mesh),
-        params=tree(abstract_state.params),
-        opt_state=tree(abstract_state.opt_state),
-        ema_params=tree(abstract_state.ema_params),
-        rng=sharding.replicated(mesh),
-        aux=tree(abstract_state.aux),
-    )
 
 
 class _MetricBuffer:
@@ -133,8 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     family = get_family(config)
     # Inputs only training reads (a discriminator's generated images), checked before the
     # workdir is touched; sampling from the run later does not need them.
-    if hasattr(family, "prepare_training"):
-        family.prepare_training()
+    family.prepare_training()
     mesh = sharding.make_mesh(config.sharding.mesh, devices)
     sharding.check_batch_divisible(training.batch_size, mesh)
     accumulate.check_accumulation(training.batch_size, training.grad_accum_steps, mesh.size)
@@ -145,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     state_sh = state_shardings(abstract_state, mesh, config.sharding.rules)
 
     # Sample-quality metrics every eval_freq steps, if asked; bad settings fail here, early.
-    sample_eval = (runner.TrainingEvaluator(config, family)
+    sample_eval = (eval_hook.TrainingEvaluator(config, family)
                    if config.eval.metrics_during_training else None)
     train_iter = pipeline.make_train_iterator(
         config.data, global_batch_size=training.batch_size, seed=config.seed,
@@ -168,11 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         if is_chief:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         logging.info("Starting from scratch in %s: %s", workdir, describe(config))
-    logging.info(
-        "Train state: %d parameters, %d devices (%d processes), mesh %s, %.2f MiB of "
-        "state per device", _count(state.params), mesh.size, jax.process_count(),
-        sharding.mesh_description(mesh), sharding.bytes_per_device(state) / 2**20,
-    )
+    run_info.log_start(config, mesh, state)
     last_saved = start_step if start_step > 0 else None
 
     if start_step >= training.n_iters:
@@ -224,7 +206,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     last_saved = step
                 if snapshot and training.snapshot_sampling:
                     if snapshot_sampler is None:
-                        snapshot_sampler = family.make_sampler(training.num_snapshot_samples)
+                        snapshot_sampler = family.make_sampler(
+                            SampleRequest(training.num_snapshot_samples))
                     _write_samples(family, snapshot_sampler, as_state(leaves), step, workdir,
                                    monitor, is_chief)
                 if snapshot:
@@ -252,10 +235,6 @@ def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict |
     if not np.all(first["mask"]):
         return None
     return _global_batch(first, batch_sharding)
-
-
-def _count(tree) -> int:
-    return sum(int(np.prod(getattr(leaf, "shape", ()))) for leaf in jax.tree.leaves(tree))
 
 
 def _write_samples(family, sampler, state, step: int, workdir: epath.Path, monitor: Monitor,

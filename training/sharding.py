@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from errors import UserError
+from training.state import TrainState
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -153,3 +154,16 @@ def place(tree, shardings):
 
     return jax.tree.map(put, tree, shardings)
 
+
+def state_shardings(abstract_state: TrainState, mesh: Mesh, rules) -> TrainState:
+    """Where a train state lives: replicated step and rng; parameters, optimizer state,
+    EMA and aux by the sharding rules. Training, restoring and sampling all use it."""
+    tree = lambda t: tree_shardings(t, mesh, rules)
+    return TrainState(
+        step=replicated(mesh),
+        params=tree(abstract_state.params),
+        opt_state=tree(abstract_state.opt_state),
+        ema_params=tree(abstract_state.ema_params),
+        rng=replicated(mesh),
+        aux=tree(abstract_state.aux),
+    )

@@ -1,5 +1,5 @@
 """What every family shares: class labels to sample, the label check against the dataset,
-images to [0, 1], and the refusal of sampler options a one-call generator has no use for."""
+and images to [0, 1]."""
 
 import jax
 import jax.numpy as jnp
@@ -54,18 +54,3 @@ def to_unit_range(x: jax.Array, centered: bool) -> jax.Array:
     if centered:
         x = (x + 1.0) / 2.0
     return jnp.clip(x, 0.0, 1.0)
-
-
-def refuse_sampler_options(family: str, *, name=None, steps=None, guidance_scale=None,
-                           classifier=None, task: str = "sample", edit_strength=None,
-                           guide=None) -> None:
-    """A family that draws a sample in one network call has no sampler, steps, guidance
-    or image-conditioned tasks: say so instead of ignoring the request."""
-    asked = {"--sampler": name is not None, "--steps": steps is not None,
-             "--guidance_scale": bool(guidance_scale),
-             "classifier guidance": classifier is not None, "autoguidance": guide is not None,
-             f"task {task!r}": task != "sample", "--edit_strength": edit_strength is not None}
-    given = [what for what, on in asked.items() if on]
-    if given:
-        raise UserError(f"a {family} draws each sample in one generator call: "
-                        f"{', '.join(given)} do(es) not apply")

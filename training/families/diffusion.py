@@ -5,8 +5,8 @@ Class-conditional models (`model.num_classes > 0`) take the batch's labels; with
 rate during training, so that the one network is also the unconditional model that
 classifier-free guidance needs (the network gets `num_classes + 1` label embeddings).
 
-`make_sampler` assembles its sampler in `diffusion_sampling` (request checks, guidance,
-the task's sampler); the family keeps the hook methods that it calls.
+`make_sampler(request)` checks the request against the model and has `diffusion.tasks`
+assemble the sampler (guidance, the task's sampler).
 """
 
 import functools
@@ -20,13 +20,15 @@ from flax import nnx
 
 import networks
 from data import pipeline
-from diffusion import likelihood, losses, score, sde_lib
+from diffusion import likelihood, losses, score, sde_lib, tasks
 from errors import UserError
 from training import accumulate, optim
-from training.families import clusters, common, diffusion_sampling
+from training.families import base, clusters, common
+from training.families.request import SampleRequest
 from training.state import TrainState, apply_gradients, single_network_state
 
-TASKS = diffusion_sampling.TASKS  # the sampling tasks make_sampler takes
+TASKS = tasks.TASKS  # the sampling tasks make_sampler takes
+IMAGE_TASKS = (base.INPAINT, base.COLORIZE, base.SDEDIT)
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
@@ -35,7 +37,7 @@ def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int)
     return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
-class DiffusionFamily:
+class DiffusionFamily(base.FamilyBase):
     """Trains a score network with denoising score matching and samples it by SDE/ODE."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -85,6 +87,7 @@ class DiffusionFamily:
         # Building a network, even abstractly, traces every initialiser: keep the shapes.
         self.graphdef, self._abstract_params, self._rest = nnx.split(model, nnx.Param, ...)
         self._check_output_shape()
+        self.capabilities = self._capabilities()
 
     def _data_info(self, config: ml_collections.ConfigDict):
         """What the model is trained on: `shape` and `num_classes` (the dataset's here)."""
@@ -245,80 +248,125 @@ class DiffusionFamily:
     def sample_params(self, state: TrainState, use_ema: bool = True):
         return state.ema_params if use_ema else state.params
 
-    def make_sampler(
-        self,
-        num: int,
-        *,
-        name: str | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        classifier=None,
-        classifier_scale: float = 1.0,
-        task: str = "sample",
-        edit_strength: float | None = None,
-        guide=None,
-        guide_scale: float = 1.0,
-    ):
-        """`sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
-        guide_params=None) -> (x, nfe)` for `num` samples, compiled once: images in [0, 1],
-        or 2-D points as they are. Bad requests raise UserError here or at the call, before
-        any compile.
+    # -- sampling (assembled by diffusion.tasks) --------------------------------------
 
-        By default the config's sampler; `name`/`steps` override it (sample.py's
-        --sampler/--steps), taking the config's options that the named sampler accepts.
+    def _capabilities(self) -> frozenset[str]:
+        out = {base.SAMPLE, base.SAMPLERS, base.LIKELIHOOD, base.GUIDANCE,
+               base.CLASSIFIER_GUIDANCE, base.AUTOGUIDANCE, *IMAGE_TASKS}
+        if self.clusters:  # no marginal score: plain sampling only
+            out -= {base.LIKELIHOOD, base.CLASSIFIER_GUIDANCE, base.AUTOGUIDANCE, *IMAGE_TASKS}
+        if not self.is_image_data:
+            out -= set(IMAGE_TASKS)
+        elif self.data_shape[-1] < 2:
+            out.discard(base.COLORIZE)
+        return frozenset(out)
 
-        Conditioning:
-        - class-conditional models sample `labels` (one int for all, or (num,); None:
-          0, 1, ..., K-1 cycling), with classifier-free guidance weight `guidance_scale`
-          (None: `config.sampling.guidance_scale`; > 0 needs training.class_dropout > 0);
-        - `classifier` (a noise_classifier family, with `classifier_params` at the call)
-          adds `classifier_scale * grad log p(y | x_t, t)` for `labels` (also to an
-          unconditional model), or, if it is a discriminator, `classifier_scale *
-          grad log D / (1 - D)` (no labels);
-        - `guide` (a weaker diffusion model of the same data and SDE, its family here and
-          `guide_params` at the call): autoguidance, `(1 + guide_scale) s - guide_scale
-          s_guide`, for any model; it does not combine with classifier-free guidance;
-        - `task`: 'sample'; 'inpaint' (`image` (H, W, C) and `mask` (H, W, 1|C), 1 =
-          known, in data space), 'colorize' (`image` the gray (H, W, 1)), 'sdedit'
-          (`image` perturbed to time `edit_strength * T`, then denoised). These run the
-          config's predictor (or `name`, a predictor) and corrector; `steps` defaults to
-          `config.sampling.steps` (SDEdit: that times the strength).
-        nfe counts score evaluations: a guided step (both halves of classifier-free
-        guidance in one batched call; the model and its autoguide) counts one; classifier
-        gradients are not counted.
+    def refusal(self, missing: list[tuple[str, str]]) -> str:
+        capability, flag = missing[0]
+        what = capability if capability in IMAGE_TASKS else flag
+        if capability == base.LIKELIHOOD:
+            return self._no_marginal_score("likelihood here")
+        if self.clusters:
+            return self._no_marginal_score(
+                f"score for {capability if capability in IMAGE_TASKS else 'guided sampling'}")
+        if not self.is_image_data:
+            return f"{what} is for image data, not 2-D points"
+        return (f"--colorize needs an RGB model; {self.config.data.dataset!r} has "
+                f"{self.data_shape[-1]} channel")
+
+    def _guidance(self, request: SampleRequest) -> float:
+        if request.guidance_scale is None:
+            return float(self.config.sampling.get("guidance_scale", 0.0))
+        return float(request.guidance_scale)
+
+    def accepts(self, request: SampleRequest, *, classifier=None, guide=None) -> None:
+        """UserError for what the request asks that this model cannot do: the family's
+        capabilities, then classifier-free guidance and the task's input shapes."""
+        super().accepts(request, classifier=classifier, guide=guide)
+        try:
+            tasks.check_guidance(self._guidance(request), num_classes=self.num_classes,
+                                 null_label=self.null_label)
+            tasks.check_inputs(request.task, self.data_shape, request.batch, request.image,
+                               request.mask)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+
+    def sampler_name(self, request: SampleRequest) -> str:
+        return tasks.sampler_name(self.config, request.task, request.sampler)
+
+    def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None):
+        """`sample(params, key, labels=request.labels, classifier_params=None, image=
+        request.image, mask=request.mask, guide_params=None) -> (x in [0, 1], nfe)` of
+        `request.batch` samples, compiled once; `diffusion.tasks` assembles it.
+
+        Labels (conditional models): one int or (num,), None: 0..K-1 cycling.
+        `request.guidance_scale` w (None: `sampling.guidance_scale`): classifier-free
+        guidance (1 + w) s(x, y) - w s(x, null). `classifier` (a noise-classifier family,
+        `classifier_params` at the call): classifier / discriminator guidance with
+        `request.classifier_scale` (None: 1). `guide` (a weaker model of this kind,
+        `guide_params` at the call): autoguidance (1 + W) s - W s_guide, W =
+        `request.autoguidance_scale` (None: 1). nfe counts score evaluations (a guided step
+        counts one; classifier gradients are not counted). Refusals are UserErrors raised
+        here, before any compile.
         """
-        return diffusion_sampling.make_sampler(
-            self, num, name=name, steps=steps, guidance_scale=guidance_scale,
-            classifier=classifier, classifier_scale=classifier_scale, task=task,
-            edit_strength=edit_strength, guide=guide, guide_scale=guide_scale,
-        )
+        self.accepts(request, classifier=classifier, guide=guide)
+        num, task = request.batch, request.task
+        w = self._guidance(request)
+        try:
+            if classifier is not None:
+                if base.GUIDE not in classifier.capabilities:
+                    raise ValueError(f"a {type(classifier).__name__} cannot guide a model")
+                tasks.check_classifier(classifier, self.data_shape, self.num_classes)
+            if guide is not None:
+                self._check_guide(guide, w)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+        try:
+            draw = tasks.task_sampler(self.config, self.sde, (num, *self.data_shape), task,
+                                      name=request.sampler, steps=request.steps,
+                                      edit_strength=request.edit_strength)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{'' if task == 'sample' else task + ' '}sampler: {err}") from err
+        label_classes = self.num_classes or (classifier.num_classes if classifier else 0)
+        scale = 1.0 if request.classifier_scale is None else request.classifier_scale
+        run = tasks.build(
+            draw, num, self.data_shape, task,
+            score=lambda params, labels: self._guided_score_fn(params, labels, w),
+            to_output=self.to_unit_range,
+            draw_labels=self.clusters.draw if self.clusters else None,
+            guide_score=guide and (lambda p, labels: guide._guided_score_fn(p, labels, 0.0)),
+            guide_scale=(1.0 if request.autoguidance_scale is None
+                         else request.autoguidance_scale),
+            classifier_guide=classifier and (
+                lambda score_fn, p, labels: classifier.guide(score_fn, p, labels, scale)))
 
-    # -- sampler hooks (diffusion_sampling's functions; subclasses may extend them) ------
+        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
+                   guide_params=None):
+            labels = common.sample_labels(request.labels if labels is None else labels, num,
+                                          label_classes)
+            if (classifier is None) != (classifier_params is None):
+                raise UserError("classifier_params go with a classifier given to make_sampler")
+            if (guide is None) != (guide_params is None):
+                raise UserError("guide_params go with a guide given to make_sampler")
+            return run(params, key, labels, classifier_params, guide_params,
+                       request.image if image is None else image,
+                       request.mask if mask is None else mask)
 
-    def _check_guidance(self, guidance_scale: float | None) -> float:
-        return diffusion_sampling.check_guidance(self, guidance_scale)
+        return sample
 
-    def _check_classifier(self, classifier, scale: float) -> int:
-        """The classes the classifier guides towards; UserError if it cannot guide."""
-        return diffusion_sampling.check_classifier(self, classifier, scale)
-
-    def _check_guide(self, guide, scale: float, guidance: float) -> None:
-        """UserError unless `guide` can autoguide this model."""
-        diffusion_sampling.check_guide(self, guide, scale, guidance)
-
-    sample_labels = staticmethod(common.sample_labels)
+    def _check_guide(self, guide, guidance: float) -> None:
+        """ValueError unless `guide` can autoguide this model (a subclass adds checks)."""
+        tasks.check_guide(guide, self, guidance)
 
     def _guided_score_fn(self, params, labels, guidance_scale: float):
         """The model's score for `labels` (none if unconditional), classifier-free guided."""
-        return diffusion_sampling.guided_score_fn(self, params, labels, guidance_scale)
-
-    def _task_sampler(self, task: str, shape, name: str | None, steps: int | None,
-                      edit_strength: float | None):
-        """`draw(key, score_fn, image, mask) -> (x, nfe)` for the task."""
-        return diffusion_sampling.task_sampler(self, task, shape, name, steps, edit_strength)
+        if not self.is_conditional:
+            return self.score_fn(params, labels=labels if self.clusters else None)
+        return tasks.guided_score(lambda y: self.score_fn(params, labels=y), labels,
+                                  guidance_scale, self.null_label)
 
     def _plain_sampler(self, shape, name: str | None, steps: int | None):
-        return diffusion_sampling.plain_sampler(self, shape, name, steps)
+        return tasks.plain_sampler(self.config, self.sde, shape, name, steps)
 
     def make_log_likelihood(self, **options):
         """A jitted `log_likelihood(params, key, x) -> (logp (B,), nfe)` in nats, for data
@@ -326,8 +374,8 @@ class DiffusionFamily:
         `diffusion.likelihood.get_likelihood_fn`: divergence, eps, solver, rtol, atol,
         max_steps, num_probes). `key` draws the Hutchinson probes. Bad options fail here,
         before any compile."""
-        if self.clusters:
-            raise UserError(self._no_marginal_score("likelihood here"))
+        if base.LIKELIHOOD not in self.capabilities:
+            raise UserError(self.refusal([(base.LIKELIHOOD, "likelihood")]))
         likelihood_fn = likelihood.get_likelihood_fn(self.sde, **options)
 
         @jax.jit

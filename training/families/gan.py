@@ -23,7 +23,8 @@ from gan import augment, ema, losses, penalties
 from networks import gan as gan_networks
 from networks.spectral_norm import NetState
 from training import optim
-from training.families import clusters, common
+from training.families import base, clusters, common
+from training.families.request import SampleRequest
 from training.state import TrainState
 
 
@@ -47,9 +48,12 @@ class _Network:
         return out, nnx.state(module, NetState)
 
 
-class GANFamily:
+class GANFamily(base.OneCallFamily):
     """`model.family='gan'`: DCGAN or ResNet (SNGAN) pairs from `networks.gan`, with the
     losses, penalties, augmentation and generator EMA of `config.gan`."""
+
+    kind = "GAN"
+    capabilities = frozenset({base.SAMPLE})
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -263,18 +267,15 @@ class GANFamily:
         """The generator's parameters (EMA by default) and its network state."""
         return (state.ema_params if use_ema else state.params), state.aux["g_state"]
 
-    sample_labels = staticmethod(common.sample_labels)
-    sampler_name = "generator (one call)"
+    def sampler_name(self, request: SampleRequest) -> str:
+        return "generator (one call)"
 
-    def make_sampler(self, num: int, *, name=None, steps=None, guidance_scale=None,
-                     classifier=None, classifier_scale: float = 1.0, task: str = "sample",
-                     edit_strength=None, guide=None, guide_scale: float = 1.0):
-        """`sample(params, key, labels=None, ...) -> (images in [0, 1], 1)`: `num`
-        generator draws, compiled once; conditional generators draw `labels` (one int or
-        (num,); None: 0..K-1 cycling). nfe counts generator calls (one)."""
-        common.refuse_sampler_options("GAN", name=name, steps=steps,
-                                      guidance_scale=guidance_scale, classifier=classifier,
-                                      task=task, edit_strength=edit_strength, guide=guide)
+    def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None):
+        """`sample(params, key, labels=request.labels) -> (images in [0, 1], 1)`:
+        `request.batch` generator draws, compiled once; conditional generators draw
+        `labels` (one int or (num,); None: 0..K-1 cycling). nfe counts generator calls."""
+        self.accepts(request, classifier=classifier, guide=guide)
+        num = request.batch
 
         @jax.jit
         def run(params, key, labels):
@@ -288,7 +289,8 @@ class GANFamily:
 
         def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
                    guide_params=None):
-            labels = self.sample_labels(labels, num, self.num_classes)
+            labels = common.sample_labels(request.labels if labels is None else labels, num,
+                                          self.num_classes)
             if any(arg is not None for arg in (classifier_params, image, mask, guide_params)):
                 raise UserError("a GAN takes no classifier, autoguide, image or mask")
             return run(params, key, labels), 1

@@ -20,8 +20,10 @@ from absl import logging
 import configs
 from data import pipeline
 from errors import UserError
-from training.families import common
+from training import checkpoint
+from training.families import base, common
 from training.families.diffusion import DiffusionFamily
+from training.families.vae import VAEFamily
 from training.state import TrainState
 
 # What the VAE must share with the latent model's data.
@@ -33,8 +35,6 @@ class LatentDiffusionFamily(DiffusionFamily):
     (the data), `data_shape` (the latents) and `latent_scale`."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        from training import inference  # it imports the family registry
-
         cfg = config.latent
         if not cfg.vae_config or not cfg.vae_workdir:
             raise UserError("model.family='latent_diffusion' needs latent.vae_config and "
@@ -50,8 +50,12 @@ class LatentDiffusionFamily(DiffusionFamily):
                  for k in _SHARED_DATA if vae_config.data[k] != config.data[k]]
         if diffs:
             raise UserError("the VAE was trained on other data: " + "; ".join(diffs))
-        self.vae, vae_state, self.vae_step = inference.restore_latest(
-            vae_config, cfg.vae_workdir, step=cfg.vae_step)
+        # Restored through training.checkpoint, which knows no family registry: that
+        # registry imports this module.
+        checkpoint.check_has_checkpoints(cfg.vae_workdir)
+        self.vae = VAEFamily(vae_config)
+        vae_state, self.vae_step = checkpoint.restore_run(vae_config, cfg.vae_workdir,
+                                                          self.vae, cfg.vae_step)
         # Into the config, hence into the checkpoint's identity: a latent model restored
         # with another VAE checkpoint is refused (training.checkpoint.check_identity).
         cfg.vae_step = self.vae_step
@@ -116,23 +120,24 @@ class LatentDiffusionFamily(DiffusionFamily):
         """Sampled latents decoded to images in [0, 1]."""
         return common.to_unit_range(self.decode(x), self.config.data.centered)
 
-    def make_sampler(self, num: int, **options):
-        """The diffusion family's sampler in the latent space, decoded; image-conditioned
-        tasks and classifier guidance (classifiers of images) are refused."""
-        if options.get("task", "sample") != "sample" or options.get("classifier") is not None:
-            raise UserError("latent diffusion samples (optionally class-conditionally with "
-                            "--guidance_scale, or autoguided); inpainting, colorization, "
-                            "SDEdit and classifier guidance act on images and are not "
-                            "supported")
-        return super().make_sampler(num, **options)
+    def _capabilities(self) -> frozenset[str]:
+        """Plain, class-conditional and autoguided sampling: the image tasks and
+        classifiers act on images, and the likelihood would be the latents'."""
+        return super()._capabilities() - {base.LIKELIHOOD, base.CLASSIFIER_GUIDANCE,
+                                          base.INPAINT, base.COLORIZE, base.SDEDIT}
 
-    def _check_guide(self, guide, scale: float, guidance: float) -> None:
-        super()._check_guide(guide, scale, guidance)
+    def refusal(self, missing: list[tuple[str, str]]) -> str:
+        if missing[0][0] == base.LIKELIHOOD:
+            return ("bits/dim needs the likelihood of the images; a latent diffusion model "
+                    "has the likelihood of its latents only")
+        return ("latent diffusion samples (optionally class-conditionally with "
+                "--guidance_scale, or autoguided); inpainting, colorization, SDEdit and "
+                "classifier guidance act on images and are not supported")
+
+    def _check_guide(self, guide, guidance: float) -> None:
+        super()._check_guide(guide, guidance)
         if (guide.vae_step, guide.latent_scale) != (self.vae_step, self.latent_scale):
-            raise UserError(f"the autoguide diffuses the latents of VAE step {guide.vae_step} "
-                            f"(scale {guide.latent_scale:.6g}), the model those of step "
-                            f"{self.vae_step} (scale {self.latent_scale:.6g}): they must match")
-
-    def make_log_likelihood(self, **options):
-        raise UserError("bits/dim needs the likelihood of the images; a latent diffusion "
-                        "model has the likelihood of its latents only")
+            raise ValueError(f"the autoguide diffuses the latents of VAE step {guide.vae_step} "
+                             f"(scale {guide.latent_scale:.6g}), the model those of step "
+                             f"{self.vae_step} (scale {self.latent_scale:.6g}): they must "
+                             "match")

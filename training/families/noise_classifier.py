@@ -21,12 +21,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data import pipeline
+from data import pipeline, samples_file
 from diffusion import sde_lib
 from diffusion.sde_lib import batch_broadcast
 from errors import UserError
 from networks import noise_classifier
 from training import accumulate, optim
+from training.families import base
+from training.families.request import SampleRequest
 from training.state import TrainState, apply_gradients, single_network_state
 
 # Smallest training time: the marginal is still well conditioned in float32 (as the losses).
@@ -42,8 +44,6 @@ MIN_FAKE_SAMPLES = 20
 def load_fake_samples(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) uint8 images of a model's samples .npz; UserError if the file
     is missing, malformed, of another image shape, or too small to hold some out."""
-    from evaluation import samples_file
-
     images = samples_file.load_samples(path, shape).images
     if len(images) < MIN_FAKE_SAMPLES:
         raise UserError(f"{path} holds {len(images)} samples; a discriminator needs at least "
@@ -52,13 +52,15 @@ def load_fake_samples(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np
     return images[:-held_out], images[-held_out:]
 
 
-class NoiseClassifierFamily:
+class NoiseClassifierFamily(base.FamilyBase):
     """`guide(score_fn, params, labels, scale)` adds the classifier's (or discriminator's)
     gradient to a score function; trains on noised data and reports loss and accuracy.
 
     `num_classes` is the number of labels it guides towards: the dataset's classes, or 0
     for a discriminator (it guides an unconditional model towards the data, no label).
     """
+
+    capabilities = frozenset({base.GUIDE})
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -253,7 +255,17 @@ class NoiseClassifierFamily:
     def sample_params(self, state: TrainState, use_ema: bool = True):
         return state.ema_params if use_ema else state.params
 
-    def make_sampler(self, num: int, **options):
+    def sampler_name(self, request: SampleRequest) -> str:
+        return "none (a classifier)"
+
+    def refusal(self, missing: list[tuple[str, str]]) -> str:
+        if missing[0][0] != base.SAMPLE:
+            return super().refusal(missing)
+        return ("model.family='noise_classifier' is a classifier and draws no samples; "
+                "use it with sample.py --classifier_workdir/--classifier_config")
+
+    def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None):
+        self.accepts(request, classifier=classifier, guide=guide)
         raise UserError("model.family='noise_classifier' is a classifier and draws no samples; "
                         "use it with sample.py --classifier_workdir/--classifier_config")
 

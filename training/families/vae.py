@@ -23,7 +23,8 @@ from data import pipeline
 from errors import UserError
 from networks import vae as vae_networks
 from training import accumulate, optim
-from training.families import common
+from training.families import base, common
+from training.families.request import SampleRequest
 from training.state import TrainState, apply_gradients, single_network_state
 from vae import elbo, likelihoods
 
@@ -36,9 +37,12 @@ class _VAE(nnx.Module):
         self.decoder = decoder
 
 
-class VAEFamily:
+class VAEFamily(base.OneCallFamily):
     """`model.family='vae'` (`model.name='conv_vae'`): `encode`/`decode` for latent
     diffusion, `make_bounds` for evaluation, one-call sampling from the prior."""
+
+    kind = "VAE"
+    capabilities = frozenset({base.SAMPLE, base.BOUNDS})
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -194,21 +198,18 @@ class VAEFamily:
     def sample_params(self, state: TrainState, use_ema: bool = True):
         return state.ema_params if use_ema else state.params
 
-    sample_labels = staticmethod(common.sample_labels)
-    sampler_name = "decoder mean of a prior draw (one call)"
+    def sampler_name(self, request: SampleRequest) -> str:
+        return "decoder mean of a prior draw (one call)"
 
     @property
     def is_image_data(self) -> bool:
         return True
 
-    def make_sampler(self, num: int, *, name=None, steps=None, guidance_scale=None,
-                     classifier=None, classifier_scale: float = 1.0, task: str = "sample",
-                     edit_strength=None, guide=None, guide_scale: float = 1.0):
-        """`sample(params, key) -> (images in [0, 1], 1)`: `num` decoder means of latents
-        drawn from the prior, compiled once."""
-        common.refuse_sampler_options("VAE", name=name, steps=steps,
-                                      guidance_scale=guidance_scale, classifier=classifier,
-                                      task=task, edit_strength=edit_strength, guide=guide)
+    def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None):
+        """`sample(params, key) -> (images in [0, 1], 1)`: `request.batch` decoder means
+        of latents drawn from the prior, compiled once."""
+        self.accepts(request, classifier=classifier, guide=guide)
+        num = request.batch
 
         @jax.jit
         def run(params, key):
@@ -217,7 +218,7 @@ class VAEFamily:
 
         def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
                    guide_params=None):
-            self.sample_labels(labels, num, 0)
+            common.sample_labels(labels, num, 0)
             if any(arg is not None for arg in (classifier_params, image, mask, guide_params)):
                 raise UserError("a VAE takes no classifier, autoguide, image or mask")
             return run(params, key), 1

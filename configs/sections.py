@@ -1,0 +1,237 @@
+"""Who owns a config key, written once: the family-specific defaults in groups, and the
+groups each family takes.
+
+`configs/default.py` composes its base (the keys every family reads) with every group's
+defaults here; `training.families.check_family_settings` refuses a key changed from its
+default when its group is not one the run's family takes (a discriminator penalty asked
+of a diffusion run is a mistake to name, not a setting to ignore). A group says who reads
+a key, not where it lives: the names are score_sde's (`model.beta_min`, `training.sde`,
+`sampling.*`) and stay where they are.
+
+A new family: one entry in `FAMILY_GROUPS` (and its networks in `NETWORK_FAMILIES`); its
+own settings: one more group in `GROUPS`, taken by it. configs/ imports neither jax nor
+training/.
+"""
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def _score() -> dict[str, Any]:
+    """The families built on a noise-conditional network: the SDE, its objective, the
+    samplers and the score networks' own options."""
+    return {
+        "training.sde": "vpsde",
+        # 'dsm': score_sde's denoising score matching, t ~ U(eps, T) (continuous) or the
+        # DDPM / SMLD discrete loss; 'edm': EDM's lognormal noise levels ln sigma ~
+        # N(P_mean, P_std^2) and its weighting (pairs with model.preconditioning='edm').
+        "training.objective": "dsm",
+        "training.P_mean": -1.2,
+        "training.P_std": 1.2,
+        "training.continuous": True,
+        "training.likelihood_weighting": False,
+        "training.reduce_mean": False,
+        # Class-conditional models (model.num_classes > 0): probability of replacing a label
+        # by the null label (index num_classes) during training, which classifier-free
+        # guidance needs; 0 = no null label (no guidance).
+        "training.class_dropout": 0.0,
+        "sampling.method": "pc",  # 'pc' | 'ode'
+        "sampling.predictor": "euler_maruyama",
+        "sampling.corrector": "none",
+        "sampling.snr": 0.16,
+        "sampling.n_steps_each": 1,
+        "sampling.noise_removal": True,
+        "sampling.probability_flow": False,
+        "sampling.steps": 250,
+        "sampling.eps": 1e-3,
+        # Classifier-free guidance weight w of class-conditional models: (1 + w) s(x, t, y)
+        # - w s(x, t, null); 0 = the conditional model alone. sample.py's --guidance_scale.
+        "sampling.guidance_scale": 0.0,
+        # Options of the other samplers (sample.py --sampler NAME reads those NAME has);
+        # unset = the sampler's own default. dpm_solver_pp: eta (0 = DPM-Solver++(2M), 1 =
+        # its SDE variant), time_grid ('logsnr'); edm_heun: the churn S_churn, S_min, S_max,
+        # S_noise and rho; euler/heun: time_grid ('edm' | 'uniform') and rho.
+        "sampling.eta": placeholder(float),
+        "sampling.time_grid": placeholder(str),
+        "sampling.rho": placeholder(float),
+        "sampling.S_churn": placeholder(float),
+        "sampling.S_min": placeholder(float),
+        "sampling.S_max": placeholder(float),
+        "sampling.S_noise": placeholder(float),
+        "model.attn_resolutions": (),  # 8x8 needs no attention; it costs a quarter of the step
+        "model.dropout": 0.0,
+        "model.resamp_with_conv": True,
+        "model.skip_rescale": True,
+        "model.resblock_type": "biggan",
+        "model.embedding_type": "positional",
+        "model.fourier_scale": 16.0,
+        "model.init_scale": 0.0,
+        # How the network's output becomes a score: 'none' (score_sde: noise prediction for
+        # VP, scaled score for VE) or 'edm' (EDM's c_skip / c_out / c_in denoiser around
+        # data of std sigma_data; diffusion/score.py).
+        "model.preconditioning": "none",
+        "model.sigma_data": 0.5,
+        "model.fir": False,
+        "model.fir_kernel": (1, 3, 3, 1),
+        "model.progressive": "none",
+        "model.progressive_input": "none",
+        "model.hidden": 128,  # mlp score network (2-D toy data)
+        "model.num_layers": 3,
+        "model.beta_min": 0.1,
+        "model.beta_max": 20.0,
+        "model.sigma_min": 0.01,
+        "model.sigma_max": 50.0,
+        "model.num_scales": 1000,
+    }
+
+
+def _unet() -> dict[str, Any]:
+    """The U-Net's depth and the EMA by rate: the score networks', and the VAE's, whose
+    encoder and decoder are built from the U-Net's blocks. (A GAN's networks have their own
+    depth, and its EMA a half-life in images.)"""
+    return {
+        "model.ch_mult": (1, 2, 2),
+        "model.num_res_blocks": 1,
+        "model.ema_rate": 0.999,
+    }
+
+
+def _clusters() -> dict[str, Any]:
+    """Self-conditioning on k-means clusters of the training images."""
+    return {
+        # > 0: the networks conditioned on this many k-means clusters of the training
+        # images (GAN, pixel diffusion; Liu et al.'s self-conditioning). The model stays
+        # unconditional: sampling draws the clusters by their frequencies, 'iid'
+        # (independent draws, as an unconditional model samples: what headline figures use)
+        # or 'stratified' (every run of samples holds each cluster in proportion, as the
+        # stratified test split holds the classes: a variance-reduction option, reported
+        # beside the i.i.d. figure).
+        "model.self_condition_clusters": 0,
+        "model.cluster_draws": "iid",
+    }
+
+
+def _gan() -> dict[str, Any]:
+    """model.family='gan': the networks (model.name 'dcgan' | 'resnet'; generator width
+    model.nf), the adversarial objective and its regularisers."""
+    return {
+        "model.latent_dim": 64,  # the generator's latent z
+        "model.d_nf": 32,  # discriminator width
+        "model.spectral_norm": False,  # in the discriminator
+        "model.convs_per_stage": 1,  # DCGAN: 3x3 convs per resolution in G and D
+        "gan.loss": "ns",  # 'ns' (non-saturating logistic) | 'hinge' | 'relativistic' (RpGAN)
+        "gan.r1_gamma": 0.0,  # gamma / 2 * E ||grad D(real)||^2 (Mescheder et al.); 0 = off
+        "gan.r2_gamma": 0.0,  # the same on fake data
+        "gan.reg_interval": 4,  # lazy regularisation: the penalties every k steps, weighted k
+        "gan.ema_halflife_images": 10_000,  # generator EMA half-life in images; 0 = no EMA
+        "gan.ema_rampup": placeholder(float),  # half-life <= rampup * images seen; unset = none
+        "gan.augment": "",  # DiffAugment policy for real and fake alike: 'color,translation,cutout'
+        "gan.d_lr": placeholder(float),  # discriminator learning rate; unset = optim.lr
+    }
+
+
+def _vae() -> dict[str, Any]:
+    """model.family='vae' (model.name 'conv_vae'): the latent and the objective;
+    evaluate.py reports the ELBO and the IWAE bound."""
+    return {
+        # Channels of the spatial latent, image_size / 2**(len(ch_mult) - 1) on a side.
+        "model.latent_channels": 2,
+        "vae.likelihood": "discretized_logistic",  # | 'discretized_gaussian' | 'bernoulli'
+        "vae.num_bins": 256,  # levels of the discretised data (8-bit)
+        "vae.beta": 1.0,  # weight of the KL term
+        "vae.kl_warmup_steps": 0,  # linear warm-up of the KL weight from 0 to beta
+        "vae.free_bits": 0.0,  # nats per latent channel below which the KL is not pushed down
+        "vae.iwae_samples": 64,  # k of the importance-weighted bound (evaluation)
+    }
+
+
+def _latent() -> dict[str, Any]:
+    """model.family='latent_diffusion': the trained VAE whose latent space the diffusion
+    model lives in (its config file, 'path.py[:arg]', and workdir); latents are scaled to
+    unit variance over the training split."""
+    return {
+        "latent.vae_config": "",
+        "latent.vae_workdir": "",
+        # The VAE checkpoint the latent model encodes with; unset = the newest. Training
+        # records the one it used, so a VAE trained further later is caught, not used.
+        "latent.vae_step": placeholder(int),
+    }
+
+
+def _classifier() -> dict[str, Any]:
+    """model.family='noise_classifier': what the noise-conditional network learns.
+    'labels': the dataset's classes (classifier guidance); 'discriminator': the training
+    images against a model's samples, the .npz in fake_samples (discriminator guidance)."""
+    return {
+        "classifier.objective": "labels",
+        "classifier.fake_samples": "",
+    }
+
+
+# Group name -> its defaults (dotted key -> default; a fresh dict, placeholders included,
+# on every call).
+GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
+    "score": _score,
+    "unet": _unet,
+    "clusters": _clusters,
+    "gan": _gan,
+    "vae": _vae,
+    "latent": _latent,
+    "classifier": _classifier,
+}
+
+# Family -> the groups whose settings it reads; every other group's changed setting is
+# refused for it. (The order is the one in which a refusal lists a group's families.)
+FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
+    "gan": ("gan", "clusters"),
+    "diffusion": ("score", "unet", "clusters"),
+    "latent_diffusion": ("score", "unet", "clusters", "latent"),
+    "noise_classifier": ("score", "unet", "classifier"),
+    "vae": ("vae", "unet"),
+}
+
+# Networks that belong to one family, for a clearer refusal than "unknown network".
+NETWORK_FAMILIES: dict[str, str] = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae"}
+
+
+def families_of(group: str) -> tuple[str, ...]:
+    """The families that take `group`, in `FAMILY_GROUPS`' order."""
+    return tuple(family for family, groups in FAMILY_GROUPS.items() if group in groups)
+
+
+def key_groups() -> dict[str, str]:
+    """Every group's dotted key -> its group."""
+    return {key: name for name, defaults in GROUPS.items() for key in defaults()}
+
+
+def group_of(key: str, default_keys: Iterable[str]) -> str | None:
+    """The group of dotted `key` (None: a base key, which every family reads), given the
+    default config's dotted keys. A key no default has belongs to the group that holds
+    its whole section (`gan.x`, `sampling.x`), else to the base."""
+    owners = key_groups()
+    if key in owners:
+        return owners[key]
+    section = key.partition(".")[0]
+    holders = {owners.get(k) for k in default_keys if k.partition(".")[0] == section}
+    return holders.pop() if len(holders) == 1 else None
+
+
+def compose(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`base` (unlocked) with every group's defaults added; ValueError for a key written
+    twice (in the base and a group, or in two groups)."""
+    for name, defaults in GROUPS.items():
+        for key, value in defaults().items():
+            *sections, leaf = key.split(".")
+            node = base
+            for section in sections:
+                if section not in node:
+                    node[section] = ml_collections.ConfigDict()
+                node = node[section]
+            if leaf in node:
+                raise ValueError(f"config.{key} of group {name!r} is already set: a key "
+                                 "belongs to the base or to one group")
+            node[leaf] = value
+    return base

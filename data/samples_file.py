@@ -1,0 +1,119 @@
+"""The samples file: an .npz as sample.py writes it (`save_samples`) and evaluate.py and
+the discriminator family read it (`load_samples`), checked so that a wrong key, dtype,
+value range or shape is one line naming the problem. In data/ because both training/
+and evaluation/ read it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """uint8 images (N, H, W, C) or float points (N, 2), optional requested class labels,
+    and how they were drawn."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    provenance: Mapping[str, Any]
+
+
+def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
+                 num_classes: int = 0) -> Samples:
+    """Reads and checks an .npz of samples: `images` (uint8, or float in [0, 1]) of
+    `image_shape`, or for 2-D toy data (`image_shape` (2,)) float `points` (N, 2), as
+    sample.py writes them.
+
+    Optional arrays: `labels` (int, one per image: the classes asked of a conditional
+    model; in [0, num_classes) where `num_classes` is given) and the provenance sample.py
+    records (`sampler`, `nfe`, `seed`, `step`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"samples file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable .npz file: {err}") from err
+    if tuple(image_shape) == (2,):
+        images = _checked_points(path, arrays)
+    else:
+        images = _checked_images(path, arrays, tuple(image_shape))
+    labels = arrays.get("labels")
+    if labels is not None:
+        if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+            raise UserError(
+                f"{path}: labels must be integers of shape ({len(images)},), got "
+                f"{labels.dtype} {labels.shape}"
+            )
+        # A label no class has would count as a miss and quietly lower the accuracy.
+        if num_classes and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UserError(
+                f"{path}: labels must lie in [0, {num_classes}) (the data's classes), got "
+                f"values in [{labels.min()}, {labels.max()}]"
+            )
+    provenance = {
+        key: arrays[key].item() for key in ("sampler", "nfe", "seed", "step") if key in arrays
+    }
+    return Samples(images, labels, provenance)
+
+
+def _checked_images(path: Path, arrays: Mapping[str, np.ndarray],
+                    image_shape: tuple[int, ...]) -> np.ndarray:
+    if "images" not in arrays:
+        raise UserError(f"{path} has no 'images' array (keys: {sorted(arrays)})")
+    images = arrays["images"]
+    if images.ndim != 4 or tuple(images.shape[1:]) != image_shape:
+        raise UserError(
+            f"{path}: images have shape {images.shape}, expected (N, "
+            f"{', '.join(map(str, image_shape))}) for this config's data"
+        )
+    if len(images) == 0:
+        raise UserError(f"{path} holds no images")
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+            raise UserError(
+                f"{path}: float images must lie in [0, 1], got values in "
+                f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]"
+            )
+        return np.round(images * 255.0).astype(np.uint8)
+    if images.dtype != np.uint8:
+        raise UserError(f"{path}: images must be uint8 (or float in [0, 1]), got {images.dtype}")
+    return images
+
+
+def _checked_points(path: Path, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    if "points" not in arrays:
+        raise UserError(f"{path} has no 'points' array, which 2-D toy data needs (keys: "
+                        f"{sorted(arrays)})")
+    points = arrays["points"]
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise UserError(f"{path}: points have shape {points.shape}, expected (N, 2) with N > 0")
+    if not np.issubdtype(points.dtype, np.floating):
+        raise UserError(f"{path}: points must be floats, got {points.dtype}")
+    if not np.isfinite(points).all():
+        raise UserError(f"{path}: {int(np.sum(~np.isfinite(points).all(axis=1)))} points are "
+                        "not finite")
+    return points.astype(np.float32)
+
+
+def save_samples(path: str | os.PathLike, samples: np.ndarray, record: Mapping[str, Any]
+                 ) -> None:
+    """Writes `samples` (uint8 images (N, H, W, C), or float points (N, 2)) and `record`
+    (numpy values: provenance, labels) to the .npz `path` as load_samples reads it,
+    atomically: through a temporary file beside it, renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    key = "points" if np.ndim(samples) == 2 else "images"
+    np.savez_compressed(tmp, **{key: samples}, **record)
+    tmp.replace(path)
