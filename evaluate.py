@@ -18,7 +18,6 @@ A multi-host job passes the flags train.py takes (--coordinator_address, --num_p
 --process_id, or --multihost); every process evaluates and process 0 writes the report.
 """
 
-import sys
 from pathlib import Path
 
 import jax
@@ -85,11 +84,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The entry point (`python evaluate.py`, the `scoregen-evaluate` script)."""
-    try:  # --config.x= overrides without --config apply to the run's config.json
-        sys.argv = run_config.workdir_config_argv(sys.argv)
-    except UserError as err:
-        sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")
-    cli.run(main)
+    cli.run_on_workdir(main)
 
 
 if __name__ == "__main__":

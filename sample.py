@@ -1,17 +1,10 @@
-"""Samples a trained model into an .npz of uint8 images and a PNG grid beside it (2-D toy
-data: float `points` and a density picture):
-`python sample.py --config configs/digits_vp.py --workdir runs/digits_vp --out s.npz`.
-
-Class-conditional models: `--class_label K`, `--guidance_scale W` (classifier-free).
-Classifier (or discriminator) guidance: `--classifier_workdir DIR --classifier_config CFG
-[--classifier_scale S]`. Autoguidance: `--autoguide_step N` and/or `--autoguide_workdir DIR
-[--autoguide_config CFG] [--autoguidance_scale W]`. From one input image: `--image in.png
---mask mask.png` (inpainting, white = known), `--image gray.png --colorize`, `--image
-in.png --edit_strength S` (SDEdit). The flags make one `SampleRequest`, checked before
-anything is read; the .npz records it. Multi-host: train.py's distributed flags.
+"""Samples a trained run into an .npz and a PNG grid beside it (2-D toy data: `points` and a
+density picture): `python sample.py --workdir runs/digits_vp --out s.npz`. Flags for
+labels and guidance (classifier-free, classifier, autoguidance) and for inpainting,
+colorization and SDEdit of `--image` make one `SampleRequest`, checked before anything is
+read; the .npz records it (docs/sampling.md). Multi-host: train.py's distributed flags.
 """
 
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -100,11 +93,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The entry point (`python sample.py`, the `scoregen-sample` script)."""
-    try:  # --config.x= overrides without --config apply to the run's config.json
-        sys.argv = run_config.workdir_config_argv(sys.argv)
-    except UserError as err:
-        sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")
-    cli.run(main)
+    cli.run_on_workdir(main)
 
 
 if __name__ == "__main__":

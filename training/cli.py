@@ -146,3 +146,15 @@ def quiet_library_logs() -> None:
 def run(main: Callable[[list[str]], None]) -> None:
     quiet_library_logs()
     app.run(guarded(main), flags_parser=_parse_flags)
+
+
+def run_on_workdir(main: Callable[[list[str]], None]) -> None:
+    """`run(main)` for a command that reads a trained run (sample.py, evaluate.py):
+    `--config.x=` overrides without `--config` apply to the run's WORKDIR/config.json."""
+    from training import run_config
+
+    try:
+        sys.argv = run_config.workdir_config_argv(sys.argv)
+    except UserError as err:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    run(main)
