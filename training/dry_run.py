@@ -27,9 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from data import pipeline
-from training import accumulate, run_info, sharding
+from training import loop, run_info, sharding
 from training.checkpoint import abstract_with_shardings
-from training.families import get_family
 from training.sharding import state_shardings
 from training.step import LeafStep
 
@@ -100,13 +99,7 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None,
     holds (see the module docstring) to `out` (default stdout; process 0 only). Returns
     the figures. Raises UserError for what `training.loop.run` would refuse."""
     out = out or sys.stdout
-    training = config.training
-    family = get_family(config)
-    family.prepare_training()
-    mesh = sharding.make_mesh(config.sharding.mesh, devices)
-    sharding.check_batch_divisible(training.batch_size, mesh)
-    accumulate.check_accumulation(training.batch_size, training.grad_accum_steps, mesh.size)
-    batch_sharding = sharding.batch_sharding(mesh)
+    family, mesh, batch_sharding = loop.build(config, devices)
     abstract = jax.eval_shape(family.init_state, jax.random.PRNGKey(config.seed))
     state_sh = state_shardings(abstract, mesh, config.sharding.rules)
     state = abstract_with_shardings(abstract, state_sh)

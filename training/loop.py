@@ -106,6 +106,20 @@ def _global_batch(local: dict, batch_sharding) -> dict:
     }
 
 
+def build(config: ml_collections.ConfigDict, devices=None):
+    """(family, mesh, batch sharding) of a training run; UserError for a config, batch or
+    input that training would refuse, before anything is written."""
+    family = get_family(config)
+    # Inputs only training reads (a discriminator's generated images), checked before the
+    # workdir is touched; sampling from the run later does not need them.
+    family.prepare_training()
+    mesh = sharding.make_mesh(config.sharding.mesh, devices)
+    training = config.training
+    sharding.check_batch_divisible(training.batch_size, mesh)
+    accumulate.check_accumulation(training.batch_size, training.grad_accum_steps, mesh.size)
+    return family, mesh, sharding.batch_sharding(mesh)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         devices=None) -> dict[str, Any]:
     """Trains until `config.training.n_iters` steps, resuming from `workdir` if it can.
@@ -117,14 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     workdir = paths.resolve(workdir)
     training = config.training
     is_chief = jax.process_index() == 0
-    family = get_family(config)
-    # Inputs only training reads (a discriminator's generated images), checked before the
-    # workdir is touched; sampling from the run later does not need them.
-    family.prepare_training()
-    mesh = sharding.make_mesh(config.sharding.mesh, devices)
-    sharding.check_batch_divisible(training.batch_size, mesh)
-    accumulate.check_accumulation(training.batch_size, training.grad_accum_steps, mesh.size)
-    batch_sharding = sharding.batch_sharding(mesh)
+    family, mesh, batch_sharding = build(config, devices)
 
     root_key = jax.random.PRNGKey(config.seed)
     abstract_state = jax.eval_shape(family.init_state, root_key)
