@@ -15,6 +15,7 @@ import pytest
 
 from errors import UserError
 from evaluation import bpd, metrics, protocol, runner, samples_file
+from tests.cli_errors import error_line
 from tests.configs import tiny
 from tests.torch_files import contiguous, write_zip
 from training import eval_hook, loop
@@ -30,19 +31,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
 
 def _refused(workdir: Path, *flags: str) -> str:
     """evaluate.py's one error line for `flags`, having checked that nothing was written
     to the workdir (no metrics.json, nothing else)."""
     before = sorted(p.name for p in workdir.iterdir())
-    line = _error_line(_run(f"--workdir={workdir}", *flags))
+    line = error_line(_run(f"--workdir={workdir}", *flags))
     assert sorted(p.name for p in workdir.iterdir()) == before
     return line
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from errors import UserError
+from tests.cli_errors import error_line
 from tests.configs import tiny
 from training import checkpoint, loop, run_config
 
@@ -32,13 +33,6 @@ def _evaluate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=env)
 
-
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_a_workdir_without_config_json_is_one_line(tmp_path):
@@ -113,10 +107,10 @@ def test_evaluate_py_needs_only_the_workdir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((workdir / "metrics.json").read_text())
     assert report["seed"] == 3 and "classifier_score" in report["model"]
-    line = _error_line(_evaluate(f"--workdir={workdir}", f"--samples={tmp_path / 's.npz'}",
+    line = error_line(_evaluate(f"--workdir={workdir}", f"--samples={tmp_path / 's.npz'}",
                                  "--metrics=cs", "--config.model.nf=16"))
     assert "--config gives model.nf=16" in line
-    line = _error_line(_evaluate(f"--workdir={tmp_path / 'none'}", "--metrics=cs"))
+    line = error_line(_evaluate(f"--workdir={tmp_path / 'none'}", "--metrics=cs"))
     assert line.endswith("no config.json in " + str(tmp_path / "none")
                          + ": pass --config, or train first")
 
