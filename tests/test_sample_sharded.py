@@ -101,7 +101,7 @@ def test_one_and_eight_devices_draw_the_same_batch_split_over_the_devices(restor
     draws = {}
     for name, (family, state) in restored.items():
         mesh = inference.mesh_of(state)
-        draw = inference.BatchSampler(family, 5, mesh, steps=STEPS)
+        draw = inference.BatchSampler(family, 5, mesh, R(num_samples=5, steps=STEPS))
         assert draw.padded_size == (5 if mesh.size == 1 else 8)
         x, nfe = draw(family.sample_params(state), key)
         assert int(nfe) == STEPS + 1  # and the denoising step

@@ -27,7 +27,11 @@ class Monitor:
         self.total_steps = total_steps
         self._rate: float | None = None  # steps/s over the last report's interval
         # tensorboardX takes a string: a local folder or a gs:// / s3:// URL.
-        self._writer = SummaryWriter(os.fspath(workdir), flush_secs=30) if enabled else None
+        # A resumed run in the same second would reuse the event file's name (seconds and
+        # host) and overwrite the first run's curves: the suffix keeps each writer's file.
+        suffix = f".{os.getpid()}.{time.time_ns()}"
+        self._writer = (SummaryWriter(os.fspath(workdir), flush_secs=30, filename_suffix=suffix)
+                        if enabled else None)
         # A bar on a terminal, nothing in CI logs (the log lines carry it all).
         self._bar = progress.bar(total=total_steps, initial=start_step, unit="step",
                                  show=enabled, leave=True)
