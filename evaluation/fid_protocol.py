@@ -98,9 +98,7 @@ def image_statistics(images: np.ndarray, features: Callable[[np.ndarray], np.nda
     return acc.result()
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """The Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2), float64."""
-    return M.frechet_distance(mu1, sigma1, mu2, sigma2)
+frechet_distance = M.frechet_distance  # of N(mu1, sigma1) and N(mu2, sigma2), float64
 
 
 # ------------------------------------------------------------------ the statistics file
@@ -155,11 +153,10 @@ def read_stats(path: str | os.PathLike, dim: int = FEATURE_DIM) -> tuple[np.ndar
 
 
 def cache_dir() -> Path:
-    """`<cache dir>/fid`, the cache dir as `evaluation.digits_features.cache_dir`."""
-    if "SCOREGEN_CACHE_DIR" in os.environ:
-        return Path(os.environ["SCOREGEN_CACHE_DIR"]) / "fid"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "scoregen" / "fid"
+    """`<cache dir>/fid`, under the project's cache dir (`digits_features.cache_dir`)."""
+    from evaluation import digits_features
+
+    return digits_features.cache_dir() / "fid"
 
 
 def reference_key(dataset: Mapping[str, Any], extractor: FeatureExtractor) -> dict[str, Any]:
