@@ -20,7 +20,7 @@ from etils import epath
 
 from data import paths, pipeline
 from errors import NonFiniteLossError
-from training import accumulate, eval_hook, images, run_info, sharding
+from training import accumulate, eval_hook, images, run_config, run_info, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.families import get_family
 from training.families.request import SampleRequest
@@ -159,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         # one program costs more than running them (CIFAR-10 DDPM++: 20 s against 3 s).
         state = sharding.place(family.init_state(root_key), state_sh)
         if is_chief:
-            (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+            (workdir / run_config.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
         logging.info("Starting from scratch in %s: %s", workdir, describe(config))
     run_info.log_start(config, mesh, state)
     last_saved = start_step if start_step > 0 else None
