@@ -206,3 +206,29 @@ def test_how_clusters_are_drawn_is_not_part_of_a_checkpoint_identity():
     assert config_identity(config) == iid
     config.model.self_condition_clusters = 6
     assert config_identity(config) != iid
+
+
+def test_the_clusters_are_computed_once_and_read_back_from_the_checkpoint(tmp_path,
+                                                                          monkeypatch):
+    from data import pipeline
+    from training import inference, loop
+
+    config = tiny.get_config()
+    config.model.self_condition_clusters = 5
+    config.training.n_iters = 1
+    fresh = get_family(config)
+    loop.run(config, tmp_path, devices=jax.devices()[:1])
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the training data were read again")
+
+    # Sampling (and resuming) builds the family from the checkpoint's statistics alone.
+    monkeypatch.setattr(pipeline, "read_split", no_data)
+    restored = inference.load_family(config, tmp_path)
+    np.testing.assert_array_equal(restored.clusters.centres, fresh.clusters.centres)
+    np.testing.assert_array_equal(restored.clusters.frequencies, fresh.clusters.frequencies)
+    family, _, step = inference.restore_latest(config, tmp_path)
+    assert step == 1 and family.clusters.num == 5
+    with pytest.raises(ValueError, match=r"statistics hold clusters of shape none; "
+                                         r"model.self_condition_clusters=5"):
+        type(fresh)(config, {})

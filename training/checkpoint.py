@@ -113,12 +113,6 @@ class Checkpointer:
             # A key newer than the checkpoint cannot be checked against it.
             if k in saved and saved[k] != v
         ]
-        if diffs and all(d.startswith("latent.vae_step:") for d in diffs):
-            raise CheckpointError(
-                f"{self.directory} holds a latent model trained on the VAE's checkpoint "
-                f"{saved['latent.vae_step']}, not {self.identity['latent.vae_step']} (its "
-                f"newest, unless set): pass --config.latent.vae_step={saved['latent.vae_step']}"
-            )
         if diffs:
             raise CheckpointError(
                 f"{self.directory} holds a checkpoint of another config ("
@@ -144,15 +138,31 @@ class Checkpointer:
             "--workdir"
         )
 
-    def save(self, step: int, state: Any, data_state: dict | None) -> None:
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state or {}),
-                meta=ocp.args.JsonSave({"identity": self.identity, "step": step}),
-            ),
-        )
+    def save(self, step: int, state: Any, data_state: dict | None,
+             statistics: dict | None = None) -> None:
+        """Saves (asynchronously) the state, the data iterator's state and the family's
+        statistics (`families.base`: what the run read of its data when it started)."""
+        items = {"state": ocp.args.StandardSave(state),
+                 "data": ocp.args.JsonSave(data_state or {}),
+                 "meta": ocp.args.JsonSave({"identity": self.identity, "step": step,
+                                            "has_statistics": bool(statistics)})}
+        if statistics:
+            items["statistics"] = ocp.args.StandardSave(statistics)
+        self._manager.save(step, args=ocp.args.Composite(**items))
+
+    def statistics(self, step: int) -> dict | None:
+        """The family statistics saved at `step` ({} if the family has none), or None
+        for a checkpoint written before checkpoints held them."""
+        self.check_identity(step)
+        has = self._read_meta(step).get("has_statistics")
+        if not has:
+            return None if has is None else {}
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(statistics=ocp.args.StandardRestore()))
+        except Exception as err:
+            raise self._unreadable(step, err) from err
+        return restored.statistics
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the state (placed by `abstract_state`'s shardings) and the data state."""
@@ -190,6 +200,22 @@ def check_has_checkpoints(workdir: str | os.PathLike) -> None:
     """CheckpointError if `workdir` holds no checkpoints folder (nothing was trained)."""
     if not (paths.resolve(workdir) / "checkpoints").is_dir():
         raise CheckpointError(f"no checkpoints in {workdir}: train first with train.py")
+
+
+def saved_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                     step: int | None = None) -> dict | None:
+    """The family statistics stored in `workdir`'s checkpoint at `step` (default: the
+    newest), read without writing anything; None if there is no checkpoint or it predates
+    stored statistics (the caller then computes them). CheckpointError for a checkpoint of
+    another config or one that cannot be read."""
+    if not (paths.resolve(workdir) / "checkpoints").is_dir():
+        return None
+    ckpt = Checkpointer(workdir, config)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        return None if step is None else ckpt.statistics(step)
+    finally:
+        ckpt.close()
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, family: Any,

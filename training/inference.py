@@ -44,6 +44,15 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
     return sharding.make_mesh(config.sharding.mesh, devices)
 
 
+def load_family(config: ml_collections.ConfigDict, workdir: str | Path,
+                step: int | None = None):
+    """The family of the run in `workdir`, built from the statistics its checkpoint (the
+    newest, or the one at `step`) stores: the data and a latent model's VAE run are not
+    read again (a workdir without checkpoints: computed, as training would). CheckpointError
+    for a checkpoint of another config."""
+    return get_family(config, checkpoint.saved_statistics(config, workdir, step))
+
+
 def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
                    step: int | None = None, *, devices=None, mesh: Mesh | None = None,
                    family=None):
@@ -54,12 +63,12 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
     A checkpoint restores onto any mesh, whatever the mesh that wrote it. Raises
     CheckpointError if the workdir has no checkpoint (at `step`) or one of another config,
     UserError if the config's mesh does not fit the devices. `family`: the config's, if
-    the caller has built it already.
+    the caller has built it already (`load_family`).
     """
     checkpoint.check_has_checkpoints(workdir)  # before building the family, which may be dear
     if mesh is None:
         mesh = make_mesh(config, devices)
-    family = family or get_family(config)
+    family = family or load_family(config, workdir, step)
     state, step = checkpoint.restore_run(config, workdir, family, step, mesh=mesh)
     return family, state, step
 

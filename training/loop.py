@@ -20,7 +20,7 @@ from etils import epath
 
 from data import paths, pipeline
 from errors import NonFiniteLossError
-from training import accumulate, eval_hook, images, run_config, run_info, sharding
+from training import accumulate, checkpoint, eval_hook, images, run_config, run_info, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.families import get_family
 from training.families.request import SampleRequest
@@ -106,10 +106,11 @@ def _global_batch(local: dict, batch_sharding) -> dict:
     }
 
 
-def build(config: ml_collections.ConfigDict, devices=None):
+def build(config: ml_collections.ConfigDict, devices=None, statistics: dict | None = None):
     """(family, mesh, batch sharding) of a training run; UserError for a config, batch or
-    input that training would refuse, before anything is written."""
-    family = get_family(config)
+    input that training would refuse, before anything is written. `statistics`: those of
+    the run's checkpoints (None: computed from the data, as a new run does)."""
+    family = get_family(config, statistics)
     # Inputs only training reads (a discriminator's generated images), checked before the
     # workdir is touched; sampling from the run later does not need them.
     family.prepare_training()
@@ -131,7 +132,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     workdir = paths.resolve(workdir)
     training = config.training
     is_chief = jax.process_index() == 0
-    family, mesh, batch_sharding = build(config, devices)
+    # A resumed run keeps the statistics it started with (its clusters, its VAE).
+    family, mesh, batch_sharding = build(config, devices,
+                                         checkpoint.saved_statistics(config, workdir))
 
     root_key = jax.random.PRNGKey(config.seed)
     abstract_state = jax.eval_shape(family.init_state, root_key)
@@ -209,7 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 snapshot = step % training.snapshot_freq == 0 or last
                 if snapshot or step % training.snapshot_freq_for_preemption == 0 or stopping:
                     metrics.drain(last_saved, ckpt.directory)  # never save a diverged state
-                    ckpt.save(step, as_state(leaves), train_iter.get_state())
+                    ckpt.save(step, as_state(leaves), train_iter.get_state(),
+                              family.statistics)
                     last_saved = step
                 if snapshot and training.snapshot_sampling:
                     if snapshot_sampler is None:

@@ -25,9 +25,6 @@ from configs.default import get_default_config
 from errors import UserError
 
 CONFIG_FILE = "config.json"
-# Identity keys whose unset (None) value in an explicit config means "the run's": the VAE
-# checkpoint a latent model trained on is written into its config at the start.
-_UNSET_MEANS_STORED = ("latent.vae_step",)
 
 
 def _missing(workdir: str | os.PathLike) -> UserError:
@@ -108,12 +105,6 @@ def load_run_config(workdir: str | os.PathLike,
         return stored
     if stored is None:  # a run older than config.json, or samples-only: nothing to check
         return config
-    for key in _UNSET_MEANS_STORED:
-        section, _, name = key.partition(".")
-        if (section in config and name in config[section] and config[section][name] is None
-                and section in stored and stored[section].get(name) is not None):
-            config = config.copy_and_resolve_references()
-            config[section][name] = stored[section][name]
     ours, theirs = config_identity(config), config_identity(stored)
     for key in sorted(set(ours) | set(theirs), key=lambda k: (k not in theirs, k)):
         if ours.get(key) != theirs.get(key):

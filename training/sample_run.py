@@ -59,11 +59,10 @@ class Sources:
 
 def draw(config, sources: Sources, request: SampleRequest) -> tuple[np.ndarray, dict]:
     """(samples, what the samples file records) of `request` from the model of `config`
-    in `sources`. The family checks the request before any checkpoint is read."""
+    in `sources`. The family checks the request before any weights are restored."""
     from training import inference
-    from training.families import get_family
 
-    family = get_family(config)
+    family = inference.load_family(config, sources.workdir, sources.step)
     family.accepts(request)
     family, state, step = inference.restore_latest(config, sources.workdir, step=sources.step,
                                                    family=family)

@@ -3,7 +3,9 @@
 Every family satisfies `base.Family`: `config`, `data_shape`, `num_classes`,
 `capabilities` (a frozenset of `base`'s names: SAMPLE, SAMPLERS, LIKELIHOOD, BOUNDS,
 GUIDANCE, CLASSIFIER_GUIDANCE, AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE),
-`prepare_training()` (a no-op where training needs no extra input), `init_state(key)`,
+`statistics` (what the classmethod `compute_statistics(config)` read of the data when the
+run started; every checkpoint stores them), `prepare_training()` (a no-op where training
+needs no extra input), `init_state(key)`,
 `train_step(state, batch)`, `eval_step(state, batch, key)`, `sample_params(state,
 use_ema)`, `accepts(request)` (UserError naming what a `request.SampleRequest` asks that
 it cannot do), `make_sampler(request, *, classifier=None, guide=None) -> sample(params,
@@ -103,10 +105,15 @@ def check_family_settings(config: ml_collections.ConfigDict) -> None:
                         f"model.family={family!r}")
 
 
-def get_family(config: ml_collections.ConfigDict):
-    """Builds the family named by `config.model.family`."""
+def get_family(config: ml_collections.ConfigDict, statistics: dict | None = None):
+    """Builds the family named by `config.model.family` from its `statistics` (what a
+    checkpoint stores, `checkpoint.saved_statistics`). None computes them, as a run does
+    when it starts: that reads the training data (and a latent model's VAE run)."""
     name = config.model.family
     if name not in FAMILIES:
         raise UserError(f"config.model.family={name!r} is not one of {sorted(FAMILIES)}")
     check_family_settings(config)
-    return FAMILIES[name](config)
+    family_cls = FAMILIES[name]
+    if statistics is None:
+        statistics = family_cls.compute_statistics(config)
+    return family_cls(config, statistics)

@@ -1,6 +1,12 @@
 """What every family is: the `Family` protocol, the capability names a family declares, and
-`FamilyBase`, the defaults the families share (no-op `prepare_training`, the capability
-check of a `SampleRequest`).
+`FamilyBase`, the defaults the families share (no statistics, no-op `prepare_training`,
+the capability check of a `SampleRequest`).
+
+Building a family reads nothing. What it needs of the data or of other runs (k-means
+clusters, a latent model's VAE weights and latent scale) are its *statistics*: a nested
+dict of numpy arrays that `compute_statistics(config)` reads once, when a run starts, and
+that every checkpoint of the run stores, so that resuming, sampling and evaluating read
+them from the checkpoint and never from the data again.
 
 A family declares what it can do in `capabilities` (a frozenset of the names below);
 callers test `LIKELIHOOD in family.capabilities`, never `hasattr`. `accepts(request)`
@@ -8,6 +14,7 @@ refuses, with one UserError naming the flags, what a request asks that the famil
 do.
 """
 
+import types
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -40,6 +47,10 @@ class Family(Protocol):
     data_shape: tuple[int, ...]
     capabilities: frozenset[str]
     num_classes: int  # 0: unconditional
+    statistics: dict  # what compute_statistics returned; stored in every checkpoint
+
+    @classmethod
+    def compute_statistics(cls, config: ml_collections.ConfigDict) -> dict: ...
 
     @property
     def is_image_data(self) -> bool: ...
@@ -84,6 +95,13 @@ class FamilyBase:
 
     capabilities: frozenset[str] = frozenset()
     num_classes: int = 0
+    statistics: dict = types.MappingProxyType({})
+
+    @classmethod
+    def compute_statistics(cls, config: ml_collections.ConfigDict) -> dict:
+        """What the family needs of the data or of other runs, as a nested dict of numpy
+        arrays (the I/O of a run's start; nothing here)."""
+        return {}
 
     def prepare_training(self) -> None:
         """Reads inputs only training needs (UserError before the loop writes anything);

@@ -14,7 +14,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
@@ -40,8 +39,11 @@ def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int)
 class DiffusionFamily(base.FamilyBase):
     """Trains a score network with denoising score matching and samples it by SDE/ODE."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, statistics: dict | None = None):
+        """`statistics`: what `compute_statistics(config)` returned (the clusters of a
+        self-conditioned model); None for a model that needs none."""
         self.config = config
+        self.statistics = dict(statistics or {})
         self.sde = sde_lib.get_sde(config)
         # The network embeds what score.py feeds it: 999 t for VP/subVP, log sigma for VE.
         # Random Fourier features (scale 16) of 999 t oscillate too fast to learn from.
@@ -55,8 +57,8 @@ class DiffusionFamily(base.FamilyBase):
         self.num_classes, self.class_dropout = self._check_labels(config, info)
         # The null label (unconditional model) exists only if training drops labels.
         self.null_label = self.num_classes if self.class_dropout > 0 else None
-        self.clusters = clusters.from_config(config, num_classes=self.num_classes,
-                                             training_data=self._cluster_data(config))
+        self.clusters = clusters.from_statistics(config, self.statistics.get("clusters"),
+                                                 num_classes=self.num_classes)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         self.accum_steps = config.training.grad_accum_steps
         try:
@@ -97,9 +99,11 @@ class DiffusionFamily(base.FamilyBase):
         """The config the score network is built from."""
         return config
 
-    def _cluster_data(self, config: ml_collections.ConfigDict) -> np.ndarray | None:
-        """What self-conditioning clusters (None: the training images in data space)."""
-        return None
+    @classmethod
+    def compute_statistics(cls, config: ml_collections.ConfigDict) -> dict:
+        """The k-means clusters of the training images of a self-conditioned model."""
+        found = clusters.compute(config, num_classes=int(config.model.num_classes))
+        return {"clusters": found} if found else {}
 
     @staticmethod
     def _check_labels(config: ml_collections.ConfigDict, info) -> tuple[int, float]:

@@ -55,8 +55,11 @@ class GANFamily(base.OneCallFamily):
     kind = "GAN"
     capabilities = frozenset({base.SAMPLE})
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, statistics: dict | None = None):
+        """`statistics`: what `compute_statistics(config)` returned (the clusters of a
+        self-conditioned GAN); None for a GAN that needs none."""
         self.config = config
+        self.statistics = dict(statistics or {})
         cfg = config.gan
         if config.model.name not in gan_networks.GAN_NETWORKS:
             raise UserError(f"model.family='gan' takes model.name in "
@@ -104,10 +107,17 @@ class GANFamily(base.OneCallFamily):
         self.generator, self.discriminator = _Network(g), _Network(d)
         self._check_generator_shape()
 
+    @classmethod
+    def compute_statistics(cls, config: ml_collections.ConfigDict) -> dict:
+        """The k-means clusters of the training images of a self-conditioned GAN."""
+        found = clusters.compute(config, num_classes=int(config.model.num_classes))
+        return {"clusters": found} if found else {}
+
     def _self_conditioning(self, config: ml_collections.ConfigDict):
         """(clusters or None, the networks' config): with `model.self_condition_clusters =
         K > 0` the networks embed K clusters (`clusters.py`); the model stays unconditional."""
-        found = clusters.from_config(config, num_classes=self.num_classes)
+        found = clusters.from_statistics(config, self.statistics.get("clusters"),
+                                         num_classes=self.num_classes)
         if found is None:
             return None, config
         net_config = config.copy_and_resolve_references()

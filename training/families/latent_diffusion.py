@@ -4,9 +4,10 @@ latent space of a trained VAE, the way Stable Diffusion works.
 The VAE (`latent.vae_config`, `latent.vae_workdir`) is restored and frozen. Training
 images are encoded to a posterior sample z ~ q(z | x), scaled by `latent_scale`, one over
 the standard deviation of the posterior means over the whole training split (computed
-from the data when the family is built, so the diffusion model sees unit-variance
-latents whatever the VAE); sampling runs any sampler in the latent space and decodes the
-result with the VAE's decoder mean. Everything else is the diffusion family's.
+when the run starts and stored in its checkpoints with the VAE's weights, so the diffusion
+model sees unit-variance latents whatever the VAE); sampling runs any sampler in the
+latent space and decodes the result with the VAE's decoder mean. Everything else is the
+diffusion family's.
 """
 
 from types import SimpleNamespace
@@ -16,12 +17,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 
 import configs
 from data import pipeline
 from errors import UserError
 from training import checkpoint
-from training.families import base, common
+from training.families import base, clusters, common
 from training.families.diffusion import DiffusionFamily
 from training.families.vae import VAEFamily
 from training.state import TrainState
@@ -30,39 +32,87 @@ from training.state import TrainState
 _SHARED_DATA = ("dataset", "image_size", "num_channels", "centered")
 
 
+def _vae_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The VAE's config (`latent.vae_config`), checked against the latent model's data."""
+    cfg = config.latent
+    if not cfg.vae_config or not cfg.vae_workdir:
+        raise UserError("model.family='latent_diffusion' needs latent.vae_config and "
+                        "latent.vae_workdir: a VAE trained with train.py first")
+    try:
+        vae_config = configs.load(cfg.vae_config)
+    except ValueError as err:
+        raise UserError(f"latent.vae_config: {err}") from err
+    if vae_config.model.family != "vae":
+        raise UserError(f"latent.vae_config is a model.family={vae_config.model.family!r} "
+                        "config, not a VAE")
+    diffs = [f"data.{k}: {vae_config.data[k]!r} (VAE) vs {config.data[k]!r}"
+             for k in _SHARED_DATA if vae_config.data[k] != config.data[k]]
+    if diffs:
+        raise UserError("the VAE was trained on other data: " + "; ".join(diffs))
+    return vae_config
+
+
 class LatentDiffusionFamily(DiffusionFamily):
     """`model.family='latent_diffusion'`: `vae`, `vae_params`, `vae_step`, `image_shape`
-    (the data), `data_shape` (the latents) and `latent_scale`."""
+    (the data), `data_shape` (the latents) and `latent_scale`.
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        cfg = config.latent
-        if not cfg.vae_config or not cfg.vae_workdir:
-            raise UserError("model.family='latent_diffusion' needs latent.vae_config and "
-                            "latent.vae_workdir: a VAE trained with train.py first")
-        try:
-            vae_config = configs.load(cfg.vae_config)
-        except ValueError as err:
-            raise UserError(f"latent.vae_config: {err}") from err
-        if vae_config.model.family != "vae":
-            raise UserError(f"latent.vae_config is a model.family={vae_config.model.family!r} "
-                            "config, not a VAE")
-        diffs = [f"data.{k}: {vae_config.data[k]!r} (VAE) vs {config.data[k]!r}"
-                 for k in _SHARED_DATA if vae_config.data[k] != config.data[k]]
-        if diffs:
-            raise UserError("the VAE was trained on other data: " + "; ".join(diffs))
-        # Restored through training.checkpoint, which knows no family registry: that
-        # registry imports this module.
-        checkpoint.check_has_checkpoints(cfg.vae_workdir)
-        self.vae = VAEFamily(vae_config)
-        vae_state, self.vae_step = checkpoint.restore_run(vae_config, cfg.vae_workdir,
-                                                          self.vae, cfg.vae_step)
-        # Into the config, hence into the checkpoint's identity: a latent model restored
-        # with another VAE checkpoint is refused (training.checkpoint.check_identity).
-        cfg.vae_step = self.vae_step
-        self.vae_params = self.vae.sample_params(vae_state)
+    Its statistics hold the frozen VAE (`vae_params`, `vae_step`), `latent_scale` and the
+    clusters of a self-conditioned model: a run's checkpoints carry the VAE it was trained
+    with, so the VAE's workdir is read once, when the run starts, and never again.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, statistics: dict | None = None):
+        """`statistics`: what `compute_statistics(config)` returned."""
+        statistics = dict(statistics or {})
+        missing = {"vae_params", "vae_step", "latent_scale"} - set(statistics)
+        if missing:
+            raise ValueError(f"a latent diffusion model is built from its statistics; "
+                             f"{sorted(missing)} missing (LatentDiffusionFamily."
+                             "compute_statistics reads them)")
+        self.vae = VAEFamily(_vae_config(config))
+        self.vae_params = jax.eval_shape(self.vae.init_params, jax.random.PRNGKey(0))
+        nnx.replace_by_pure_dict(self.vae_params,  # in place
+                                 jax.tree.map(jnp.asarray, statistics["vae_params"]))
+        self.vae_step = int(statistics["vae_step"])
+        self.latent_scale = float(statistics["latent_scale"])
         self.image_shape = self.vae.data_shape
-        self.latent_scale = self._scale_from_data(config)
-        super().__init__(config)
+        super().__init__(config, statistics)
+
+    @classmethod
+    def compute_statistics(cls, config: ml_collections.ConfigDict) -> dict:
+        """Restores the VAE (`latent.vae_workdir`, its newest checkpoint unless
+        `latent.vae_step`), and encodes the training split: `latent_scale` is one over the
+        standard deviation of the posterior means, and a self-conditioned model clusters
+        the scaled means, the space it lives in."""
+        cfg = config.latent
+        vae_config = _vae_config(config)
+        checkpoint.check_has_checkpoints(cfg.vae_workdir)
+        vae = VAEFamily(vae_config)
+        vae_state, vae_step = checkpoint.restore_run(vae_config, cfg.vae_workdir, vae,
+                                                     cfg.vae_step)
+        vae_params = vae.sample_params(vae_state)
+        images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
+        if config.data.centered:
+            images = 2.0 * images - 1.0
+        encode = jax.jit(lambda x: vae.encode_fn(vae_params)(x)[0])
+        means = np.concatenate([np.asarray(encode(images[i:i + 512]))
+                                for i in range(0, len(images), 512)])
+        std = float(means.std())
+        if not np.isfinite(std) or std <= 0:
+            raise UserError(f"the VAE's latents of the training split have std {std}: "
+                            "the VAE cannot serve latent diffusion")
+        logging.info("latent scale 1/%.4f from %d training images (VAE step %d)", std,
+                     len(images), vae_step)
+        statistics = {
+            "vae_params": jax.tree.map(np.asarray, nnx.to_pure_dict(vae_params)),
+            "vae_step": np.int64(vae_step),
+            "latent_scale": np.float32(1.0 / std),
+        }
+        found = clusters.compute(config, num_classes=int(config.model.num_classes),
+                                 training_data=means / std)
+        if found:
+            statistics["clusters"] = found
+        return statistics
 
     # -- the diffusion family's hooks: latents instead of images ----------------------
 
@@ -76,27 +126,6 @@ class LatentDiffusionFamily(DiffusionFamily):
         net_config.data.image_size = int(height)
         net_config.data.num_channels = int(channels)
         return net_config
-
-    def _scale_from_data(self, config: ml_collections.ConfigDict) -> float:
-        images = pipeline.read_split(config.data, "train")["image"].astype(np.float32) / 255.0
-        if config.data.centered:
-            images = 2.0 * images - 1.0
-        encode = jax.jit(lambda x: self.vae.encode_fn(self.vae_params)(x)[0])
-        means = np.concatenate([np.asarray(encode(images[i:i + 512]))
-                                for i in range(0, len(images), 512)])
-        self._train_means = means
-        std = float(means.std())
-        if not np.isfinite(std) or std <= 0:
-            raise UserError(f"the VAE's latents of the training split have std {std}: "
-                            "the VAE cannot serve latent diffusion")
-        logging.info("latent scale 1/%.4f from %d training images (VAE step %d)", std,
-                     len(images), self.vae_step)
-        return 1.0 / std
-
-    def _cluster_data(self, config: ml_collections.ConfigDict) -> np.ndarray:
-        """Self-conditioning clusters the scaled posterior means of the training images:
-        the space the model lives in, where each training latent finds its cluster."""
-        return self._train_means * self.latent_scale
 
     def encode(self, key: jax.Array, images: jax.Array) -> jax.Array:
         """Scaled posterior samples of `images` (data space): what the model is trained on."""

@@ -62,7 +62,10 @@ class NoiseClassifierFamily(base.FamilyBase):
 
     capabilities = frozenset({base.GUIDE})
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, statistics: dict | None = None):
+        """`statistics` must be empty: a noise classifier needs nothing of the data to be built."""
+        if statistics:
+            raise ValueError(f"a noise classifier has no statistics, got {sorted(statistics)}")
         self.config = config
         if config.model.name not in NETWORKS:
             raise UserError(f"model.family='noise_classifier' takes model.name in {NETWORKS}, "

@@ -44,7 +44,10 @@ class VAEFamily(base.OneCallFamily):
     kind = "VAE"
     capabilities = frozenset({base.SAMPLE, base.BOUNDS})
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, statistics: dict | None = None):
+        """`statistics` must be empty: a VAE needs nothing of the data to be built."""
+        if statistics:
+            raise ValueError(f"a VAE has no statistics, got {sorted(statistics)}")
         self.config = config
         cfg = config.vae
         if config.model.name not in NETWORKS:
