@@ -341,3 +341,15 @@ def test_a_self_conditioned_latent_model_clusters_its_latents_and_samples_images
     images, _ = family.make_sampler(R(3, sampler="euler_maruyama", steps=2))(
         family.sample_params(new), jax.random.PRNGKey(1))
     assert images.shape == (3, 8, 8, 1)
+
+
+def test_the_notebook_api_gives_the_vae_its_importance_weighted_bound(vae_run, vae_report):
+    import scoregen
+
+    _, report = vae_report
+    model = scoregen.load(vae_run[0], devices=ONE_DEVICE)
+    test = pipeline.read_split(model.config.data, "test")["image"]
+    bits = model.bits_per_dim(test)
+    assert bits.shape == (len(test),)
+    # Other keys than evaluate.py's: the same bound up to its sampling noise.
+    np.testing.assert_allclose(bits.mean(), report["bpd"], rtol=0.02)
