@@ -17,9 +17,11 @@ the bottom:
     training               all of the above but evaluation, which only `BRIDGE`
                            (training/eval_hook.py: the loop's evaluation hook and the
                            restore-and-sample half of evaluate.py) may import
+    scoregen               the notebook API over training/ and evaluation/
     train.py, sample.py,   the CLIs: anything above; nothing imports them
     evaluate.py
-    bench/, tests/         anything above and themselves; nothing else imports them
+    bench/, tests/         anything above (not the CLIs) and themselves; nothing else
+                           imports them
 
 A new top-level folder or module must be added to `ALLOWED`.
 """
@@ -48,9 +50,10 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"errors", "progress", "data", "networks", "diffusion", "gan", "vae",
                    "evaluation"},
     "training": BELOW_TRAINING | {"training"},
-    **{cli: BELOW_TRAINING | {"evaluation", "training"} for cli in CLIS},
-    "bench": BELOW_TRAINING | {"evaluation", "training", "bench"},
-    "tests": BELOW_TRAINING | {"evaluation", "training", "tests"},
+    "scoregen": BELOW_TRAINING | {"evaluation", "training"},
+    **{cli: BELOW_TRAINING | {"evaluation", "training", "scoregen"} for cli in CLIS},
+    "bench": BELOW_TRAINING | {"evaluation", "training", "scoregen", "bench"},
+    "tests": BELOW_TRAINING | {"evaluation", "training", "scoregen", "tests"},
 }
 # The one module of training/ that may import evaluation/.
 BRIDGE = "training.eval_hook"
