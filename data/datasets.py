@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data import sources, synthetic, toy
+from data import captions, sources, synthetic, toy
 from data.errors import DataError
 
 TOY_PREFIX = "toy_"
@@ -60,6 +60,7 @@ class Options:
     num_toy_samples: int
     num_toy_test_samples: int
     num_synthetic_samples: Any  # validated by the synthetic opener, which alone uses it
+    captions: bool
 
 
 def options(data_config: Mapping[str, Any]) -> Options:
@@ -76,6 +77,7 @@ def options(data_config: Mapping[str, Any]) -> Options:
         num_toy_samples=int(get("num_toy_samples", DEFAULT_NUM_TOY_SAMPLES)),
         num_toy_test_samples=int(get("num_toy_test_samples", DEFAULT_NUM_TOY_TEST_SAMPLES)),
         num_synthetic_samples=get("num_synthetic_samples", synthetic.DEFAULT_NUM_TRAIN),
+        captions=bool(get("captions", False)),
     )
 
 
@@ -181,8 +183,11 @@ def open_split(
 ) -> tuple[Options, Split]:
     """Options and split; with `read=False` only the metadata (empty `records`).
 
-    Raises DataError (a UserError) if the config does not fit the data, and
-    DatasetNotPreparedError (a DataError) if a standard dataset is not prepared.
+    Raises DataError (a UserError) if the config does not fit the data (captions included),
+    and DatasetNotPreparedError (a DataError) if a standard dataset is not prepared.
     """
     opts = options(data_config)
+    if opts.captions:
+        # Before opening, so that a dataset without captions is refused before any preparation.
+        captions.check_dataset(opts.dataset)
     return opts, _opener(opts.dataset)(opts, split, read)

@@ -13,7 +13,10 @@ Datasets (`config.data.dataset`):
 Which name opens what is data/datasets.py.
 
 Batches are dicts of numpy arrays: `image` float32 (B, H, W, C) (toy: (B, 2)), `label` int32
-(B,) (zeros when the dataset has no labels); eval batches add `mask` bool (B,).
+(B,) (zeros when the dataset has no labels); eval batches add `mask` bool (B,). With
+`captions` (digit datasets only, data/captions.py), train and eval batches add `caption` int32
+(B,): a row of `captions.bank("train")` naming the example's own label, its template drawn per
+example after the augmentation's draws (so images are the same with captions on or off).
 Image values: uint8 / 255, or (uint8 + U[0, 1)) / 256 with `uniform_dequantization`; then
 mapped to [-1, 1] if `centered`. `random_flip` flips horizontally with p = 0.5 (train only).
 Toy points are served as sampled: the image options do not apply to them.
@@ -36,6 +39,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from data import captions as captions_lib
 from data.datasets import TOY_PREFIX, DatasetInfo, Options, open_split
 from data.errors import DataError, DatasetNotPreparedError
 
@@ -91,9 +95,18 @@ def read_split(
 def _transform(
     opts: Options, is_image: bool, *, flip: bool
 ) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:
-    """The per-example float conversion (+ augmentation), as a grain random map."""
+    """The per-example float conversion (+ augmentation, + caption), as a grain random map."""
+    num_templates = len(captions_lib.templates("train"))
 
     def apply(element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        out = convert(element, rng)
+        if opts.captions:
+            # Drawn last, so the flip and the noise above are those of captions=False.
+            template = rng.integers(num_templates)
+            out["caption"] = np.int32(out["label"] * num_templates + template)
+        return out
+
+    def convert(element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         label = np.int32(element["label"])
         if not is_image:
             return {"image": np.asarray(element["image"], np.float32), "label": label}
@@ -178,7 +191,8 @@ def make_train_iterator(
 ) -> TrainIterator:
     """Endless training batches: this process's rows of each global batch.
 
-    Yields {'image': float32 (global_batch_size // process_count, *shape), 'label': int32}.
+    Yields {'image': float32 (global_batch_size // process_count, *shape), 'label': int32},
+    plus 'caption' int32 with `config.data.captions`.
     Deterministic given `seed` (all processes must pass the same one). See the module
     docstring for the stream's definition and `TrainIterator` for checkpointing.
     """
@@ -220,7 +234,8 @@ def make_eval_iterator(
 
     `batch_size` is global, like the training one: each process yields
     `batch_size // process_count` rows, and every process yields the same number of
-    batches, ceil(num_examples / batch_size). Yields {'image', 'label', 'mask' bool (B,)};
+    batches, ceil(num_examples / batch_size). Yields {'image', 'label', 'mask' bool (B,)}
+    (+ 'caption' with `config.data.captions`, drawn from `seed`);
     the last global batch is padded with zero images whose `mask` is False. Uniform
     dequantization, if configured, is applied with noise drawn from `seed`.
     """

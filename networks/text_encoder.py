@@ -224,12 +224,13 @@ class TextEncoder:
             raise UserError("no prompts given")
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
-                raise UserError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+                raise UserError(f"prompt {i + 1} is a {type(prompt).__name__}, not a string")
         encodings = self._tokenizer.encode_batch(list(prompts))
         for i, enc in enumerate(encodings):
             if len(enc.ids) > self.max_tokens:
-                raise UserError(f"prompt {i} has {len(enc.ids)} tokens; the text encoder "
-                                f"reads at most {self.max_tokens}: shorten it")
+                start = " ".join(prompts[i].split()[:4])
+                raise UserError(f"prompt {i + 1} ({start!r}...) has {len(enc.ids)} tokens; the "
+                                f"text encoder reads at most {self.max_tokens}: shorten it")
         longest = max(len(enc.ids) for enc in encodings)
         length = _MIN_BUCKET
         while length < longest:

@@ -33,6 +33,7 @@ from networks.unet_blocks import (
     REMAT,
     AttnBlock,
     Combine,
+    CrossAttnBlock,
     Level,
     NormActConv,
     ResBlock,
@@ -71,6 +72,8 @@ class UNet(nnx.Module):
         conv_impl: str = "auto",
         nin_impl: str = "matmul",
         num_classes: int = 0,
+        text_dim: int = 0,
+        text_attn_resolutions: Sequence[int] = (),
         fir: bool = False,
         fir_kernel: Sequence[int] = (1, 3, 3, 1),
         progressive: str = "none",
@@ -107,6 +110,10 @@ class UNet(nnx.Module):
         self.temb0 = Dense(nf, temb_dim, rngs=rngs)
         self.temb1 = Dense(temb_dim, temb_dim, rngs=rngs)
         self.label_embed = Embed(num_classes, temb_dim, rngs=rngs) if num_classes > 0 else None
+        # Text conditioning: the pooled prompt embedding joins the time embedding.
+        self.text_dim = text_dim
+        self.text_embed = Dense(text_dim, temb_dim, rngs=rngs) if text_dim > 0 else None
+        text_res = set(text_attn_resolutions) if text_dim > 0 else set()
 
         fir_k = tuple(fir_kernel) if fir else None
         n_blocks = 0
@@ -125,6 +132,10 @@ class UNet(nnx.Module):
                 ch, skip_rescale=skip_rescale, init_scale=init_scale, nin_impl=nin_impl, rngs=rngs
             )
 
+        def cross(ch: int) -> CrossAttnBlock:
+            return CrossAttnBlock(ch, text_dim, skip_rescale=skip_rescale,
+                                  init_scale=init_scale, nin_impl=nin_impl, rngs=rngs)
+
         def resampler(kind: type, cin: int, cout: int, with_conv: bool) -> nnx.Module:
             return kind(cin, cout, with_conv=with_conv, fir_kernel=fir_k, impl=conv_impl, rngs=rngs)
 
@@ -139,6 +150,8 @@ class UNet(nnx.Module):
                 ch = nf * mult
                 if res in attn_resolutions:
                     level.attns.append(attn(ch))
+                if res in text_res:
+                    level.crosses.append(cross(ch))
                 skips.append(ch)
             if i != n_levels - 1:
                 if resblock_type == "ddpm":
@@ -160,6 +173,7 @@ class UNet(nnx.Module):
 
         self.mid_block0 = res_block(ch, ch)
         self.mid_attn = attn(ch)
+        self.mid_cross = cross(ch) if res in text_res else nnx.data(None)
         self.mid_block1 = res_block(ch, ch)
 
         self.up = nnx.List([])
@@ -170,6 +184,8 @@ class UNet(nnx.Module):
                 ch = nf * ch_mult[i]
             if res in attn_resolutions:
                 level.attns.append(attn(ch))
+            if res in text_res:
+                level.crosses.append(cross(ch))
             coarsest = i == n_levels - 1  # the first level of the up path
             if progressive == "output_skip":
                 level.pyramid_head = NormActConv(
@@ -202,8 +218,16 @@ class UNet(nnx.Module):
 
     # --------------------------------------------------------------------------------------
 
-    def _temb(self, c_noise: Array, class_labels: Array | None) -> Array:
+    def _temb(self, c_noise: Array, class_labels: Array | None,
+              text: tuple[Array, Array, Array] | None) -> Array:
         temb = self.temb1(jax.nn.silu(self.temb0(self.embed(c_noise))))
+        if self.text_embed is not None:
+            if text is None:
+                raise ValueError(f"this model is text-conditional (text_dim={self.text_dim}): "
+                                 "pass text=(tokens, mask, pooled)")
+            temb = temb + self.text_embed(text[2].astype(jnp.float32))
+        elif text is not None:
+            raise ValueError("text given to a model without text conditioning (text_dim=0)")
         if self.label_embed is not None:
             if class_labels is None:
                 raise ValueError(
@@ -223,15 +247,18 @@ class UNet(nnx.Module):
         train: bool = False,
         key: Array | None = None,
         class_labels: Array | None = None,
+        text: tuple[Array, Array, Array] | None = None,
     ) -> Array:
-        """Score-network output of x's shape; ``key`` drives dropout when ``train``."""
+        """Score-network output of x's shape; ``key`` drives dropout when ``train``.
+        ``text``: (token states (B, L, text_dim), mask (B, L), pooled (B, text_dim)) of a
+        text-conditional model."""
         if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, self.num_channels):
             raise ValueError(
                 f"expected x of shape (B, {self.image_size}, {self.image_size}, "
                 f"{self.num_channels}), got {x.shape}"
             )
         c_noise = jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (x.shape[0],))
-        temb = self._temb(c_noise, class_labels)
+        temb = self._temb(c_noise, class_labels, text)
         use_dropout = train and self.dropout > 0
         if use_dropout and key is None:
             raise ValueError("train=True with dropout > 0 needs a PRNG key (key=...)")
@@ -242,8 +269,12 @@ class UNet(nnx.Module):
         def run_attn(a: AttnBlock, h: Array) -> Array:
             return a(h)
 
+        def run_cross(c: CrossAttnBlock, h: Array, tokens: Array, mask: Array) -> Array:
+            return c(h, tokens, mask)
+
         if self.remat == "block":
             run_block, run_attn = nnx.remat(run_block), nnx.remat(run_attn)
+            run_cross = nnx.remat(run_cross)
 
         def block(b: ResBlock, h: Array) -> Array:
             block_key = jax.random.fold_in(key, b.key_index) if use_dropout else None
@@ -252,6 +283,10 @@ class UNet(nnx.Module):
         def attend(a: AttnBlock, h: Array) -> Array:
             return run_attn(a, h)
 
+        def read_text(c: CrossAttnBlock, h: Array) -> Array:
+            tokens, mask, _ = text
+            return run_cross(c, h, tokens.astype(self.dtype), mask)
+
         x = x.astype(self.dtype)
 
         pyramid = x if self.progressive_input != "none" else None
@@ -259,7 +294,8 @@ class UNet(nnx.Module):
         for level in self.down:
             for j, b in enumerate(level.blocks):
                 h = block(b, hs[-1])
-                hs.append(attend(level.attns[j], h) if len(level.attns) else h)
+                h = attend(level.attns[j], h) if len(level.attns) else h
+                hs.append(read_text(level.crosses[j], h) if len(level.crosses) else h)
             if level.resample is None:
                 continue
             r = level.resample
@@ -272,8 +308,10 @@ class UNet(nnx.Module):
                 h = pyramid
             hs.append(h)
 
-        h = block(self.mid_block0, hs[-1])
-        h = block(self.mid_block1, attend(self.mid_attn, h))
+        h = attend(self.mid_attn, block(self.mid_block0, hs[-1]))
+        if self.mid_cross is not None:
+            h = read_text(self.mid_cross, h)
+        h = block(self.mid_block1, h)
 
         pyramid = None
         for level in self.up:
@@ -281,6 +319,8 @@ class UNet(nnx.Module):
                 h = block(b, jnp.concatenate([h, hs.pop()], axis=-1))
             for a in level.attns:
                 h = attend(a, h)
+            for c in level.crosses:
+                h = read_text(c, h)
             if self.progressive == "output_skip":
                 out = level.pyramid_head(h)
                 pyramid = out if pyramid is None else level.pyramid_resample(pyramid) + out
@@ -320,6 +360,8 @@ def from_config(config: Any, rngs: nnx.Rngs) -> UNet:
         init_scale=m.get("init_scale", 0.0),
         conv_impl=m.get("conv_impl", "auto"),
         num_classes=m.get("num_classes", 0),
+        text_dim=m.get("text_dim", 0),
+        text_attn_resolutions=tuple(m.get("text_attn_resolutions", ())),
         fir=m.get("fir", False),
         fir_kernel=tuple(m.get("fir_kernel", (1, 3, 3, 1))),
         progressive=m.get("progressive", "none"),

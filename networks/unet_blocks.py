@@ -1,7 +1,8 @@
 """The building blocks of the DDPM++ / NCSN++ U-Net (:mod:`networks.unet`), NHWC.
 
 :class:`ResBlock` (DDPM++ / BigGAN++ residual block with a time-embedding projection,
-optionally resampling), :class:`AttnBlock` (single-head self-attention), the
+optionally resampling), :class:`AttnBlock` (single-head self-attention),
+:class:`CrossAttnBlock` (attention on a text encoder's token states), the
 :class:`NormActConv` head, the progressive-input :class:`Combine`, and :class:`Level`, the
 container of one resolution level. The VAE and the noise classifier reuse ``ResBlock``.
 ``REMAT`` lists the rematerialisation modes of the networks built from these blocks.
@@ -160,8 +161,36 @@ class Level(nnx.Module):
     def __init__(self) -> None:
         self.blocks = nnx.List([])
         self.attns = nnx.List([])
+        self.crosses = nnx.List([])  # cross-attention on the text, after each attention
         # nnx.data: these slots start empty and may be filled with modules later.
         self.resample: nnx.Module | None = nnx.data(None)
         self.pyramid_resample: nnx.Module | None = nnx.data(None)
         self.pyramid_head: NormActConv | None = nnx.data(None)
         self.combine: Combine | None = nnx.data(None)
+
+
+class CrossAttnBlock(nnx.Module):
+    """Cross-attention of the feature map on a text encoder's token states (Imagen /
+    Stable Diffusion): queries from the normalised pixels, keys and values from the tokens,
+    padding tokens masked out, a zero-initialised projection (the block starts as the
+    identity), residual. ``text_dim`` is the token states' width."""
+
+    def __init__(self, ch: int, text_dim: int, *, skip_rescale: bool, init_scale: float,
+                 nin_impl: str = "matmul", rngs: nnx.Rngs):
+        self.skip_rescale = skip_rescale
+        self.norm = GroupNorm(ch)
+        self.q = Conv1x1(ch, ch, impl=nin_impl, rngs=rngs)
+        self.kv = Dense(text_dim, 2 * ch, init_scale=2.0, rngs=rngs)
+        self.proj = Conv1x1(ch, ch, init_scale=init_scale, impl=nin_impl, rngs=rngs)
+
+    def __call__(self, x: Array, tokens: Array, mask: Array) -> Array:
+        """`x` (B, H, W, C); `tokens` (B, L, text_dim); `mask` (B, L), True = a token."""
+        b, hgt, wid, c = x.shape
+        q = self.q(self.norm(x)).reshape(b, hgt * wid, c)
+        kv = self.kv(tokens.astype(x.dtype))
+        k, v = kv[..., :c], kv[..., c:]
+        logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c**-0.5)
+        logits = jnp.where(mask[:, None, :], logits, jnp.finfo(jnp.float32).min)
+        w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        h = self.proj(jnp.einsum("bij,bjc->bic", w, v).reshape(x.shape))
+        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h

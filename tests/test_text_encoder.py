@@ -147,11 +147,12 @@ def test_unit_norm_distinct_and_semantic(enc):
 def test_long_and_missing_prompts_are_refused(enc):
     assert enc.tokenize(["word " * 254])[0].shape == (1, 256)  # 256 tokens: the limit
     message = _one_line_error(enc.tokenize, ["ok", "fine", "word " * 255, "word " * 299])
-    assert message == "prompt 2 has 257 tokens; the text encoder reads at most 256: shorten it"
-    assert _one_line_error(enc.encode, ["word " * 299]).startswith("prompt 0 has 301 tokens")
+    assert message == ("prompt 3 ('word word word word'...) has 257 tokens; the text encoder "
+                       "reads at most 256: shorten it")
+    assert _one_line_error(enc.encode, ["word " * 299]).startswith("prompt 1 (")
     assert _one_line_error(enc.encode, []) == "no prompts given"
     assert "not one string" in _one_line_error(enc.encode, "a handwritten 7")
-    assert _one_line_error(enc.tokenize, ["a", None]) == "prompt 1 is a NoneType, not a string"
+    assert _one_line_error(enc.tokenize, ["a", None]) == "prompt 2 is a NoneType, not a string"
 
 
 def test_missing_weights_package(monkeypatch):

@@ -205,15 +205,17 @@ def check_has_checkpoints(workdir: str | os.PathLike) -> None:
 def saved_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                      step: int | None = None) -> dict | None:
     """The family statistics stored in `workdir`'s checkpoint at `step` (default: the
-    newest), read without writing anything; None if there is no checkpoint or it predates
-    stored statistics (the caller then computes them). CheckpointError for a checkpoint of
+    newest), read without writing anything; None if there is no such checkpoint or it
+    predates stored statistics (the caller then computes them). CheckpointError for a checkpoint of
     another config or one that cannot be read."""
     if not (paths.resolve(workdir) / "checkpoints").is_dir():
         return None
     ckpt = Checkpointer(workdir, config)
     try:
         step = ckpt.latest_step() if step is None else step
-        return None if step is None else ckpt.statistics(step)
+        if step not in ckpt.all_steps():  # restoring it is refused with the steps there are
+            return None
+        return ckpt.statistics(step)
     finally:
         ckpt.close()
 

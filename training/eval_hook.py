@@ -5,6 +5,7 @@ and arrays; this module restores a model and draws its samples for it.
 - :class:`TrainingEvaluator`: the training loop's hook, `config.eval.metrics_during_training`
   every `training.eval_freq` steps.
 - :func:`evaluate`: evaluate.py's report of a workdir's checkpoint (or of a samples file).
+- :func:`prompt_accuracy`: how often a text model draws the digit its prompt names.
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from absl import logging
 
+from data import captions
 from data.samples_file import Samples
 from errors import UserError
 from evaluation import fid_protocol, runner
+from evaluation import metrics as M
 from evaluation.protocol import (
     LIKELIHOOD_METRICS,
     SAMPLE_METRICS,
     check_metrics_fit_data,
     check_sample_count,
+    get_extractor,
     parse_metrics,
 )
 from training import inference
+from training.families.base import PROMPTS
 from training.families.request import SampleRequest
 
 
@@ -108,5 +114,41 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
                            "seed": int(config.eval.seed), "step": step})
     report = plan.report(workdir, samples, family=family, state=state,
                          log_likelihood=log_likelihood, step=step)
+    if family is not None and PROMPTS in family.capabilities and samples is not None:
+        report["prompt_accuracy"] = prompt_accuracy(
+            config, family, state, per_prompt=int(config.eval.prompt_samples))
+        report["prompt_accuracy"]["guidance_scale"] = float(config.sampling.guidance_scale)
     report["seconds"] = round(time.time() - start, 1)
     return report
+
+
+def prompt_accuracy(config: Any, family: Any, state: Any, *, per_prompt: int,
+                    guidance_scale: float | None = None, sampler: str | None = None,
+                    steps: int | None = None) -> dict[str, float]:
+    """{split: accuracy} for the caption splits (`data.captions.SPLITS`: the training
+    phrasings and the held-out ones): `per_prompt` samples of every caption of the split
+    (seed `eval.seed`), and the share that the project's digit classifier (the feature
+    network of `eval.feature_net`) assigns to the digit the caption names."""
+    if PROMPTS not in family.capabilities:
+        raise UserError("prompt accuracy needs a text-conditional model (model.family="
+                        f"'text_diffusion'); this one is model.family="
+                        f"{config.model.family!r}")
+    ev = config.eval
+    extractor = get_extractor(config, feature_net=ev.feature_net,
+                              inception_weights=ev.inception_weights,
+                              batch_size=int(ev.batch_size))
+    if extractor.num_classes != captions.NUM_CLASSES:
+        raise UserError("prompt accuracy needs a digit classifier; the feature network "
+                        f"{ev.feature_net!r} has {extractor.num_classes} classes")
+    out = {}
+    for split in captions.SPLITS:
+        prompts = captions.bank(split)
+        request = SampleRequest(per_prompt * len(prompts), batch_size=int(ev.batch_size),
+                                seed=int(ev.seed), prompts=prompts, sampler=sampler,
+                                steps=steps, guidance_scale=guidance_scale)
+        images, _ = inference.generate(family, state, request)
+        named = captions.digit_of_row(np.arange(len(images)) % len(prompts), split)
+        out[split] = float(M.conditional_accuracy(extractor(images)[1], named))
+        logging.info("prompt accuracy (%s phrasings, %d samples): %.4f", split, len(images),
+                     out[split])
+    return out

@@ -102,7 +102,7 @@ def _global_batch(local: dict, batch_sharding) -> dict:
     return {
         k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
         for k, v in local.items()
-        if k in ("image", "label")
+        if k in ("image", "label", "caption")
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import UserError
-from training.families.base import GUIDANCE
+from training.families.base import GUIDANCE, PROMPTS
 from training.families.request import SampleRequest
 
 
@@ -57,6 +57,24 @@ class Sources:
                 else (1.0 if autoguidance_scale is None else autoguidance_scale)}
 
 
+def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[str, ...] | None:
+    """The prompts of `--prompt` or `--prompts_file` (one per line, blank lines skipped;
+    None without either). UserError for both, an unreadable file or one without prompts."""
+    if prompt is not None and prompts_file is not None:
+        raise UserError("--prompt and --prompts_file exclude each other")
+    if prompts_file is None:
+        return None if prompt is None else (prompt,)
+    try:
+        lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--prompts_file {prompts_file} cannot be read: "
+                        f"{' '.join(str(err).split())[:200]}") from None
+    prompts = tuple(line.strip() for line in lines if line.strip())
+    if not prompts:
+        raise UserError(f"no prompts in --prompts_file {prompts_file} (one per line)")
+    return prompts
+
+
 def draw(config, sources: Sources, request: SampleRequest) -> tuple[np.ndarray, dict]:
     """(samples, what the samples file records) of `request` from the model of `config`
     in `sources`. The family checks the request before any weights are restored."""
@@ -95,10 +113,14 @@ def draw(config, sources: Sources, request: SampleRequest) -> tuple[np.ndarray, 
     generate = inference.make_generator(family, request, classifier=classifier, guide=guide)
     samples, nfe = generate(state)
     record.update(sampler=np.str_(sampler), nfe=np.int64(nfe), step=np.int64(step))
-    if family.num_classes and GUIDANCE in family.capabilities:
+    guided = (family.num_classes or PROMPTS in family.capabilities)
+    if guided and GUIDANCE in family.capabilities:
         w = (config.sampling.guidance_scale if request.guidance_scale is None
              else request.guidance_scale)
         record["guidance_scale"] = np.float64(w)
-    if generate.labels is not None:
+    if PROMPTS in family.capabilities:  # the prompt of every sample, aligned with them
+        prompts = np.asarray(family.for_request(request).prompts, dtype=np.str_)
+        record["prompts"] = prompts[generate.labels]
+    elif generate.labels is not None:
         record["labels"] = generate.labels.astype(np.int32)
     return samples, record

@@ -1,6 +1,7 @@
 """Seconds-fast GAN, VAE and latent-diffusion configs on the digits for tests:
 `tiny_families.py:gan`, `:gan_cond`, `:gan_sn` (ResNet pair, spectral norm, hinge, R1, R2,
-DiffAugment), `:vae` and `:latent` (set `latent.vae_workdir` to a trained tiny VAE)."""
+DiffAugment), `:vae`, `:latent` (set `latent.vae_workdir` to a trained tiny VAE) and `:text`
+(text_diffusion on captioned digits)."""
 
 from configs.default import get_default_config
 from tests.configs import tiny
@@ -24,6 +25,14 @@ def _common(config):
 
 
 def get_config(kind: str = "gan"):
+    if kind == "text":  # the text-to-image family on captioned digits
+        config = tiny.get_config()
+        config.model.family = "text_diffusion"
+        config.data.captions = True
+        config.model.attn_resolutions = ()
+        config.model.text_attn_resolutions = (4,)
+        config.sampling.guidance_scale = 2.0
+        return config
     if kind == "latent":
         config = tiny.get_config()
         config.model.family = "latent_diffusion"

@@ -15,7 +15,8 @@ the family keeps them pure.
 `noise_classifier` (capability GUIDE) trains p(y | x_t, t) or a real-vs-generated
 discriminator and exposes `guide(score_fn, params, labels, scale)`; it draws no samples.
 `gan` and `vae` draw a sample in one generator call; `latent_diffusion` is a diffusion
-model in the latent space of a trained VAE.
+model in the latent space of a trained VAE; `text_diffusion` one steered by text prompts
+(capability PROMPTS; `for_request(request)` is the model of the request's prompts).
 """
 
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from training.families.diffusion import DiffusionFamily
 from training.families.gan import GANFamily
 from training.families.latent_diffusion import LatentDiffusionFamily
 from training.families.noise_classifier import NoiseClassifierFamily
+from training.families.text_diffusion import TextDiffusionFamily
 from training.families.vae import VAEFamily
 
 FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
@@ -38,6 +40,7 @@ FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "gan": GANFamily,
     "latent_diffusion": LatentDiffusionFamily,
     "noise_classifier": NoiseClassifierFamily,
+    "text_diffusion": TextDiffusionFamily,
     "vae": VAEFamily,
 }
 

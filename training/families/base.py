@@ -35,8 +35,9 @@ INPAINT = "inpaint"
 COLORIZE = "colorize"
 SDEDIT = "sdedit"
 GUIDE = "guide"  # a noise classifier: guide(score_fn, params, labels, scale)
+PROMPTS = "prompts"  # steered by text prompts (request.prompts)
 CAPABILITIES = (SAMPLE, SAMPLERS, LIKELIHOOD, BOUNDS, GUIDANCE, CLASSIFIER_GUIDANCE,
-                AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE)
+                AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE, PROMPTS)
 
 
 @runtime_checkable
@@ -66,6 +67,8 @@ class Family(Protocol):
     def sample_params(self, state: TrainState, use_ema: bool = True) -> Any: ...
 
     def accepts(self, request: SampleRequest, *, classifier=None, guide=None) -> None: ...
+
+    def for_request(self, request: SampleRequest) -> "Family": ...
 
     def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None): ...
 
@@ -119,12 +122,21 @@ class FamilyBase:
         """UserError naming what `request` asks that this family cannot do."""
         if SAMPLE not in self.capabilities:
             raise UserError(self.refusal([(SAMPLE, "sampling")]))
+        if request.prompts is not None and PROMPTS not in self.capabilities:
+            raise UserError(f"--prompt needs a model trained on text (model.family="
+                            f"'text_diffusion'); this one is model.family="
+                            f"{self.config.model.family!r}")
         missing = [(capability, flag)
                    for capability, flag in asked(request, classifier=classifier, guide=guide)
                    if capability not in self.capabilities]
         if missing:
             raise UserError(self.refusal(missing))
         self.check_labels(request, classifier=classifier)
+
+    def for_request(self, request: SampleRequest) -> "FamilyBase":
+        """The model that draws `request` (itself; a text model: the one conditioned on
+        the request's prompts)."""
+        return self
 
     def check_labels(self, request: SampleRequest, *, classifier=None) -> None:
         """UserError for a class label the model (or its classifier) cannot draw."""

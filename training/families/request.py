@@ -36,7 +36,8 @@ class SampleRequest:
     - `classifier_scale` / `autoguidance_scale`: None unless a classifier / an autoguide
       guides the model (their weights);
     - `task`: 'sample' | 'inpaint' (`image` and `mask`) | 'colorize' (`image`, gray) |
-      'sdedit' (`image`, `edit_strength` in (0, 1]); `image` (H, W, C) and `mask`
+      'sdedit' (`image`, `edit_strength` in (0, 1]); `prompts`: a text-conditional
+      model's prompts, sample i drawn for prompts[i % len(prompts)]; `image` (H, W, C) and `mask`
       (H, W, 1|C), 1 = known, numpy in the model's data space. They are not part of the
       request's equality, hash or record.
     """
@@ -53,6 +54,7 @@ class SampleRequest:
     autoguidance_scale: float | None = None
     task: str = "sample"
     edit_strength: float | None = None
+    prompts: tuple[str, ...] | None = None
     image: np.ndarray | None = dataclasses.field(default=None, compare=False, hash=False,
                                                  repr=False)
     mask: np.ndarray | None = dataclasses.field(default=None, compare=False, hash=False,
@@ -82,6 +84,16 @@ class SampleRequest:
         if (self.task == "sample") != (self.image is None):
             raise UserError(f"task {self.task!r} " + ("takes no image" if self.task == "sample"
                                                        else "needs an image"))
+        if self.prompts is not None:
+            if isinstance(self.prompts, str) or not all(isinstance(p, str)
+                                                        for p in self.prompts):
+                raise UserError(f"prompts must be a sequence of strings, got {self.prompts!r}")
+            if not self.prompts:
+                raise UserError("no prompts given (an empty --prompts_file?)")
+            if self.labels is not None:
+                raise UserError("--class_label and --prompt exclude each other: a "
+                                "text-conditional model is steered by its prompts")
+            object.__setattr__(self, "prompts", tuple(self.prompts))
         if (self.task == "inpaint") == (self.mask is None):
             raise UserError("a mask goes with inpainting" if self.task != "inpaint"
                             else "inpainting needs a mask")
