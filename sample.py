@@ -90,8 +90,7 @@ def main(argv: list[str]) -> None:
     if jax.process_index() != 0:  # every process holds all the samples; one writes them
         return
     save_samples(out, samples, {**record, **inputs})
-    images.save_png(out.with_suffix(".png"), images.points_picture(samples)
-                    if samples.ndim == 2 else images.make_grid(samples[:100]))
+    images.save_png(out.with_suffix(".png"), images.samples_picture(samples, per_prompt))
     logging.info("Wrote %d samples (%s) from checkpoint step %d (%d score evaluations per "
                  "batch) to %s", len(samples), task, record["step"], record["nfe"], out)
 

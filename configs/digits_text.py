@@ -3,7 +3,8 @@ prompt. Every training digit is captioned from several phrasings of its class
 (`data.captions`; held-out phrasings measure generalisation to unseen wording); the frozen
 all-MiniLM-L6-v2 encoder's sentence embedding joins the time embedding and cross-attention
 reads its token states at 2x2; 10% of captions are dropped to the empty prompt, for
-classifier-free guidance (`sample.py --prompt "a handwritten three" --guidance_scale 3`)."""
+classifier-free guidance (`sample.py --prompt "a handwritten three" --guidance_scale 3`),
+sampled by DPM-Solver++ in 25 steps."""
 
 from configs import digits_vp
 
@@ -16,4 +17,7 @@ def get_config():
     config.training.prompt_dropout = 0.1
     config.training.n_iters = 3000
     config.sampling.guidance_scale = 3.0
+    # Guided sampling runs the network twice a step: DPM-Solver++ at 25 score evaluations.
+    config.sampling.method = "dpm_solver_pp"
+    config.sampling.steps = 25
     return config

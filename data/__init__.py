@@ -7,6 +7,8 @@
 - `data.toy`: 2-D toy distributions (`SAMPLERS`) with exact densities where they exist;
 - `data.synthetic`: random images of any size, generated per index (`synthetic`);
 - `data.datasets`: which dataset a config names, as records + decoder + `DatasetInfo`;
+- `data.captions`: captions of the digits (training and held-out phrasings) for
+  `data.captions=True`, which adds a `caption` row to every batch;
 - `python -m data.prepare NAME --data_dir DIR`: prepare a dataset.
 """
 

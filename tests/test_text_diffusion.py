@@ -95,6 +95,19 @@ def test_a_train_step_on_captions_and_a_guided_draw_per_prompt(family):
         captions.prompts_for(d, "train")[0] for d in range(10))
 
 
+def test_every_sampler_that_serves_vp_draws_guided_prompts(family):
+    from diffusion import sampling
+
+    params = family.init_params(jax.random.PRNGKey(0))
+    for name in sorted(set(sampling.SAMPLERS) - {"annealed_langevin"}):  # VE-only alone
+        steps = None if name == "ode" else 2
+        request = R(2, prompts=("the numeral seven",), guidance_scale=3.0, sampler=name,
+                    steps=steps)
+        images, nfe = family.make_sampler(request)(params, jax.random.PRNGKey(1))
+        assert images.shape == (2, 8, 8, 1) and nfe > 0, name
+        assert np.all(np.isfinite(np.asarray(images))), name
+
+
 @pytest.mark.parametrize("request_kwargs, message", [
     (dict(prompts=()), r"^no prompts given"),
     (dict(prompts="a 3"), r"^prompts must be a sequence of strings"),
@@ -215,3 +228,17 @@ def test_prompt_accuracy_scores_each_sample_against_the_digit_its_prompt_names(
     monkeypatch.setattr(inference, "generate", wrong_digits_for)
     accuracy = eval_hook.prompt_accuracy(config, family, "state", per_prompt=2)
     assert accuracy["train"] < 0.3 and accuracy["heldout"] < 0.3
+
+
+def test_the_samples_picture_has_one_row_per_prompt(monkeypatch):
+    from training import images
+
+    seen = {}
+    monkeypatch.setattr(images, "make_grid",
+                        lambda x, ncol=None: seen.update(order=x[:, 0, 0, 0].tolist(),
+                                                         ncol=ncol))
+    samples = (np.arange(6)[:, None, None, None] * np.ones((6, 8, 8, 1))).astype(np.uint8)
+    images.samples_picture(samples, 2)  # samples 0, 2, 4 of prompt 0; 1, 3, 5 of prompt 1
+    assert seen == {"order": [0, 2, 4, 1, 3, 5], "ncol": 3}
+    images.samples_picture(samples, 1)
+    assert seen == {"order": [0, 1, 2, 3, 4, 5], "ncol": None}

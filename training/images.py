@@ -38,6 +38,21 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1,
     return grid
 
 
+def samples_picture(samples: np.ndarray, num_groups: int = 1) -> np.ndarray:
+    """sample.py's picture: a density picture of 2-D points, or a grid of up to 100 images;
+    images drawn for `num_groups` prompts (or classes) in turn get one row per group."""
+    if samples.ndim == 2:
+        return points_picture(samples)
+    per_group = len(samples) // num_groups
+    if num_groups == 1 or per_group == 0:
+        return make_grid(samples[:100])
+    per_group = min(per_group, max(1, 100 // num_groups))
+    cycles = samples[:per_group * num_groups].reshape(per_group, num_groups,
+                                                      *samples.shape[1:])
+    rows = cycles.swapaxes(0, 1).reshape(-1, *samples.shape[1:])
+    return make_grid(rows, ncol=per_group)
+
+
 def points_picture(points: np.ndarray, size: int = 256, extent: float = 4.0) -> np.ndarray:
     """A (size, size, 1) uint8 density picture of 2-D points in [-extent, extent]^2.
 
