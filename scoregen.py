@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from diffusion.likelihood import bits_per_dim as density_bits_per_dim
 from errors import UserError
 from training import inference, run_config
 from training.families.base import BOUNDS, LIKELIHOOD
@@ -80,9 +81,10 @@ class Model:
             if kind == LIKELIHOOD:
                 x = (k + rng.random(k.shape, np.float32)) / 256.0
                 logp, _ = fn(params, jax.random.fold_in(key, i), self._centre(x))
-                # The density of k + u on [0, 256)^D: p(x) (1/256)^D, or (2/256)^D centred.
-                scale = 2.0 if self.config.data.centered else 1.0
-                logp = np.asarray(logp, np.float64) + k[0].size * math.log(scale / 256.0)
+                # The density of the data space as one of k + u on [0, 256)^D: evaluate.py's.
+                logp = -np.asarray(density_bits_per_dim(logp, self.family.data_shape,
+                                                        centered=self.config.data.centered),
+                                   np.float64) * k[0].size * math.log(2.0)
             else:
                 logp = np.asarray(fn(params, jax.random.fold_in(key, i),
                                      self._centre(k / 255.0))["iwae"], np.float64)

@@ -104,9 +104,10 @@ class Checkpointer:
         """
         return self._manager.reached_preemption(step)
 
-    def check_identity(self, step: int) -> None:
-        """Fails if the checkpoint at `step` was written by an incompatible config."""
-        saved = self._read_meta(step)["identity"]
+    def check_identity(self, step: int, meta: dict | None = None) -> None:
+        """Fails if the checkpoint at `step` (whose metadata `meta` the caller may have
+        read already) was written by an incompatible config."""
+        saved = (meta or self._read_meta(step))["identity"]
         diffs = [
             f"{k}: {saved.get(k)!r} in checkpoint vs {v!r} now"
             for k, v in self.identity.items()
@@ -153,8 +154,9 @@ class Checkpointer:
     def statistics(self, step: int) -> dict | None:
         """The family statistics saved at `step` ({} if the family has none), or None
         for a checkpoint written before checkpoints held them."""
-        self.check_identity(step)
-        has = self._read_meta(step).get("has_statistics")
+        meta = self._read_meta(step)
+        self.check_identity(step, meta)
+        has = meta.get("has_statistics")
         if not has:
             return None if has is None else {}
         try:

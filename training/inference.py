@@ -188,8 +188,6 @@ def make_generator(family, request: SampleRequest, *, classifier: tuple | None =
     / `restore_guide`). Bad requests raise UserError here, before any compile.
     """
     num, batch_size = request.num_samples, request.batch
-    family.accepts(request, classifier=None if classifier is None else classifier[0],
-                   guide=None if guide is None else guide[0])
     family = family.for_request(request)  # a text model: the one of the request's prompts
     classifier_family, classifier_state = classifier if classifier is not None else (None, None)
     if request.labels is not None and classifier is not None and \

@@ -32,9 +32,8 @@ from data import captions
 from errors import UserError
 from networks import text_encoder
 from training.families import base
-from training.families.diffusion import DiffusionFamily, drop_labels
+from training.families.diffusion import DiffusionFamily
 from training.families.request import SampleRequest
-from training.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,17 +146,9 @@ class TextDiffusionFamily(DiffusionFamily):
 
         return net_fn
 
-    def training_labels(self, key: jax.Array, batch: dict) -> jax.Array:
-        """The batch's caption rows, each replaced by the empty prompt at the dropout
-        rate."""
-        rows = batch["caption"].astype(jnp.int32)
-        if self.class_dropout == 0:
-            return rows
-        return drop_labels(key, rows, self.class_dropout, self.table.null_row)
-
-    def eval_step(self, state: TrainState, batch: dict, key: jax.Array) -> dict:
-        score_fn = self.score_fn(state.ema_params, labels=batch["caption"].astype(jnp.int32))
-        return {"eval_loss": self.loss_fn(score_fn, key, batch["image"])}
+    def batch_labels(self, batch: dict) -> jax.Array:
+        """The batch's caption rows (prompt dropout turns them into the empty prompt's)."""
+        return batch["caption"].astype(jnp.int32)
 
     # -- sampling: the prompts are the classes ----------------------------------------
 
