@@ -113,8 +113,8 @@ def test_a_gan_refuses_diffusion_settings_and_uncentered_data():
     config = tiny_families.get_config("gan")
     config.training.sde = "vesde"
     with pytest.raises(UserError, match=r"config.training.sde is a setting of model.family "
-                                        r"'diffusion', 'latent_diffusion', 'noise_classifier' "
-                                        r"only; this run is model.family='gan'"):
+                                        r"'diffusion', 'latent_diffusion', 'noise_classifier', "
+                                        r"'text_diffusion' only; this run is model.family='gan'"):
         get_family(config)
     config = tiny_families.get_config("gan")
     config.sampling.steps = 10
