@@ -208,8 +208,8 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "diffusion": ("score", "unet", "clusters"),
     "latent_diffusion": ("score", "unet", "clusters", "latent"),
     "noise_classifier": ("score", "unet", "classifier"),
-    "vae": ("vae", "unet"),
     "text_diffusion": ("score", "unet", "text"),
+    "vae": ("vae", "unet"),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".

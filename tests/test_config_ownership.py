@@ -143,7 +143,7 @@ def test_the_refusals_read_as_they_did():
         "a setting of model.family 'gan', 'diffusion', 'latent_diffusion' only; this run is "
         "model.family='vae'",
         ("gan", "model.ema_rate"): "config.model.ema_rate is a setting of model.family "
-        "'diffusion', 'latent_diffusion', 'noise_classifier', 'vae', 'text_diffusion' only; "
+        "'diffusion', 'latent_diffusion', 'noise_classifier', 'text_diffusion', 'vae' only; "
         "this run is model.family='gan'",
         ("diffusion", "gan.r1_gamma"): "config.gan.r1_gamma is a setting of "
         "model.family='gan'; this run is model.family='diffusion'",
