@@ -97,6 +97,14 @@ class UNet(nnx.Module):
                 f"image_size {image_size} is not divisible by 2**(len(ch_mult)-1) = {factor} "
                 f"(ch_mult={tuple(ch_mult)} halves the resolution {n_levels - 1} times)"
             )
+        levels = [image_size // 2**i for i in range(n_levels)]
+        for key, wanted in (("attn_resolutions", attn_resolutions),
+                            ("text_attn_resolutions", text_attn_resolutions if text_dim else ())):
+            missing = sorted(set(wanted) - set(levels), reverse=True)
+            if missing:  # a typo would otherwise silently drop the attention
+                raise ValueError(
+                    f"model.{key} names {', '.join(map(str, missing))}, which no level of "
+                    f"this U-Net has: its resolutions are {', '.join(map(str, levels))}")
         self.image_size = image_size
         self.num_channels = num_channels
         self.num_classes = num_classes

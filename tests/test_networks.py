@@ -190,6 +190,12 @@ def test_bad_image_size():
         networks.get_model(make_config(image_size=12, ch_mult=(1, 2, 2, 2)), nnx.Rngs(0))
 
 
+def test_an_attention_resolution_the_unet_does_not_have_is_refused():
+    with pytest.raises(ValueError, match=r"model.attn_resolutions names 16, which no level of "
+                                         r"this U-Net has: its resolutions are 8, 4"):
+        networks.get_model(make_config(attn_resolutions=(16, 4)), nnx.Rngs(0))
+
+
 def test_unknown_model_name():
     with pytest.raises(ValueError, match=r"'resnet9000'.*ddpmpp.*mlp.*ncsnpp"):
         networks.get_model(make_config(name="resnet9000"), nnx.Rngs(0))

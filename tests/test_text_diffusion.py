@@ -28,7 +28,7 @@ def _unet(text_dim: int = 0, **kw) -> UNet:
 
 
 def test_the_unet_reads_the_tokens_it_is_given_and_ignores_the_padding():
-    net = _unet(12, text_attn_resolutions=(4, 2))
+    net = _unet(12, text_attn_resolutions=(8, 4))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
     tokens = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 12))
     mask = jnp.array([[True, True, False, False, False], [True] * 5])

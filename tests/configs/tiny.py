@@ -17,9 +17,9 @@ def get_config(sde: str = "vpsde"):
     config.sampling.steps = 3
     config.data.centered = sde != "vesde"
     config.model.nf = 8
-    config.model.ch_mult = (1, 2)
+    config.model.ch_mult = (1,)
     config.model.num_res_blocks = 1
-    config.model.attn_resolutions = (4,)
+    config.model.attn_resolutions = ()
     config.model.dropout = 0.1
     config.model.sigma_max = 10.0
     config.optim.warmup = 0

@@ -30,7 +30,7 @@ def get_config(kind: str = "gan"):
         config.model.family = "text_diffusion"
         config.data.captions = True
         config.model.attn_resolutions = ()
-        config.model.text_attn_resolutions = (4,)
+        config.model.text_attn_resolutions = (8,)
         config.sampling.guidance_scale = 2.0
         return config
     if kind == "latent":
