@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from errors import UserError
+from errors import RequestError, UserError
 from evaluation import fid_protocol, protocol, runner
 from training import cli, eval_hook, run_config
 
@@ -60,14 +60,14 @@ def main(argv: list[str]) -> None:
     which = protocol.parse_metrics(_METRICS.value or config.eval.metrics)
     eval_protocol = fid_protocol.check_protocol(_PROTOCOL.value or config.eval.protocol)
     if eval_protocol == fid_protocol.FID50K and _METRICS.value not in (None, "fd"):
-        raise UserError("--protocol=fid50k computes FID alone: leave out --metrics")
+        raise RequestError("--protocol=fid50k computes FID alone: leave out --metrics")
     if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
-        raise UserError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
+        raise RequestError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
     if _CHECKPOINT_STEP.value is not None and _CHECKPOINT_STEP.value < 0:
-        raise UserError(f"--checkpoint_step must be >= 0, got {_CHECKPOINT_STEP.value}")
+        raise RequestError(f"--checkpoint_step must be >= 0, got {_CHECKPOINT_STEP.value}")
     out = Path(_OUT.value or Path(_WORKDIR.value) / "metrics.json")
     if out.suffix != ".json":
-        raise UserError(f"--out must end in .json, got {out}")
+        raise RequestError(f"--out must end in .json, got {out}")
     if _INCEPTION.value and not Path(_INCEPTION.value).is_file():
         raise UserError(f"Inception weights file not found: {_INCEPTION.value}")
     report = eval_hook.evaluate(config, _WORKDIR.value, which=which,

@@ -10,7 +10,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from errors import UserError
+from errors import RequestError
 from training import cli, image_input, images, run_config
 
 F = flags
@@ -46,15 +46,15 @@ F.mark_flags_as_required(["workdir"])
 
 
 def _task() -> str:
-    """The task the image flags ask for; UserError for a combination that makes no sense."""
+    """The task the image flags ask for; RequestError for a combination that makes no sense."""
     edits = {"--mask": _MASK.value is not None, "--colorize": _COLORIZE.value,
              "--edit_strength": _STRENGTH.value is not None}
     asked = [flag for flag, on in edits.items() if on]
     if _IMAGE.value is None and asked:
-        raise UserError(f"{asked[0]} needs --image (the input picture)")
+        raise RequestError(f"{asked[0]} needs --image (the input picture)")
     if _IMAGE.value is not None and len(asked) != 1:
-        raise UserError("--image goes with exactly one of --mask (inpainting), --colorize or "
-                        f"--edit_strength (SDEdit), got {', '.join(asked) or 'none'}")
+        raise RequestError("--image goes with exactly one of --mask (inpainting), --colorize or "
+                           f"--edit_strength (SDEdit), got {', '.join(asked) or 'none'}")
     return {"--mask": "inpaint", "--colorize": "colorize",
             "--edit_strength": "sdedit"}[asked[0]] if asked else "sample"
 
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
     config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
     out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
     if out.suffix != ".npz":
-        raise UserError(f"--out must end in .npz, got {out}")
+        raise RequestError(f"--out must end in .npz, got {out}")
     sources = Sources(_WORKDIR.value, _CKPT_STEP.value, _CLS_WORKDIR.value, _CLS_CONFIG.value,
                       _AG_WORKDIR.value, _AG_CONFIG.value, _AG_STEP.value)
     sources.check(classifier_scale=_CLS_SCALE.value, autoguidance_scale=_AG_SCALE.value)

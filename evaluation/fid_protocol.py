@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from errors import UserError
+from errors import RequestError, UserError
 from evaluation import metrics as M
 from evaluation.extractor import FeatureExtractor
 
@@ -232,8 +232,8 @@ class FIDEvaluator:
 
 def check_sample_count(n: int, dim: int) -> None:
     if n <= dim:
-        raise UserError(f"FID needs more samples than feature dimensions: got {n} samples "
-                        f"of {dim}-dimensional features (the protocol uses {NUM_SAMPLES})")
+        raise RequestError(f"FID needs more samples than feature dimensions: got {n} samples "
+                           f"of {dim}-dimensional features (the protocol uses {NUM_SAMPLES})")
 
 
 def make_evaluator(config: Any, num_samples: int, *, inception_weights: str = "",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from data import pipeline, toy
-from errors import UserError
+from errors import RequestError, UserError
 from evaluation import bpd, protocol
 
 REFERENCE_SIZE = 10_000
@@ -66,7 +66,7 @@ class PointsEvaluator:
         served = SAMPLE_METRICS.get(self.name, DEFAULT_SAMPLE_METRICS)
         refused = [m for m in self.which if m not in served]
         if refused:
-            raise UserError(
+            raise RequestError(
                 f"metric {refused[0]!r} scores mixture components, and dataset "
                 f"{config.data.dataset!r} has none; leave it out (--metrics "
                 f"{','.join(m for m in which if m not in refused)})")
@@ -114,10 +114,10 @@ class PointsEvaluator:
 
 
 def make_log_likelihood(config: Any, family: Any):
-    """The family's compiled-once log-likelihood of points, or UserError."""
+    """The family's compiled-once log-likelihood of points, or RequestError."""
     if bpd.LIKELIHOOD not in family.capabilities:
-        raise UserError(f"nll needs a likelihood of the points; model family "
-                        f"{config.model.family!r} has none; leave nll out of the metrics")
+        raise RequestError(f"nll needs a likelihood of the points; model family "
+                           f"{config.model.family!r} has none; leave nll out of the metrics")
     return family.make_log_likelihood(**bpd.likelihood_options(config))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from data import pipeline
-from errors import UserError
+from errors import RequestError, UserError
 from evaluation import metrics as M
 from evaluation.extractor import FeatureExtractor
 
@@ -43,13 +43,13 @@ LIKELIHOOD_METRICS = ("bpd", "nll")  # images, 2-D points
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
-    """'fd,kid' -> ('fd', 'kid'); unknown names are a UserError naming them."""
+    """'fd,kid' -> ('fd', 'kid'); unknown names are a RequestError naming them."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise UserError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+        raise RequestError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
     if not names:
-        raise UserError(f"no metrics asked for; choose from {', '.join(METRICS)}")
+        raise RequestError(f"no metrics asked for; choose from {', '.join(METRICS)}")
     return names
 
 
@@ -59,14 +59,14 @@ def is_points(config: Any) -> bool:
 
 
 def check_metrics_fit_data(config: Any, which: tuple[str, ...]) -> None:
-    """Bits/dim is for images and nll for 2-D points; the other one is a UserError."""
+    """Bits/dim is for images and nll for 2-D points; the other one is a RequestError."""
     dataset = config.data.dataset
     if is_points(config) and "bpd" in which:
-        raise UserError(f"bits/dim is for 8-bit images, and dataset {dataset!r} is 2-D "
-                        "points: ask for nll (nats per point) instead")
+        raise RequestError(f"bits/dim is for 8-bit images, and dataset {dataset!r} is 2-D "
+                           "points: ask for nll (nats per point) instead")
     if not is_points(config) and "nll" in which:
-        raise UserError(f"nll (nats per point) is for 2-D toy points, and dataset "
-                        f"{dataset!r} is images: ask for bpd (bits/dim) instead")
+        raise RequestError(f"nll (nats per point) is for 2-D toy points, and dataset "
+                           f"{dataset!r} is images: ask for bpd (bits/dim) instead")
 
 
 def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: str = "",
@@ -216,11 +216,11 @@ def check_sample_count(which: tuple[str, ...], n_fake: int, evaluator: Any) -> N
     computed on `min(n_fake, evaluator.n_test)` samples (the size both sides use)."""
     size, dim = min(n_fake, evaluator.n_test), evaluator.feature_dim
     if "fd" in which and size <= dim:
-        raise UserError(f"Fréchet distance needs more samples than feature dimensions: got "
-                        f"{size} samples of {dim}-dimensional features")
+        raise RequestError(f"Fréchet distance needs more samples than feature dimensions: got "
+                           f"{size} samples of {dim}-dimensional features")
     if "kid" in which and size < M.KID_MIN_SUBSET_SIZE:
-        raise UserError(f"KID needs subsets of at least {M.KID_MIN_SUBSET_SIZE} samples per "
-                        f"set: got {size}")
+        raise RequestError(f"KID needs subsets of at least {M.KID_MIN_SUBSET_SIZE} samples per "
+                           f"set: got {size}")
     if "pr" in which and size <= M.PR_NEIGHBOURS:
-        raise UserError(f"precision/recall with k = {M.PR_NEIGHBOURS} nearest neighbours "
-                        f"needs more than {M.PR_NEIGHBOURS} samples per set: got {size}")
+        raise RequestError(f"precision/recall with k = {M.PR_NEIGHBOURS} nearest neighbours "
+                           f"needs more than {M.PR_NEIGHBOURS} samples per set: got {size}")

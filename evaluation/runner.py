@@ -23,7 +23,7 @@ from absl import logging
 
 from data import pipeline
 from data.samples_file import Samples, load_samples
-from errors import UserError
+from errors import RequestError, UserError
 from evaluation import bpd, fid_protocol, points
 from evaluation.protocol import (
     LIKELIHOOD_METRICS,
@@ -114,8 +114,8 @@ class Evaluation:
             return make_log_likelihood(self.config, family)
         except UserError as err:
             rest = ",".join(m for m in self.which if m != self.likelihood_metric)
-            raise UserError(f"{err}; leave {self.likelihood_metric} out of the metrics"
-                            + (f" (--metrics {rest})" if rest else "")) from None
+            raise RequestError(f"{err}; leave {self.likelihood_metric} out of the metrics"
+                               + (f" (--metrics {rest})" if rest else "")) from None
 
     def report(self, workdir: str | os.PathLike, samples: Samples | None = None, *,
                family: Any = None, state: Any = None, log_likelihood: Any = None,

@@ -9,7 +9,7 @@ sentence-transformers pipeline: mean of the last hidden states over the attentio
 then L2 normalisation (tests/test_text_encoder.py checks it against that pipeline).
 
 A prompt longer than ``max_tokens`` tokens ([CLS] and [SEP] included) is refused with a
-:class:`errors.UserError`, not truncated as sentence-transformers does: truncation would
+:class:`errors.RequestError`, not truncated as sentence-transformers does: truncation would
 silently condition a model on a prompt other than the one written. The empty string is a
 valid prompt ([CLS][SEP]): classifier-free guidance's unconditional one.
 
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from errors import UserError
+from errors import RequestError, UserError
 
 Array = jax.Array
 
@@ -216,21 +216,21 @@ class TextEncoder:
     def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), int32 (N, L), L the smallest bucket that fits.
 
-        Raises UserError for no prompts, or for a prompt over ``max_tokens`` tokens.
+        Raises RequestError for no prompts, or for a prompt over ``max_tokens`` tokens.
         """
         if isinstance(prompts, str):
             raise UserError("prompts must be a list of strings, not one string")
         if len(prompts) == 0:
-            raise UserError("no prompts given")
+            raise RequestError("no prompts given")
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
-                raise UserError(f"prompt {i + 1} is a {type(prompt).__name__}, not a string")
+                raise RequestError(f"prompt {i + 1} is a {type(prompt).__name__}, not a string")
         encodings = self._tokenizer.encode_batch(list(prompts))
         for i, enc in enumerate(encodings):
             if len(enc.ids) > self.max_tokens:
                 start = " ".join(prompts[i].split()[:4])
-                raise UserError(f"prompt {i + 1} ({start!r}...) has {len(enc.ids)} tokens; the "
-                                f"text encoder reads at most {self.max_tokens}: shorten it")
+                raise RequestError(f"prompt {i + 1} ({start!r}...) has {len(enc.ids)} tokens; the "
+                                   f"text encoder reads at most {self.max_tokens}: shorten it")
         longest = max(len(enc.ids) for enc in encodings)
         length = _MIN_BUCKET
         while length < longest:

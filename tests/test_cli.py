@@ -47,7 +47,8 @@ def _two_device_process_env() -> tuple[int, dict[str, str]]:
     return port, env
 
 
-def _error_line(proc: subprocess.CompletedProcess) -> str:
+def _error_line(proc: subprocess.CompletedProcess, status: int = 1) -> str:
+    assert proc.returncode == status, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -134,8 +135,7 @@ def test_workdir_of_another_config_is_refused_and_left_alone(trained):
 def test_bad_sampling_request_is_one_line_and_writes_nothing(trained, tmp_path, flag, message):
     out = tmp_path / "s.npz"
     proc = _run("sample.py", f"--config={TINY}", f"--workdir={trained}", flag, f"--out={out}")
-    assert proc.returncode == 1
-    assert message in _error_line(proc)
+    assert message in _error_line(proc, status=2)  # a flag error
     assert list(tmp_path.iterdir()) == []
 
 
@@ -214,20 +214,26 @@ def _png(path: Path, pixels: np.ndarray) -> Path:
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "flags, message, status",
     [
-        (["--image=BIG"], "--image goes with exactly one of --mask (inpainting), --colorize"),
-        (["--image=GRAY", "--mask=GRAY", "--colorize"], "got --mask, --colorize"),
-        (["--image=BIG", "--edit_strength=0.5"], "is 16x16 with 1 channel; expected 8x8 with 1"),
-        (["--image=RGB", "--edit_strength=0.5"], "is 8x8 with 3 channels; expected 8x8 with 1"),
-        (["--image=GRAY", "--mask=BIG"], "must match the image: 8x8 with 1 channel(s)"),
-        (["--image=GRAY", "--mask=missing.png"], "--mask file not found: missing.png"),
-        (["--image=GRAY", "--edit_strength=1.5"], "--edit_strength must lie in (0, 1], got 1.5"),
-        (["--image=GRAY", "--edit_strength=0"], "--edit_strength must lie in (0, 1], got 0"),
-        (["--image=GRAY", "--colorize"], "--colorize needs an RGB model"),
+        # flags that do not go together: exit 2
+        (["--image=BIG"], "--image goes with exactly one of --mask (inpainting), --colorize", 2),
+        (["--image=GRAY", "--mask=GRAY", "--colorize"], "got --mask, --colorize", 2),
+        (["--image=GRAY", "--edit_strength=1.5"], "--edit_strength must lie in (0, 1], got 1.5",
+         2),
+        (["--image=GRAY", "--edit_strength=0"], "--edit_strength must lie in (0, 1], got 0", 2),
+        (["--image=GRAY", "--colorize"], "--colorize needs an RGB model", 2),
+        # files that do not fit the model: exit 1
+        (["--image=BIG", "--edit_strength=0.5"], "is 16x16 with 1 channel; expected 8x8 with 1",
+         1),
+        (["--image=RGB", "--edit_strength=0.5"], "is 8x8 with 3 channels; expected 8x8 with 1",
+         1),
+        (["--image=GRAY", "--mask=BIG"], "must match the image: 8x8 with 1 channel(s)", 1),
+        (["--image=GRAY", "--mask=missing.png"], "--mask file not found: missing.png", 1),
     ],
 )
-def test_bad_input_image_is_one_line_and_writes_nothing(trained, tmp_path, flags, message):
+def test_bad_input_image_is_one_line_and_writes_nothing(trained, tmp_path, flags, message,
+                                                         status):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     files = {
@@ -239,8 +245,7 @@ def test_bad_input_image_is_one_line_and_writes_nothing(trained, tmp_path, flags
         flags = [f.replace(f"={name}", f"={path}") for f in flags]
     out = tmp_path / "out" / "s.npz"
     proc = _run("sample.py", f"--config={TINY}", f"--workdir={trained}", *flags, f"--out={out}")
-    assert proc.returncode == 1
-    assert message in _error_line(proc)
+    assert message in _error_line(proc, status)
     assert not out.parent.exists()
 
 

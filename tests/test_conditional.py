@@ -342,8 +342,8 @@ def test_bad_conditional_request_is_one_line_and_writes_nothing(tmp_path, flags,
     out = tmp_path / "out" / "s.npz"
     proc = _run("sample.py", f"--config={GUIDED}:cond", f"--workdir={tmp_path}", *flags,
                 f"--out={out}")
-    assert proc.returncode == 1
-    assert message in _error_line(proc)
+    assert proc.returncode == 2  # a flag error
+    assert message in _error_line(proc, status=2)
     assert not out.parent.exists()
 
 
@@ -419,8 +419,8 @@ def test_an_autoguide_that_is_the_model_itself_is_one_line_and_writes_nothing(co
     out = tmp_path / "out" / "s.npz"
     proc = _run("sample.py", f"--config={GUIDED}:cond", f"--workdir={cond_run}",
                 "--autoguide_step=2", "--num_samples=2", "--steps=1", f"--out={out}")
-    assert proc.returncode == 1
-    assert "the autoguide is the model itself (step 2 of" in _error_line(proc)
+    assert proc.returncode == 2
+    assert "the autoguide is the model itself (step 2 of" in _error_line(proc, status=2)
     assert not out.parent.exists()
 
 

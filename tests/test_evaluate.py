@@ -32,11 +32,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 
-def _refused(workdir: Path, *flags: str) -> str:
-    """evaluate.py's one error line for `flags`, having checked that nothing was written
-    to the workdir (no metrics.json, nothing else)."""
+def _refused(workdir: Path, *flags: str, status: int = 2) -> str:
+    """evaluate.py's one error line for `flags` (exit `status`: 2 for a flag error), having
+    checked that nothing was written to the workdir (no metrics.json, nothing else)."""
     before = sorted(p.name for p in workdir.iterdir())
-    line = error_line(_run(f"--workdir={workdir}", *flags))
+    line = error_line(_run(f"--workdir={workdir}", *flags), status)
     assert sorted(p.name for p in workdir.iterdir()) == before
     return line
 
@@ -150,13 +150,18 @@ def test_bad_samples_files_are_refused_naming_the_problem(tmp_path, arrays, mess
          "precision/recall with k = 3 nearest neighbours needs more than 3 samples per set: "
          "got 3"),
         (["--metrics=fd,fid"], "unknown metric 'fid'"),
-        (["--config.eval.feature_net=inception", "--inception_weights=/no/such.pth"],
-         "Inception weights file not found: /no/such.pth"),
     ],
 )
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, flags, message):
     samples = _npz(tmp_path / "s.npz", images=_digits(80))
     assert message in _refused(tmp_path, f"--samples={samples}", *flags)
+
+
+def test_a_missing_inception_weights_file_is_one_line_and_writes_nothing(tmp_path):
+    samples = _npz(tmp_path / "s.npz", images=_digits(80))
+    message = _refused(tmp_path, f"--samples={samples}", "--config.eval.feature_net=inception",
+                       "--inception_weights=/no/such.pth", status=1)
+    assert "Inception weights file not found: /no/such.pth" in message
 
 
 def test_too_few_samples_are_refused_before_any_checkpoint_is_read_or_sample_drawn(tmp_path):
@@ -180,7 +185,7 @@ def test_too_few_samples_are_refused_before_any_checkpoint_is_read_or_sample_dra
 def test_bad_samples_files_from_the_cli_are_one_line_and_write_nothing(tmp_path, arrays,
                                                                         message):
     samples = _npz(tmp_path / "s.npz", **arrays)
-    assert message in _refused(tmp_path, f"--samples={samples}", "--metrics=cs")
+    assert message in _refused(tmp_path, f"--samples={samples}", "--metrics=cs", status=1)
 
 
 def test_inception_weights_of_the_wrong_shape_from_the_cli_are_one_line(tmp_path):
@@ -190,7 +195,8 @@ def test_inception_weights_of_the_wrong_shape_from_the_cli_are_one_line(tmp_path
     write_zip(weights, contiguous({"fc.weight": np.zeros((10, 2048), np.float32)}))
     samples = _npz(tmp_path / "s.npz", images=_digits(80))
     message = _refused(tmp_path, f"--samples={samples}", "--metrics=cs",
-                       "--config.eval.feature_net=inception", f"--inception_weights={weights}")
+                       "--config.eval.feature_net=inception", f"--inception_weights={weights}",
+                       status=1)
     assert message.endswith(f"error: Inception weights file {weights}: fc.weight has shape "
                             "(10, 2048), expected (1008, 2048)")
 

@@ -203,7 +203,7 @@ def test_the_cli_scores_a_points_file_and_refuses_bits_per_dim_in_one_line(train
     assert report["samples"]["sampler"] == "file" and report["model"]["class_entropy"] > 0.8
     assert "near a mode" in proc.stdout
     refused = _cli(f"--workdir={trained}", "--metrics=fd,bpd", f"--out={tmp_path / 'x.json'}")
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
     errors = [line for line in refused.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "ask for nll" in errors[0], refused.stderr
     assert not (tmp_path / "x.json").exists()
@@ -225,20 +225,21 @@ def test_an_earlier_checkpoint_is_sampled_and_scored_when_asked_for(trained, tmp
         assert int(npz["step"]) == 1 and npz["points"].shape == (8, 2)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--checkpoint_step=7"], r"no checkpoint at step 7 in .* \(it has \[1, 2\]\)$"),
-    (["--checkpoint_step=-1"], r"--checkpoint_step must be >= 0, got -1$"),
+@pytest.mark.parametrize(("flags", "message", "status"), [
+    (["--checkpoint_step=7"], r"no checkpoint at step 7 in .* \(it has \[1, 2\]\)$", 1),
+    (["--checkpoint_step=-1"], r"--checkpoint_step must be >= 0, got -1$", 2),
     (["--checkpoint_step=1", "--samples={samples}", "--metrics=fd"],
      r"a checkpoint step was given, but nothing here reads a checkpoint: the samples come "
-     r"from a file and no likelihood metric is asked for$"),
+     r"from a file and no likelihood metric is asked for$", 2),
 ])
-def test_a_checkpoint_step_that_cannot_be_used_is_one_line(trained, tmp_path, flags, message):
+def test_a_checkpoint_step_that_cannot_be_used_is_one_line(trained, tmp_path, flags, message,
+                                                           status):
     samples = tmp_path / "points.npz"
     np.savez(samples, points=np.zeros((8, 2), np.float32))
     out = tmp_path / "m.json"
     proc = _cli(f"--workdir={trained}", f"--out={out}",
                 *(flag.format(samples=samples) for flag in flags))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and re.search(message, errors[0]), proc.stderr
     assert not out.exists()

@@ -84,6 +84,6 @@ def test_sample_py_flags_reach_the_request_before_any_checkpoint_is_read(tmp_pat
                            "--classifier_workdir=x", "--classifier_config="
                            f"{TINY}", f"--out={tmp_path / 's.npz'}"],
                           capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "--classifier_scale must be >= 0, got -1.0" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "s.npz").exists()

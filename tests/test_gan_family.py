@@ -223,13 +223,13 @@ def test_train_sample_evaluate_through_the_clis(tmp_path):
         assert str(npz["sampler"]) == "generator (one call)" and int(npz["nfe"]) == 1
     proc = _run("sample.py", spec, f"--workdir={workdir}", "--steps=5",
                 f"--out={tmp_path / 'no.npz'}")
-    assert proc.returncode == 1
-    assert "one generator call: --steps" in _error_line(proc)
+    assert proc.returncode == 2
+    assert "one generator call: --steps" in _error_line(proc, status=2)
     assert not (tmp_path / "no.npz").exists()
     proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs,bpd")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     # The hint is the request without bpd.
-    assert _error_line(proc).endswith("model family 'gan' has none; leave bpd out of the "
+    assert _error_line(proc, status=2).endswith("model family 'gan' has none; leave bpd out of the "
                                       "metrics (--metrics cs)")
     assert not (workdir / "metrics.json").exists()
     proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs",

@@ -12,7 +12,7 @@ from flax import nnx
 from data import captions
 from errors import UserError
 from networks.unet import UNet
-from tests.cli_errors import error_line
+from tests.cli_errors import error_line, flag_error_line
 from tests.configs import tiny, tiny_families
 from tests.test_cli import ROOT, _run
 from training.families import get_family
@@ -178,7 +178,7 @@ def test_bad_prompt_flags_are_one_line_and_write_nothing(text_run, tmp_path, fla
     out = tmp_path / "s.npz"
     flags = [f.replace("EMPTY", str(empty)) for f in flags]
     proc = _run("sample.py", f"--workdir={text_run}", f"--out={out}", *flags)
-    assert message in error_line(proc)
+    assert message in flag_error_line(proc)
     assert not out.exists()
 
 
@@ -187,7 +187,7 @@ def test_a_prompt_to_a_model_not_trained_on_text_is_one_line(tmp_path):
     tiny_config = str(ROOT / "tests" / "configs" / "tiny.py")
     proc = _run("sample.py", f"--config={tiny_config}", f"--workdir={tmp_path}",
                 "--prompt=a 3", f"--out={out}")
-    assert "--prompt needs a model trained on text" in error_line(proc)
+    assert "--prompt needs a model trained on text" in flag_error_line(proc)
     assert not out.exists()
 
 

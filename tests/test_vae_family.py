@@ -280,8 +280,8 @@ def test_a_vae_trains_samples_and_evaluates_through_the_clis(vae_cli_run, tmp_pa
     assert out.with_suffix(".png").is_file()
     proc = _run("sample.py", spec, f"--workdir={workdir}", "--guidance_scale=1",
                 f"--out={tmp_path / 'no.npz'}")
-    assert proc.returncode == 1
-    assert "one generator call: --guidance_scale do(es) not apply" in _error_line(proc)
+    assert proc.returncode == 2
+    assert "one generator call: --guidance_scale do(es) not apply" in _error_line(proc, status=2)
     assert not (tmp_path / "no.npz").exists()
     proc = _run("evaluate.py", spec, f"--workdir={workdir}", "--metrics=cs,bpd",
                 "--num_samples=20")
@@ -315,8 +315,8 @@ def test_a_latent_model_on_a_cli_trained_vae_through_the_clis(vae_cli_run, tmp_p
         assert int(npz["step"]) == 2
     assert out.with_suffix(".png").is_file()
     proc = _run("evaluate.py", spec, vae, f"--workdir={workdir}", "--metrics=cs,bpd")
-    assert proc.returncode == 1
-    assert "likelihood of its latents only" in _error_line(proc)
+    assert proc.returncode == 2
+    assert "likelihood of its latents only" in _error_line(proc, status=2)
     assert not (workdir / "metrics.json").exists()
     proc = _run("evaluate.py", spec, vae, f"--workdir={workdir}", "--metrics=cs",
                 "--num_samples=20")

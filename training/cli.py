@@ -9,7 +9,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from errors import UserError
+from errors import RequestError, UserError
 
 _DEBUG_ENV = "SCOREGEN_DEBUG"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """Bad input (UserError, ValueError, a locked-config AttributeError) -> one line, exit 1.
+    """Bad input -> one line: exit 2 for a RequestError (a flag's value, flags that do not
+    go together: what a parse error gets too), exit 1 for the rest (UserError, ValueError,
+    a missing file: the data, config or workdir).
 
     Set SCOREGEN_DEBUG=1 to get the full traceback instead.
     """
@@ -85,7 +87,7 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
                 raise
             prog = os.path.basename(sys.argv[0])
             print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(2 if isinstance(err, RequestError) else 1)
 
     return wrapper
 

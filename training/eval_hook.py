@@ -19,7 +19,7 @@ from absl import logging
 
 from data import captions
 from data.samples_file import Samples
-from errors import UserError
+from errors import RequestError, UserError
 from evaluation import fid_protocol, runner
 from evaluation import metrics as M
 from evaluation.protocol import (
@@ -93,8 +93,8 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
                              num_samples=num_samples, inception_weights=inception_weights,
                              protocol=protocol, fid_reference=fid_reference)
     if checkpoint_step is not None and not plan.needs_model:
-        raise UserError("a checkpoint step was given, but nothing here reads a checkpoint: "
-                        "the samples come from a file and no likelihood metric is asked for")
+        raise RequestError("a checkpoint step was given, but nothing here reads a checkpoint: "
+                           "the samples come from a file and no likelihood metric is asked for")
     family = state = step = log_likelihood = None
     if plan.needs_model:
         family, state, step = inference.restore_latest(config, workdir, step=checkpoint_step,

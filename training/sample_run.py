@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import RequestError, UserError
 from training.families.base import GUIDANCE, PROMPTS
 from training.families.request import SampleRequest
 
@@ -32,22 +32,22 @@ class Sources:
         return self.autoguide_workdir is not None or self.autoguide_step is not None
 
     def check(self, *, classifier_scale=None, autoguidance_scale=None) -> None:
-        """UserError (naming sample.py's flags) for sources that do not go together."""
+        """RequestError (naming sample.py's flags) for sources that do not go together."""
         for flag, step in (("--checkpoint_step", self.step),
                            ("--autoguide_step", self.autoguide_step)):
             if step is not None and step < 0:
-                raise UserError(f"{flag} must be >= 0, got {step}")
+                raise RequestError(f"{flag} must be >= 0, got {step}")
         if (self.classifier_workdir is None) != (self.classifier_config is None):
-            raise UserError("classifier guidance needs both --classifier_workdir and "
-                            "--classifier_config")
+            raise RequestError("classifier guidance needs both --classifier_workdir and "
+                               "--classifier_config")
         if classifier_scale is not None and self.classifier_workdir is None:
-            raise UserError("--classifier_scale needs a classifier: pass --classifier_workdir "
-                            "and --classifier_config")
+            raise RequestError("--classifier_scale needs a classifier: pass --classifier_workdir "
+                               "and --classifier_config")
         if self.autoguide_config is not None and self.autoguide_workdir is None:
-            raise UserError("--autoguide_config needs --autoguide_workdir (the guide's run)")
+            raise RequestError("--autoguide_config needs --autoguide_workdir (the guide's run)")
         if autoguidance_scale is not None and not self.autoguided:
-            raise UserError("--autoguidance_scale needs an autoguide: pass --autoguide_step "
-                            "and/or --autoguide_workdir")
+            raise RequestError("--autoguidance_scale needs an autoguide: pass --autoguide_step "
+                               "and/or --autoguide_workdir")
 
     def request_scales(self, classifier_scale, autoguidance_scale) -> dict:
         """The request's guidance weights: None without the guide, 1 by default."""
@@ -59,9 +59,9 @@ class Sources:
 
 def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[str, ...] | None:
     """The prompts of `--prompt` or `--prompts_file` (one per line, blank lines skipped;
-    None without either). UserError for both, an unreadable file or one without prompts."""
+    None without either). RequestError for both, an unreadable file or one without prompts."""
     if prompt is not None and prompts_file is not None:
-        raise UserError("--prompt and --prompts_file exclude each other")
+        raise RequestError("--prompt and --prompts_file exclude each other")
     if prompts_file is None:
         return None if prompt is None else (prompt,)
     try:
@@ -71,7 +71,7 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[str, ...
                         f"{' '.join(str(err).split())[:200]}") from None
     prompts = tuple(line.strip() for line in lines if line.strip())
     if not prompts:
-        raise UserError(f"no prompts in --prompts_file {prompts_file} (one per line)")
+        raise RequestError(f"no prompts in --prompts_file {prompts_file} (one per line)")
     return prompts
 
 
@@ -103,9 +103,9 @@ def draw(config, sources: Sources, request: SampleRequest) -> tuple[np.ndarray, 
             config, sources.autoguide_config or config, workdir, step=sources.autoguide_step,
             mesh=mesh)
         if Path(workdir).resolve() == Path(sources.workdir).resolve() and guide_step == step:
-            raise UserError(f"the autoguide is the model itself (step {guide_step} of "
-                            f"{workdir}): pass an earlier --autoguide_step or another "
-                            "--autoguide_workdir")
+            raise RequestError(f"the autoguide is the model itself (step {guide_step} of "
+                               f"{workdir}): pass an earlier --autoguide_step or another "
+                               "--autoguide_workdir")
         guide = (guide_family, guide_state)
         record.update(autoguide_workdir=np.str_(workdir), autoguide_step=np.int64(guide_step))
         sampler += (f" + autoguidance (w={request.autoguidance_scale:g}, guide {workdir} "

@@ -10,7 +10,7 @@ them from the checkpoint and never from the data again.
 
 A family declares what it can do in `capabilities` (a frozenset of the names below);
 callers test `LIKELIHOOD in family.capabilities`, never `hasattr`. `accepts(request)`
-refuses, with one UserError naming the flags, what a request asks that the family cannot
+refuses, with one RequestError naming the flags, what a request asks that the family cannot
 do.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import ml_collections
 
-from errors import UserError
+from errors import RequestError
 from training.families.request import SampleRequest
 from training.state import TrainState
 
@@ -119,18 +119,18 @@ class FamilyBase:
                 f"{', '.join(flag for _, flag in missing)}")
 
     def accepts(self, request: SampleRequest, *, classifier=None, guide=None) -> None:
-        """UserError naming what `request` asks that this family cannot do."""
+        """RequestError naming what `request` asks that this family cannot do."""
         if SAMPLE not in self.capabilities:
-            raise UserError(self.refusal([(SAMPLE, "sampling")]))
+            raise RequestError(self.refusal([(SAMPLE, "sampling")]))
         if request.prompts is not None and PROMPTS not in self.capabilities:
-            raise UserError(f"--prompt needs a model trained on text (model.family="
-                            f"'text_diffusion'); this one is model.family="
-                            f"{self.config.model.family!r}")
+            raise RequestError(f"--prompt needs a model trained on text (model.family="
+                               f"'text_diffusion'); this one is model.family="
+                               f"{self.config.model.family!r}")
         missing = [(capability, flag)
                    for capability, flag in asked(request, classifier=classifier, guide=guide)
                    if capability not in self.capabilities]
         if missing:
-            raise UserError(self.refusal(missing))
+            raise RequestError(self.refusal(missing))
         self.check_labels(request, classifier=classifier)
 
     def for_request(self, request: SampleRequest) -> "FamilyBase":
@@ -139,19 +139,19 @@ class FamilyBase:
         return self
 
     def check_labels(self, request: SampleRequest, *, classifier=None) -> None:
-        """UserError for a class label the model (or its classifier) cannot draw."""
+        """RequestError for a class label the model (or its classifier) cannot draw."""
         label = request.labels
         if label is None:
             return
         guided = classifier is not None or request.classifier_scale is not None
         if not self.num_classes and not guided:
-            raise UserError("--class_label needs a class-conditional model or a classifier; "
-                            "this model is unconditional (model.num_classes=0)")
+            raise RequestError("--class_label needs a class-conditional model or a classifier; "
+                               "this model is unconditional (model.num_classes=0)")
         classes = self.num_classes or (classifier.num_classes if classifier is not None
                                        else 0)
         if label < 0 or (classes and label >= classes):
-            raise UserError(f"--class_label {label} is out of range: the classes are "
-                            f"0..{classes - 1 if classes else 'K-1'}")
+            raise RequestError(f"--class_label {label} is out of range: the classes are "
+                               f"0..{classes - 1 if classes else 'K-1'}")
 
     def sampler_name(self, request: SampleRequest) -> str:
         """What the samples file records as the sampler."""

@@ -10,7 +10,7 @@ guidance and the probability-flow likelihood.
 import jax
 
 from diffusion import likelihood, tasks
-from errors import UserError
+from errors import RequestError, UserError
 from training.families import base, common
 from training.families.request import SampleRequest
 
@@ -56,6 +56,9 @@ class DiffusionSampling:
         try:
             tasks.check_guidance(self._guidance(request), num_classes=self.num_classes,
                                  null_label=self.null_label)
+        except ValueError as err:
+            raise RequestError(str(err)) from err
+        try:  # the input files, not the flags
             tasks.check_inputs(request.task, self.data_shape, request.batch, request.image,
                                request.mask)
         except ValueError as err:
@@ -96,7 +99,8 @@ class DiffusionSampling:
                                       name=request.sampler, steps=request.steps,
                                       edit_strength=request.edit_strength)
         except (TypeError, ValueError) as err:
-            raise UserError(f"{'' if task == 'sample' else task + ' '}sampler: {err}") from err
+            raise RequestError(f"{'' if task == 'sample' else task + ' '}sampler: {err}") \
+                from err
         label_classes = self.num_classes or (classifier.num_classes if classifier else 0)
         scale = 1.0 if request.classifier_scale is None else request.classifier_scale
         run = tasks.build(

@@ -1,7 +1,7 @@
 """`SampleRequest`: everything one asks of a sampler, validated once when it is built.
 
 The fields are sample.py's flags (the messages name them so): a bad request is a one-line
-UserError at construction, before any checkpoint is read or anything compiled. What a
+RequestError at construction, before any checkpoint is read or anything compiled. What a
 family cannot do is its own check (`family.accepts(request)`); this module knows no family.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from errors import UserError
+from errors import RequestError
 
 TASKS = ("sample", "inpaint", "colorize", "sdedit")
 
@@ -22,7 +22,7 @@ def _is_int(value) -> bool:
 
 def _check_scale(flag: str, value) -> None:
     if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
-        raise UserError(f"{flag} must be >= 0, got {float(value)}")
+        raise RequestError(f"{flag} must be >= 0, got {float(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,41 +62,41 @@ class SampleRequest:
 
     def __post_init__(self):
         if not _is_int(self.num_samples) or self.num_samples <= 0:
-            raise UserError(f"--num_samples must be positive, got {self.num_samples}")
+            raise RequestError(f"--num_samples must be positive, got {self.num_samples}")
         if not _is_int(self.batch_size) or self.batch_size <= 0:
-            raise UserError(f"--batch_size must be positive, got {self.batch_size}")
+            raise RequestError(f"--batch_size must be positive, got {self.batch_size}")
         if self.steps is not None:
             if not _is_int(self.steps):
-                raise UserError(f"--steps must be a positive int, got {self.steps!r}")
+                raise RequestError(f"--steps must be a positive int, got {self.steps!r}")
             if self.steps <= 0:
-                raise UserError(f"--steps must be positive, got {self.steps}")
+                raise RequestError(f"--steps must be positive, got {self.steps}")
         if self.labels is not None and not _is_int(self.labels):
-            raise UserError(f"--class_label must be an int, got {self.labels!r}")
+            raise RequestError(f"--class_label must be an int, got {self.labels!r}")
         for flag in ("guidance_scale", "classifier_scale", "autoguidance_scale"):
             _check_scale(f"--{flag}", getattr(self, flag))
         if self.task not in TASKS:
-            raise UserError(f"unknown sampling task {self.task!r}; known: {', '.join(TASKS)}")
+            raise RequestError(f"unknown sampling task {self.task!r}; known: {', '.join(TASKS)}")
         strength = self.edit_strength
         if strength is not None and self.task != "sdedit":
-            raise UserError("--edit_strength goes with SDEdit only")
+            raise RequestError("--edit_strength goes with SDEdit only")
         if self.task == "sdedit" and (strength is None or not 0.0 < float(strength) <= 1.0):
-            raise UserError(f"--edit_strength must lie in (0, 1], got {strength}")
+            raise RequestError(f"--edit_strength must lie in (0, 1], got {strength}")
         if (self.task == "sample") != (self.image is None):
-            raise UserError(f"task {self.task!r} " + ("takes no image" if self.task == "sample"
+            raise RequestError(f"task {self.task!r} " + ("takes no image" if self.task == "sample"
                                                        else "needs an image"))
         if self.prompts is not None:
             if isinstance(self.prompts, str) or not all(isinstance(p, str)
                                                         for p in self.prompts):
-                raise UserError(f"prompts must be a sequence of strings, got {self.prompts!r}")
+                raise RequestError(f"prompts must be a sequence of strings, got {self.prompts!r}")
             if not self.prompts:
-                raise UserError("no prompts given (an empty --prompts_file?)")
+                raise RequestError("no prompts given (an empty --prompts_file?)")
             if self.labels is not None:
-                raise UserError("--class_label and --prompt exclude each other: a "
-                                "text-conditional model is steered by its prompts")
+                raise RequestError("--class_label and --prompt exclude each other: a "
+                                   "text-conditional model is steered by its prompts")
             object.__setattr__(self, "prompts", tuple(self.prompts))
         if (self.task == "inpaint") == (self.mask is None):
-            raise UserError("a mask goes with inpainting" if self.task != "inpaint"
-                            else "inpainting needs a mask")
+            raise RequestError("a mask goes with inpainting" if self.task != "inpaint"
+                               else "inpainting needs a mask")
 
     @property
     def batch(self) -> int:

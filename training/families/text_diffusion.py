@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from data import captions
-from errors import UserError
+from errors import RequestError, UserError
 from networks import text_encoder
 from training.families import base
 from training.families.diffusion import DiffusionFamily
@@ -166,8 +166,8 @@ class TextDiffusionFamily(DiffusionFamily):
         base.FamilyBase.accepts(self, request, classifier=classifier, guide=guide)
         w = self._guidance(request)
         if w > 0 and self.class_dropout == 0:
-            raise UserError("--guidance_scale needs a model trained with "
-                            "training.prompt_dropout > 0 (the empty prompt); this one has none")
+            raise RequestError("--guidance_scale needs a model trained with "
+                               "training.prompt_dropout > 0 (the empty prompt); this one has none")
 
     def for_request(self, request: SampleRequest) -> "TextDiffusionFamily":
         """This model with `request.prompts` (default: `default_prompts`) as its classes:
