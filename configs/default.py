@@ -20,7 +20,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 42
 
     config.training = training = ml_collections.ConfigDict()
-    # Sized so the README's default run takes under 10 minutes on 2 CPU cores (see README).
     training.batch_size = 64  # global: split over all devices and processes
     training.n_iters = 4000
     training.log_freq = 50

@@ -10,6 +10,7 @@ from configs import digits_vp
 
 def get_config():
     config = digits_vp.get_config()
+    config.training.n_iters = 4000  # as measured (docs/results.md, docs/sampling.md)
     config.model.self_condition_clusters = 20
     config.eval.metrics = "fd,kid,pr,cs"
     return config
