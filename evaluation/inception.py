@@ -2,7 +2,7 @@
 
 The weights are pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (TTUR's TF graph of
 2015-12-05 ported to torch), given by path: nothing is downloaded. The file is read
-without torch by :mod:`evaluation.torch_state_dict` (torch's zip and legacy formats; an
+without torch by :mod:`networks.torch_state_dict` (torch's zip and legacy formats; an
 ``.npz`` with the same keys, torch layouts, is accepted too); here its tensors are checked
 against the network's and put into ``FIDInceptionV3``.
 """
@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from evaluation.extractor import FeatureExtractor
-from evaluation.torch_state_dict import WeightsError, read_state_dict
 from networks import inception as net
+from networks.torch_state_dict import WeightsError, read_state_dict
 
 NAME = "inception_v3_fid"
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's release asset

@@ -93,7 +93,7 @@ def get_extractor(config: Any, *, feature_net: str = "auto", inception_weights: 
                 "--inception_weights PATH (pt_inception-2015-12-05-6726825d.pth)"
             )
         from evaluation import inception
-        from evaluation.torch_state_dict import WeightsError
+        from networks.torch_state_dict import WeightsError
 
         try:
             return inception.make_inception_extractor(inception_weights, batch_size=50)

@@ -10,6 +10,9 @@ the bottom:
     configs                ml_collections files: only configs
     data                   errors, data
     networks               errors, networks
+    style                  errors, data, networks, style: neural style transfer, a library
+                           that training/, scoregen, the CLIs, bench/ and tests/ may use
+                           (data: the photos that ship with scikit-image and sklearn)
     diffusion              errors, data, networks, diffusion
     gan, vae               errors, data, networks, diffusion, themselves
     evaluation             the above (never configs or training): metrics of samples,
@@ -35,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 BELOW_TRAINING = {"errors", "progress", "configs", "data", "networks", "diffusion", "gan",
-                  "vae"}
+                  "vae", "style"}
 CLIS = {"train", "sample", "evaluate"}
 # importer's top-level name -> the top-level names it may import
 ALLOWED: dict[str, set[str]] = {
@@ -44,6 +47,7 @@ ALLOWED: dict[str, set[str]] = {
     "configs": {"configs"},
     "data": {"errors", "data"},
     "networks": {"errors", "networks"},
+    "style": {"errors", "data", "networks", "style"},
     "diffusion": {"errors", "data", "networks", "diffusion"},
     "gan": {"errors", "data", "networks", "diffusion", "gan"},
     "vae": {"errors", "data", "networks", "diffusion", "vae"},
@@ -199,9 +203,9 @@ def test_the_checker_allows_evaluation_only_from_the_bridge():
 
 def test_the_checker_refuses_imports_of_the_clis_and_unknown_folders():
     files = {"evaluate.py": "", "training/__init__.py": "import evaluate\n",
-             "style/__init__.py": ""}
+             "paint/__init__.py": ""}
     assert sorted(forbidden_imports(files)) == [
-        "style/__init__.py: top-level 'style' is not in ALLOWED "
+        "paint/__init__.py: top-level 'paint' is not in ALLOWED "
         "(tests/test_import_directions.py): give it a layer",
         "training/__init__.py:1: training may not import evaluate"]
 

@@ -20,8 +20,8 @@ import pytest
 from flax import nnx
 
 from evaluation import inception as ev
-from evaluation import torch_state_dict
 from networks import inception as net
+from networks import torch_state_dict
 from tests.torch_files import MAGIC_NUMBER, Storage, Tensor, contiguous, write_legacy, write_zip
 
 # ----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Reading a torch ``state_dict`` file without torch (the FID Inception weights' format).
+"""Reading a torch ``state_dict`` file without torch (the FID Inception's and torchvision's
+VGG weights' format).
 
 ``torch.save`` writes one of two formats and both are read here:
 
@@ -223,14 +224,18 @@ def _tensors(obj: Any, roots: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_state_dict(
+    path: str | os.PathLike, *, what: str = "Inception weights"
+) -> dict[str, np.ndarray]:
     """Every tensor of a state_dict file by key, as saved (torch layouts).
 
-    Reads torch's zip and legacy ``.pth`` formats and ``.npz``; raises :class:`WeightsError`.
+    Reads torch's zip and legacy ``.pth`` formats and ``.npz``; raises :class:`WeightsError`
+    with a one-line message that starts ``f"{what} file {path}"`` (``what`` names the
+    network the file is meant for).
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"Inception weights file not found: {path}")
+        raise WeightsError(f"{what} file not found: {path}")
     try:
         raw = path.read_bytes()
         if raw.startswith(b"PK\x03\x04"):
@@ -253,4 +258,4 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except Exception as err:  # anything a corrupt or hostile file provokes
         message = f"cannot read it ({type(err).__name__}: {err})"
     message = " ".join(message.split())  # one line
-    raise WeightsError(f"Inception weights file {path}: {message}") from None
+    raise WeightsError(f"{what} file {path}: {message}") from None
