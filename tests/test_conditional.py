@@ -353,10 +353,12 @@ def test_the_experiment_configs_build_their_families():
     cond_config = digits_vp_cond.get_config()
     cond = get_family(cond_config)
     assert (cond.num_classes, cond.null_label, cond.class_dropout) == (10, 10, 0.1)
-    # Otherwise the digits_vp recipe.
+    # Otherwise the digits_vp recipe, at the 4,000 steps its figures were measured at.
     plain = digits_vp.get_config()
+    assert (cond_config.training.n_iters, plain.training.n_iters) == (4000, 3000)
     with cond_config.unlocked():
         cond_config.model.num_classes, cond_config.training.class_dropout = 0, 0.0
+        cond_config.training.n_iters = plain.training.n_iters
     assert cond_config.to_dict() == plain.to_dict()
     classifier = get_family(digits_noise_classifier.get_config())
     assert classifier.num_classes == 10 and classifier.data_shape == (8, 8, 1)
