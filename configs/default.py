@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     data.data_dir = ml_collections.config_dict.placeholder(str)
     data.num_toy_samples = 100_000  # 2-D toy datasets (toy_gmm, toy_moons, ...): train size
     data.num_toy_test_samples = 10_000
-    data.num_synthetic_samples = 50_000  # dataset 'synthetic': train size (test: a fifth)
+    data.num_synthetic_samples = 50_000  # 'synthetic', 'photos': train size (test: a fifth)
     # Each example also gets a caption (`caption`: a row of data.captions' training bank).
     data.captions = False
 

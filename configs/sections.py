@@ -188,6 +188,31 @@ def _text() -> dict[str, Any]:
     }
 
 
+def _style() -> dict[str, Any]:
+    """model.family='style_adain' (model.name 'adain'): feed-forward arbitrary style
+    transfer (AdaIN, Huang and Belongie 2017) on the `photos` dataset's (content, style)
+    crop pairs. A frozen pretrained encoder (`style.encoder`), AdaIN at `content_layer`,
+    and a decoder mirroring the encoder up to it, trained on the content loss at that layer
+    plus `style_weight` times the mean/std matching at `style_layers`."""
+    return {
+        # 'style_cnn' (the project's small CNN, pinned weights) | 'vgg19' (needs vgg_weights:
+        # torchvision's vgg19-dcbb9e9d.pth or Keras' VGG19 .h5; for style_cnn, '' = the
+        # pinned file). Read once, when the run starts, and stored in its checkpoints.
+        "style.encoder": "style_cnn",
+        "style.vgg_weights": "",
+        "style.content_layer": "relu4_1",  # AdaIN's layer; the decoder mirrors up to it
+        "style.style_layers": ("relu1_1", "relu2_1", "relu3_1", "relu4_1"),
+        "style.style_weight": 10.0,  # the paper's lambda
+        "style.alpha": 1.0,  # content (0) to style (1) at inference and in snapshot grids
+        "style.reflect_padding": True,  # the decoder's convolutions (else zero padding)
+        # The decoder's hidden widths as a multiple of the mirrored encoder's (1: the mirror).
+        "style.decoder_width": 1.0,
+        # The `photos` dataset's pairs (comma-separated names of data/photos.py; '' = all).
+        "data.content_photos": "",
+        "data.style_photos": "",
+    }
+
+
 # Group name -> its defaults (dotted key -> default; a fresh dict, placeholders included,
 # on every call).
 GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -199,6 +224,7 @@ GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
     "latent": _latent,
     "classifier": _classifier,
     "text": _text,
+    "style": _style,
 }
 
 # Family -> the groups whose settings it reads; every other group's changed setting is
@@ -210,10 +236,12 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "noise_classifier": ("score", "unet", "classifier"),
     "text_diffusion": ("score", "unet", "text"),
     "vae": ("vae", "unet"),
+    "style_adain": ("style",),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".
-NETWORK_FAMILIES: dict[str, str] = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae"}
+NETWORK_FAMILIES: dict[str, str] = {"dcgan": "gan", "resnet": "gan", "conv_vae": "vae",
+                                    "adain": "style_adain"}
 
 
 def families_of(group: str) -> tuple[str, ...]:

@@ -9,18 +9,16 @@
 - `data.datasets`: which dataset a config names, as records + decoder + `DatasetInfo`;
 - `data.captions`: captions of the digits (training and held-out phrasings) for
   `data.captions=True`, which adds a `caption` row to every batch;
+- `data.photos`: the photos scikit-image and scikit-learn ship, and the `photos` dataset
+  of (content, style) crop pairs for feed-forward style transfer;
 - `python -m data.prepare NAME --data_dir DIR`: prepare a dataset.
+
+The re-exports are loaded on first use, so that importing a light module (`data.photos`,
+`data.errors`) does not import grain and TFDS.
 """
 
-from data.pipeline import (
-    DataError,
-    DatasetInfo,
-    DatasetNotPreparedError,
-    TrainIterator,
-    get_info,
-    make_eval_iterator,
-    make_train_iterator,
-)
+import importlib
+from typing import Any
 
 __all__ = [
     "DataError",
@@ -31,3 +29,9 @@ __all__ = [
     "make_eval_iterator",
     "make_train_iterator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("data.pipeline"), name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")

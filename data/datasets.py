@@ -6,6 +6,8 @@ transforms, shuffling, process sharding and checkpointable state are the same fo
 - `toy_<name>`: the 2-D distributions of data/toy.py, sampled once and held in memory;
 - `synthetic`: random images of any `image_size` x `num_channels` generated per index
   (data/synthetic.py), no download, no preparation;
+- `photos`: pairs of random crops (a content crop in `image`, a style crop in `style`) of
+  the photographs scikit-image and scikit-learn ship (data/photos.py), generated per index;
 - anything else: a TFDS dataset read with `tfds.data_source` (data/sources.py), `digits`
   included (prepared on first use).
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from data import captions, sources, synthetic, toy
+from data import captions, photos, sources, synthetic, toy
 from data.errors import DataError
 
 TOY_PREFIX = "toy_"
@@ -31,7 +33,9 @@ class DatasetInfo:
     """What a configured dataset looks like once served.
 
     `shape` is one example's `image` shape after pre-processing, e.g. (8, 8, 1) or (2,);
-    `num_classes` is 0 for unlabelled data (labels are then all zero).
+    `num_classes` is 0 for unlabelled data (labels are then all zero); `extra_images`
+    names the further images of `shape` each example carries besides `image` (`photos`:
+    ('style',)), served the same way.
     """
 
     name: str
@@ -39,6 +43,7 @@ class DatasetInfo:
     num_classes: int
     num_train: int
     num_test: int
+    extra_images: tuple[str, ...] = ()
 
     @property
     def is_image(self) -> bool:
@@ -59,8 +64,10 @@ class Options:
     data_dir: str | None
     num_toy_samples: int
     num_toy_test_samples: int
-    num_synthetic_samples: Any  # validated by the synthetic opener, which alone uses it
+    num_synthetic_samples: Any  # validated by the synthetic and photos openers
     captions: bool
+    content_photos: Any = ""  # the photos opener's: comma-separated names, '' = all
+    style_photos: Any = ""
 
 
 def options(data_config: Mapping[str, Any]) -> Options:
@@ -78,6 +85,8 @@ def options(data_config: Mapping[str, Any]) -> Options:
         num_toy_test_samples=int(get("num_toy_test_samples", DEFAULT_NUM_TOY_TEST_SAMPLES)),
         num_synthetic_samples=get("num_synthetic_samples", synthetic.DEFAULT_NUM_TRAIN),
         captions=bool(get("captions", False)),
+        content_photos=get("content_photos", ""),
+        style_photos=get("style_photos", ""),
     )
 
 
@@ -165,11 +174,28 @@ def _synthetic_split(opts: Options, split: str, read: bool) -> Split:
     return Split(info, records, lambda record: record)
 
 
+def _photos_split(opts: Options, split: str, read: bool) -> Split:
+    size = _positive_int(opts.image_size, "image_size")
+    if opts.num_channels != 3:
+        raise DataError(f"config.data.num_channels={opts.num_channels} but dataset "
+                        f"{opts.dataset!r} has 3 channels (RGB)")
+    num_train = _positive_int(opts.num_synthetic_samples, "num_synthetic_samples")
+    content = photos.parse_names(opts.content_photos, "content_photos")
+    style = photos.parse_names(opts.style_photos, "style_photos")
+    sizes = photos.split_sizes(num_train)
+    if split not in sizes:
+        raise DataError(f"dataset {opts.dataset!r} has splits {sorted(sizes)}, not {split!r}")
+    info = DatasetInfo(opts.dataset, (size, size, 3), 0, sizes["train"], sizes["test"],
+                       extra_images=("style",))
+    records = photos.PairRecords(split, sizes[split], size, content, style) if read else ()
+    return Split(info, records, lambda record: record)
+
+
 Opener = Callable[[Options, str, bool], Split]
 
 # Datasets served without TFDS, by exact name; `toy_*` names go to the toy opener and every
 # other name is taken to be a TFDS dataset.
-_GENERATED: dict[str, Opener] = {synthetic.NAME: _synthetic_split}
+_GENERATED: dict[str, Opener] = {synthetic.NAME: _synthetic_split, photos.NAME: _photos_split}
 
 
 def _opener(name: str) -> Opener:

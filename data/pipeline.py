@@ -9,11 +9,16 @@ Datasets (`config.data.dataset`):
   100,000) and `num_toy_test_samples` test points (default 10,000), fixed across runs;
 - `synthetic`: random uint8 images of `image_size` x `num_channels` with 10 classes,
   generated per index (data/synthetic.py): `num_synthetic_samples` training images (default
-  50,000) and a fifth as many test images, fixed across runs, no download or preparation.
+  50,000) and a fifth as many test images, fixed across runs, no download or preparation;
+- `photos`: pairs of random `image_size` crops (`image` a content crop, `style` a style
+  crop) of the photos scikit-image and scikit-learn ship (data/photos.py), generated per
+  index like `synthetic`; `content_photos` and `style_photos` name the photos ('' = all).
 Which name opens what is data/datasets.py.
 
 Batches are dicts of numpy arrays: `image` float32 (B, H, W, C) (toy: (B, 2)), `label` int32
-(B,) (zeros when the dataset has no labels); eval batches add `mask` bool (B,). With
+(B,) (zeros when the dataset has no labels); eval batches add `mask` bool (B,). A dataset
+whose examples carry further images (`DatasetInfo.extra_images`: `photos`' `style`) serves
+each as `image` is served, its flip and noise drawn after the image's. With
 `captions` (digit datasets only, data/captions.py), train and eval batches add `caption` int32
 (B,): a row of `captions.bank("train")` naming the example's own label, its template drawn per
 example after the augmentation's draws (so images are the same with captions on or off).
@@ -74,28 +79,31 @@ def read_split(
     """The stored examples of `split` in order, untransformed: {'image', 'label'}.
 
     Images come back as uint8 (N, H, W, C) at the served size (no flip, no dequantization,
-    no centring): what evaluation compares samples with. Toy data comes back as float32
-    points (N, 2). `limit` reads only the first examples.
+    no centring): what evaluation compares samples with; so do the dataset's extra images
+    (`photos`: `style`). Toy data comes back as float32 points (N, 2). `limit` reads only
+    the first examples.
     """
     _, data = open_split(data_config, split)
     count = len(data.records) if limit is None else min(limit, len(data.records))
     examples = [data.decode(data.records[i]) for i in range(count)]
     dtype = np.uint8 if data.info.is_image else np.float32
+    keys = ("image", *data.info.extra_images)
     if not examples:
         return {
-            "image": np.zeros((0, *data.info.shape), dtype),
+            **{key: np.zeros((0, *data.info.shape), dtype) for key in keys},
             "label": np.zeros((0,), np.int32),
         }
     return {
-        "image": np.stack([np.asarray(e["image"], dtype) for e in examples]),
+        **{key: np.stack([np.asarray(e[key], dtype) for e in examples]) for key in keys},
         "label": np.asarray([e["label"] for e in examples], np.int32),
     }
 
 
 def _transform(
-    opts: Options, is_image: bool, *, flip: bool
+    opts: Options, is_image: bool, *, flip: bool, extra_images: tuple[str, ...] = ()
 ) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:
-    """The per-example float conversion (+ augmentation, + caption), as a grain random map."""
+    """The per-example float conversion (+ augmentation, + caption), as a grain random map;
+    the `extra_images` keys are converted as `image` is, with draws after its own."""
     num_templates = len(captions_lib.templates("train"))
 
     def apply(element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -110,7 +118,12 @@ def _transform(
         label = np.int32(element["label"])
         if not is_image:
             return {"image": np.asarray(element["image"], np.float32), "label": label}
-        image = element["image"]
+        out = {"image": to_float(element["image"], rng), "label": label}
+        for key in extra_images:
+            out[key] = to_float(element[key], rng)
+        return out
+
+    def to_float(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # Draw the flip coin unconditionally so that the dequantization noise of an
         # example does not depend on whether flipping is enabled.
         if rng.random() < 0.5 and flip:
@@ -122,7 +135,7 @@ def _transform(
             x = image.astype(np.float32) / np.float32(255.0)
         if opts.centered:
             x = np.float32(2.0) * x - np.float32(1.0)
-        return {"image": x, "label": label}
+        return x
 
     return apply
 
@@ -206,7 +219,8 @@ def make_train_iterator(
         .map(split.decode)
         # Mapped before slicing, so an example's augmentation depends on its position in
         # the global stream, not on which process reads it.
-        .random_map(_transform(opts, split.info.is_image, flip=opts.random_flip), seed=map_seed)
+        .random_map(_transform(opts, split.info.is_image, flip=opts.random_flip,
+                               extra_images=split.info.extra_images), seed=map_seed)
         .batch(local, drop_remainder=True)
     )
     # Local batch q of the stream is rows [(q % P) * local, ...) of global batch q // P.
@@ -244,23 +258,26 @@ def make_eval_iterator(
     records, decode = data.records, data.decode
     num_examples = len(records)
     total = math.ceil(num_examples / batch_size) * batch_size
+    extra_images = data.info.extra_images
     pad = {
-        "image": np.zeros(data.info.shape, np.uint8 if data.info.is_image else np.float32),
-        "label": 0,
+        key: np.zeros(data.info.shape, np.uint8 if data.info.is_image else np.float32)
+        for key in ("image", *extra_images)
     }
+    pad["label"] = 0
 
     def fetch(index: int) -> dict[str, Any]:
         if index < num_examples:
             return {**decode(records[index]), "mask": True}
         return {**pad, "mask": False}
 
-    transform = _transform(opts, data.info.is_image, flip=False)
+    transform = _transform(opts, data.info.is_image, flip=False, extra_images=extra_images)
 
     def finish(element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         out = transform(element, rng)
         out["mask"] = np.bool_(element["mask"])
         if not element["mask"]:
-            out["image"] = np.zeros_like(out["image"])
+            for key in ("image", *extra_images):
+                out[key] = np.zeros_like(out[key])
         return out
 
     ds = (

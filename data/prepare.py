@@ -7,7 +7,7 @@
 `--data_dir` defaults to $TFDS_DATA_DIR, else ~/tensorflow_datasets. Standard datasets are
 built by TFDS (`download_and_prepare(file_format='array_record')`), which downloads the raw
 files: run this once, where there is network access, and point the runs at the same DIR.
-Toy and synthetic datasets are generated on the fly and need no preparation.
+Toy, synthetic and photos datasets are generated on the fly and need no preparation.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
-from data import digits, sources, synthetic
+from data import digits, photos, sources, synthetic
 from data.datasets import TOY_PREFIX
 
 # TFDS builders need TensorFlow to encode images; TFDS 4.9 also imports
@@ -39,6 +39,9 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
         return f"{name}: toy datasets are sampled on the fly; nothing to prepare"
     if name == synthetic.NAME:
         return f"{name}: synthetic images are generated on the fly; nothing to prepare"
+    if name == photos.NAME:
+        return (f"{name}: crops of the photos scikit-image and scikit-learn ship are cut on "
+                "the fly; nothing to prepare")
     if name == digits.NAME:
         return f"{name}: ready in {digits.prepare(data_dir)}"
     missing = [m for m in _STANDARD_REQUIREMENTS if importlib.util.find_spec(m) is None]

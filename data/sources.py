@@ -129,8 +129,9 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         raise DataError(
-            f"unknown dataset {name!r}: not 'digits', not 'synthetic', not a toy dataset "
-            f"(toy_gmm, toy_moons, toy_swiss_roll, toy_checkerboard) and not a TFDS dataset"
+            f"unknown dataset {name!r}: not 'digits', not 'synthetic', not 'photos', not a toy "
+            f"dataset (toy_gmm, toy_moons, toy_swiss_roll, toy_checkerboard) and not a TFDS "
+            f"dataset"
         ) from err
     except (ValueError, AssertionError) as err:  # malformed name, unknown config or version
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

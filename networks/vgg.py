@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,20 +136,28 @@ class VGG19(nnx.Module):
         layers = LAYER_NAMES if layers is None else check_layers(layers)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise UserError(f"VGG-19 wants RGB images (N, H, W, 3), got {tuple(images.shape)}")
-        wanted = set(layers)
-        last = max((LAYER_NAMES.index(name) for name in wanted), default=-1)
-        out = {}
-        x = self.preprocess(images)
-        for name in LAYER_NAMES[: last + 1]:
-            if name.startswith("conv"):
-                x = getattr(self, name)(x)
-            elif name.startswith("relu"):
-                x = jax.nn.relu(x)
-            else:
-                x = _pool(x, self.pooling)
-            if name in wanted:
-                out[name] = x
-        return {name: out[name] for name in layers}
+        return run_layers(self, self.preprocess(images), LAYER_NAMES, layers,
+                          lambda x: _pool(x, self.pooling))
+
+
+def run_layers(net: nnx.Module, x: Array, layer_names: Sequence[str], layers: Sequence[str],
+               pool: Callable[[Array], Array]) -> dict[str, Array]:
+    """A VGG-shaped network's walk: ``layer_names`` in order (``conv*`` the attribute of
+    ``net`` of that name, ``relu*`` a ReLU, ``pool*`` ``pool``), stopping at the deepest
+    of ``layers``; their activations, in the order asked."""
+    wanted = set(layers)
+    last = max((layer_names.index(name) for name in wanted), default=-1)
+    out = {}
+    for name in layer_names[: last + 1]:
+        if name.startswith("conv"):
+            x = getattr(net, name)(x)
+        elif name.startswith("relu"):
+            x = jax.nn.relu(x)
+        else:
+            x = pool(x)
+        if name in wanted:
+            out[name] = x
+    return {name: out[name] for name in layers}
 
 
 # ----------------------------------------------------------------------------------------

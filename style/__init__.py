@@ -1,6 +1,6 @@
 """Neural style transfer (Gatys et al.) on any CNN's features: the losses, the
 optimisation, colour preservation and image loading. A library: it imports only
-``errors``, ``networks`` and itself.
+``errors``, ``data`` (the photos), ``networks`` and itself.
 
     from networks.vgg import LAYER_NAMES, load_vgg19
     from style import GatysOptions, load_image, style_transfer

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 SCRIPTS = {"scoregen-train": "train:run", "scoregen-sample": "sample:run",
-           "scoregen-evaluate": "evaluate:run"}
+           "scoregen-evaluate": "evaluate:run", "scoregen-stylize": "stylize:run"}
 
 
 def _pip(*args: str, cwd: Path) -> None:

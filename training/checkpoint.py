@@ -38,7 +38,8 @@ finally:
 # anything else (n_iters, log_freq, sampler) and resuming is fine.
 _IDENTITY_KEYS = ("model", "data.dataset", "data.image_size", "data.num_channels",
                   "data.centered", "training.sde", "training.continuous", "optim.optimizer",
-                  "latent", "classifier.objective")
+                  "latent", "classifier.objective", "style.encoder", "style.content_layer",
+                  "style.decoder_width")
 # Entries of those sections that only say how to sample the model.
 # Compute dtype and rematerialisation change how a step runs, not what it holds.
 _NOT_IDENTITY = ("model.cluster_draws", "model.dtype", "model.remat")

@@ -86,10 +86,12 @@ def flops(compiled) -> float | None:
 
 
 def abstract_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict[str, Any]:
-    """One global batch as the loop feeds it: `image` float32 (B, *shape), `label` int32."""
-    shape = tuple(pipeline.get_info(config.data).shape)
-    b = int(config.training.batch_size)
-    return {"image": jax.ShapeDtypeStruct((b, *shape), jnp.float32, sharding=batch_sharding),
+    """One global batch as the loop feeds it: `image` float32 (B, *shape), `label` int32,
+    and the dataset's extra images (`photos`: `style`) like `image`."""
+    info = pipeline.get_info(config.data)
+    shape, b = tuple(info.shape), int(config.training.batch_size)
+    image = jax.ShapeDtypeStruct((b, *shape), jnp.float32, sharding=batch_sharding)
+    return {"image": image, **{key: image for key in info.extra_images},
             "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding)}
 
 

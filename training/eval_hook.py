@@ -30,8 +30,8 @@ from evaluation.protocol import (
     get_extractor,
     parse_metrics,
 )
-from training import inference
-from training.families.base import PROMPTS
+from training import families, inference
+from training.families.base import PROMPTS, STYLIZE
 from training.families.request import SampleRequest
 
 
@@ -89,6 +89,10 @@ def evaluate(config: Any, workdir: str | os.PathLike, *, which: tuple[str, ...],
     Raises UserError on bad input before any work.
     """
     start = time.time()
+    if families.declares(config.model.family, STYLIZE):  # before any feature network is read
+        raise RequestError(f"model.family={config.model.family!r} is feed-forward style "
+                           "transfer: it draws no samples and has no likelihood to evaluate; "
+                           "stylize images with stylize.py --workdir")
     plan = runner.Evaluation(config, which, samples_path=samples_path,
                              num_samples=num_samples, inception_weights=inception_weights,
                              protocol=protocol, fid_reference=fid_reference)

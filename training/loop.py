@@ -23,6 +23,7 @@ from errors import NonFiniteLossError
 from training import accumulate, checkpoint, eval_hook, images, run_config, run_info, sharding
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.families import get_family
+from training.families.base import STYLIZE
 from training.families.request import SampleRequest
 from training.monitor import Monitor
 from training.sharding import state_shardings
@@ -102,7 +103,7 @@ def _global_batch(local: dict, batch_sharding) -> dict:
     return {
         k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
         for k, v in local.items()
-        if k in ("image", "label", "caption")
+        if k in ("image", "label", "caption", "style")
     }
 
 
@@ -215,7 +216,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     ckpt.save(step, as_state(leaves), train_iter.get_state(),
                               family.statistics)
                     last_saved = step
-                if snapshot and training.snapshot_sampling:
+                if snapshot and training.snapshot_sampling and STYLIZE in family.capabilities:
+                    _write_stylized(family, as_state(leaves), step, workdir, monitor, is_chief)
+                elif snapshot and training.snapshot_sampling:
                     if snapshot_sampler is None:
                         snapshot_sampler = family.make_sampler(
                             SampleRequest(training.num_snapshot_samples))
@@ -260,6 +263,19 @@ def _write_samples(family, sampler, state, step: int, workdir: epath.Path, monit
         images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
         monitor.image(step, "samples", picture)
         logging.info("step %d: wrote sample grid (%d score evaluations)", step, int(nfe))
+
+
+def _write_stylized(family, state, step: int, workdir: epath.Path, monitor: Monitor,
+                    is_chief: bool) -> None:
+    """A style transfer model's snapshot: fixed test pairs, a column each, with rows of
+    content, style and result (`family.snapshot_rows`)."""
+    rows = family.snapshot_rows(family.sample_params(state))
+    picture = images.make_grid(images.to_uint8(rows.reshape(-1, *rows.shape[2:])),
+                               ncol=rows.shape[1])
+    if is_chief:
+        images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
+        monitor.image(step, "samples", picture)
+        logging.info("step %d: wrote the stylized grid (rows: content, style, result)", step)
 
 
 def describe(config: ml_collections.ConfigDict) -> str:

@@ -2,7 +2,8 @@
 
 Every family satisfies `base.Family`: `config`, `data_shape`, `num_classes`,
 `capabilities` (a frozenset of `base`'s names: SAMPLE, SAMPLERS, LIKELIHOOD, BOUNDS,
-GUIDANCE, CLASSIFIER_GUIDANCE, AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE),
+GUIDANCE, CLASSIFIER_GUIDANCE, AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE, PROMPTS,
+STYLIZE),
 `statistics` (what the classmethod `compute_statistics(config)` read of the data when the
 run started; every checkpoint stores them), `prepare_training()` (a no-op where training
 needs no extra input), `init_state(key)`,
@@ -17,6 +18,9 @@ discriminator and exposes `guide(score_fn, params, labels, scale)`; it draws no 
 `gan` and `vae` draw a sample in one generator call; `latent_diffusion` is a diffusion
 model in the latent space of a trained VAE; `text_diffusion` one steered by text prompts
 (capability PROMPTS; `for_request(request)` is the model of the request's prompts).
+`style_adain` (capability STYLIZE) is feed-forward style transfer: it draws no samples,
+`make_stylizer()` stylizes content images with style images and `snapshot_rows(params)`
+gives the loop its snapshot grid.
 """
 
 from collections.abc import Callable
@@ -32,6 +36,7 @@ from training.families.diffusion import DiffusionFamily
 from training.families.gan import GANFamily
 from training.families.latent_diffusion import LatentDiffusionFamily
 from training.families.noise_classifier import NoiseClassifierFamily
+from training.families.style_adain import StyleAdaINFamily
 from training.families.text_diffusion import TextDiffusionFamily
 from training.families.vae import VAEFamily
 
@@ -40,9 +45,16 @@ FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "gan": GANFamily,
     "latent_diffusion": LatentDiffusionFamily,
     "noise_classifier": NoiseClassifierFamily,
+    "style_adain": StyleAdaINFamily,
     "text_diffusion": TextDiffusionFamily,
     "vae": VAEFamily,
 }
+
+def declares(family: str, capability: str) -> bool:
+    """Whether `family` declares `capability` whatever its config (a capability that
+    depends on the config, as diffusion's guidance does, needs the built family)."""
+    return capability in FAMILIES[family].capabilities if family in FAMILIES else False
+
 
 def _flat(node, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, ml_collections.ConfigDict):

@@ -36,8 +36,11 @@ COLORIZE = "colorize"
 SDEDIT = "sdedit"
 GUIDE = "guide"  # a noise classifier: guide(score_fn, params, labels, scale)
 PROMPTS = "prompts"  # steered by text prompts (request.prompts)
+# Feed-forward style transfer: make_stylizer() -> stylize(params, content, style, alpha),
+# and snapshot_rows(params) for the loop's snapshot grid (content, style and result rows).
+STYLIZE = "stylize"
 CAPABILITIES = (SAMPLE, SAMPLERS, LIKELIHOOD, BOUNDS, GUIDANCE, CLASSIFIER_GUIDANCE,
-                AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE, PROMPTS)
+                AUTOGUIDANCE, INPAINT, COLORIZE, SDEDIT, GUIDE, PROMPTS, STYLIZE)
 
 
 @runtime_checkable
