@@ -24,10 +24,14 @@ def _score() -> dict[str, Any]:
     """The families built on a noise-conditional network: the SDE, its objective, the
     samplers and the score networks' own options."""
     return {
+        # 'vpsde' | 'subvpsde' | 'vesde', or a flow-matching path: 'linear_path' (rectified
+        # flow) | 'cosine_path' (ODE samplers only).
         "training.sde": "vpsde",
         # 'dsm': score_sde's denoising score matching, t ~ U(eps, T) (continuous) or the
         # DDPM / SMLD discrete loss; 'edm': EDM's lognormal noise levels ln sigma ~
-        # N(P_mean, P_std^2) and its weighting (pairs with model.preconditioning='edm').
+        # N(P_mean, P_std^2) and its weighting (pairs with model.preconditioning='edm');
+        # 'flow_matching': || v_theta - dx_t/dt ||^2, t ~ U(eps, T) (pairs with a path and
+        # model.preconditioning='velocity').
         "training.objective": "dsm",
         "training.P_mean": -1.2,
         "training.P_std": 1.2,
@@ -38,7 +42,7 @@ def _score() -> dict[str, Any]:
         # by the null label (index num_classes) during training, which classifier-free
         # guidance needs; 0 = no null label (no guidance).
         "training.class_dropout": 0.0,
-        "sampling.method": "pc",  # 'pc' | 'ode'
+        "sampling.method": "pc",  # 'pc' | 'ode' | any sampling.SAMPLERS name
         "sampling.predictor": "euler_maruyama",
         "sampling.corrector": "none",
         "sampling.snr": 0.16,
@@ -70,8 +74,9 @@ def _score() -> dict[str, Any]:
         "model.fourier_scale": 16.0,
         "model.init_scale": 0.0,
         # How the network's output becomes a score: 'none' (score_sde: noise prediction for
-        # VP, scaled score for VE) or 'edm' (EDM's c_skip / c_out / c_in denoiser around
-        # data of std sigma_data; diffusion/score.py).
+        # VP, scaled score for VE), 'edm' (EDM's c_skip / c_out / c_in denoiser around
+        # data of std sigma_data; diffusion/score.py) or 'velocity' (dx_t/dt of the path,
+        # flow matching; diffusion/flows.py).
         "model.preconditioning": "none",
         "model.sigma_data": 0.5,
         "model.fir": False,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import edm, sde_lib
+from diffusion import edm, flows, sde_lib
 from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast
 
 Array = jax.Array
@@ -95,6 +95,27 @@ def _edm_loss(
     return loss_fn
 
 
+def _flow_matching_loss(sde: SDE, *, reduce_mean: bool, eps: float) -> LossFn:
+    """Conditional flow matching (Lipman et al., 2023; Liu et al., 2023): ``|| v_theta(x_t,
+    t) - (alpha' x0 + sigma' z) ||^2`` at ``t ~ U(eps, T)`` on the SDE's (path's) marginals.
+
+    Through a score, ``v_theta - v = c (s + z / std)`` with ``c = std (alpha' std - alpha
+    std') / alpha``, the velocity's coefficient in the score (diffusion/flows.py): any score
+    function trains with it, and a velocity network (``model.preconditioning='velocity'``)
+    regresses its output on ``v``.
+    """
+    reduce = _reducer(reduce_mean)
+
+    def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
+        t, z = _draws(key, x, lambda k: jax.random.uniform(k, (), x.dtype, eps, sde.T))
+        alpha, std, d_alpha, d_std = flows.coefficients(sde, t, x)
+        score = score_fn(alpha * x + std * z, t)
+        c = std * (d_alpha * std - alpha * d_std) / alpha
+        return jnp.mean(reduce(jnp.square(c * (score + z / std))))
+
+    return loss_fn
+
+
 def _ddpm_loss(sde: VPSDE, *, reduce_mean: bool) -> LossFn:
     """DDPM's simple loss: ``|| eps_hat - z ||^2`` at a uniform integer timestep, with
     ``eps_hat = -std_i * score`` so that any score function can be trained or evaluated.
@@ -135,7 +156,7 @@ DISCRETE_LOSSES: dict[type[SDE], Callable[..., LossFn]] = {VPSDE: _ddpm_loss, VE
 
 
 # training.objective names.
-OBJECTIVES = ("dsm", "edm")
+OBJECTIVES = ("dsm", "edm", "flow_matching")
 
 
 def get_loss_fn(
@@ -157,7 +178,8 @@ def get_loss_fn(
       objective: ``'dsm'``, score_sde's denoising score matching (the next two arguments
         choose its form), or ``'edm'``, EDM's lognormal noise levels and weighting
         (``p_mean``, ``p_std``, ``sigma_data``; continuous time, any SDE with a
-        ``t(sigma)``).
+        ``t(sigma)``), or ``'flow_matching'``, the velocity regression of flow matching
+        at ``t ~ U(eps, T)`` (continuous time, any SDE or ``sde_lib.GaussianPath``).
       continuous: denoising score matching with ``t ~ U(eps, T)`` (True), or the
         discrete-time objective of the SDE's discrete model: DDPM for VP, SMLD for VE.
       likelihood_weighting: weight by ``g(t)^2`` instead of ``std(t)^2`` (continuous only).
@@ -180,6 +202,11 @@ def get_loss_fn(
         edm.check_sigma_to_t(sde, "objective='edm'")
         return _edm_loss(sde, reduce_mean=reduce_mean, eps=eps, p_mean=p_mean, p_std=p_std,
                          sigma_data=sigma_data)
+    if objective == "flow_matching":
+        if not continuous or likelihood_weighting:
+            raise ValueError("objective='flow_matching' is continuous-time with its own "
+                             "weighting: set continuous=True and likelihood_weighting=False")
+        return _flow_matching_loss(sde, reduce_mean=reduce_mean, eps=eps)
     if continuous:
         return _continuous_loss(
             sde, likelihood_weighting=likelihood_weighting, reduce_mean=reduce_mean, eps=eps

@@ -1,5 +1,6 @@
 """Probability-flow ODE samplers: Runge–Kutta with diffrax, adaptive or fixed-step ('ode'),
-and the fixed-step Euler and Heun methods ('euler', 'heun') on a uniform or EDM time grid.
+the fixed-step Euler and Heun methods ('euler', 'heun') on a uniform or EDM time grid, and
+their flow-matching forms ('flow_euler', 'flow_heun': uniform in ``t``, few steps).
 
 Every one starts from ``sde.prior_sampling(key, shape)`` and is then deterministic.
 """
@@ -34,6 +35,8 @@ __all__ = [
     "ODE_TIME_GRIDS",
     "CountingPID",
     "euler_sampler",
+    "flow_euler_sampler",
+    "flow_heun_sampler",
     "heun_sampler",
     "ode_sampler",
     "ode_time_grid",
@@ -255,4 +258,32 @@ def heun_sampler(
     return _fixed_step_ode(
         sde, shape, name="heun", heun=True, steps=steps, default=50, eps=eps,
         denoise=denoise, time_grid=time_grid, rho=rho,
+    )  # fmt: skip
+
+
+def flow_euler_sampler(
+    sde: SDE, shape: tuple[int, ...], *, steps: int | None, eps: float, denoise: bool
+) -> Sampler:
+    """Rectified flow's sampler: Euler on the velocity ``dx/dt = v(x, t)`` (the
+    probability-flow drift) over ``steps`` (default 20) uniform steps in ``t`` from ``T``
+    to ``eps``; ``denoise`` ends with the step to ``t = 0`` (Tweedie's ``E[x0 | x]``, which
+    on a flow path is the Euler step ``x - t v`` of the linear one). Any SDE.
+    nfe = ``steps + denoise``.
+    """
+    return _fixed_step_ode(
+        sde, shape, name="flow_euler", heun=False, steps=steps, default=20, eps=eps,
+        denoise=denoise, time_grid="uniform", rho=7.0,
+    )  # fmt: skip
+
+
+def flow_heun_sampler(
+    sde: SDE, shape: tuple[int, ...], *, steps: int | None, eps: float, denoise: bool
+) -> Sampler:
+    """Heun's method on the velocity over ``steps`` (default 10) uniform steps in ``t``
+    from ``T`` to ``eps``, then ``denoise`` as :func:`flow_euler_sampler`. Any SDE.
+    nfe = ``2 * steps + denoise``.
+    """
+    return _fixed_step_ode(
+        sde, shape, name="flow_heun", heun=True, steps=steps, default=10, eps=eps,
+        denoise=denoise, time_grid="uniform", rho=7.0,
     )  # fmt: skip

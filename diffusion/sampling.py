@@ -25,7 +25,12 @@ heun               time_grid, rho (50)                 ``2 steps + denoise``
 edm_heun           S_churn, S_min, S_max, S_noise,     ``2 steps + denoise``
                    rho (18)
 dpm_solver_pp      time_grid (20)                      ``steps + denoise``
+flow_euler         - (20)                              ``steps + denoise``
+flow_heun          - (10)                              ``2 steps + denoise``
 =================  ==================================  ====================================
+
+A flow-matching path (``sde.ode_only``) has no reverse SDE to sample: only the samplers in
+:data:`ODE_SAMPLERS` serve it, and :func:`check_serves` refuses the others.
 
 The families live in their own modules: reverse-SDE samplers (:data:`PREDICTORS`,
 :data:`CORRECTORS`) in :mod:`diffusion.sde_samplers`, probability-flow ODE samplers in
@@ -48,6 +53,8 @@ from diffusion.ode_samplers import (
     ODE_SOLVERS,
     CountingPID,
     euler_sampler,
+    flow_euler_sampler,
+    flow_heun_sampler,
     heun_sampler,
     ode_sampler,
 )
@@ -76,6 +83,7 @@ from diffusion.sde_samplers import (
 
 __all__ = [
     "CORRECTORS",
+    "ODE_SAMPLERS",
     "ODE_SOLVERS",
     "PREDICTORS",
     "SAMPLERS",
@@ -87,10 +95,13 @@ __all__ = [
     "ancestral_step",
     "annealed_langevin_sampler",
     "annealed_langevin_step",
+    "check_serves",
     "dpm_solver_pp_sampler",
     "edm_heun_sampler",
     "euler_maruyama_step",
     "euler_sampler",
+    "flow_euler_sampler",
+    "flow_heun_sampler",
     "get_sampler",
     "get_sampler_from_config",
     "heun_sampler",
@@ -118,7 +129,23 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "heun": heun_sampler,
     "edm_heun": edm_heun_sampler,
     "dpm_solver_pp": dpm_solver_pp_sampler,
+    "flow_euler": flow_euler_sampler,
+    "flow_heun": flow_heun_sampler,
 }
+
+# The deterministic probability-flow samplers: the only ones an ``ode_only`` path serves.
+ODE_SAMPLERS = ("flow_euler", "flow_heun", "ode", "euler", "heun")
+
+
+def check_serves(name: str, sde: SDE) -> None:
+    """ValueError (one line, naming the sampler) if sampler ``name`` cannot serve ``sde``:
+    a flow-matching path has only its probability-flow ODE."""
+    if sde.ode_only and name not in ODE_SAMPLERS:
+        raise ValueError(
+            f"sampler {name!r} samples a reverse SDE, and a flow-matching model "
+            f"({type(sde).__name__}) has only its probability-flow ODE: use one of "
+            f"{', '.join(ODE_SAMPLERS)}"
+        )
 
 
 def sampler_options(name: str) -> dict[str, Any]:
@@ -159,6 +186,7 @@ def get_sampler(
         raise TypeError(
             f"sampler {name!r} got unknown option(s) {unknown}; its options: {sorted(known)}"
         )
+    check_serves(name, sde)
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int | np.integer):
             raise TypeError(f"steps must be an int or None, got {steps!r}")

@@ -21,6 +21,9 @@ as ``(sigma_data F / (sigma sqrt(v)) - x_hat / v) / s`` so that no difference of
 equal terms is taken at small ``sigma``. The network's input and its regression target
 have unit variance at every noise level, and ``F = 0`` is the exact score of data
 ``N(0, sigma_data^2 I)``.
+
+``preconditioning='velocity'`` reads the output as the velocity ``dx_t/dt`` of the SDE's
+Gaussian path (flow matching; the exact conversion is ``flows.score_from_velocity``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from diffusion import sde_lib
-from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast, subVPSDE
+from diffusion import flows, sde_lib
+from diffusion.sde_lib import SDE, VESDE, VPSDE, GaussianPath, batch_broadcast, subVPSDE
 
 Array = jax.Array
 ScoreFn = sde_lib.ScoreFn
@@ -84,6 +87,7 @@ _PARAMETRISATIONS: dict[tuple[type[SDE], bool], _Parametrisation] = {
     (subVPSDE, True): _CONTINUOUS_VP,
     (VESDE, True): _VE,
     (VESDE, False): _VE,
+    (GaussianPath, True): _CONTINUOUS_VP,  # flow-matching paths: 999 t, as VP
 }
 
 
@@ -145,6 +149,8 @@ def _edm_score_fn(sde: SDE, net_fn: NetFn, p: _Parametrisation, sigma_data: floa
 PRECONDITIONINGS: dict[str, Callable[..., ScoreFn]] = {
     "none": _plain_score_fn,
     "edm": _edm_score_fn,
+    # The output is the velocity d x_t / dt of the SDE's path (flow matching; flows.py).
+    "velocity": flows.velocity_score_fn,
 }
 
 

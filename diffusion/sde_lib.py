@@ -1,4 +1,5 @@
-"""Forward SDEs of score-based diffusion (VP, sub-VP, VE) and their reverses.
+"""Forward SDEs of score-based diffusion (VP, sub-VP, VE), the Gaussian paths of flow
+matching (linear, cosine) and their reverses.
 
 Conventions shared by every method:
 
@@ -18,7 +19,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,9 @@ __all__ = [
     "SDES",
     "VESDE",
     "VPSDE",
+    "CosinePath",
+    "GaussianPath",
+    "LinearPath",
     "ReverseSDE",
     "batch_broadcast",
     "get_sde",
@@ -75,6 +79,9 @@ class SDE(abc.ABC):
     """
 
     N: int
+    # True for a deterministic path (flow matching): the family of marginals is defined but
+    # only its probability-flow ODE is sampled, so reverse-SDE samplers refuse it.
+    ode_only: ClassVar[bool] = False
 
     @property
     def T(self) -> float:
@@ -326,7 +333,87 @@ class VESDE(SDE):
         return jnp.zeros_like(x), jnp.sqrt(variance)
 
 
-SDES: dict[str, type[SDE]] = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+class GaussianPath(SDE):
+    """A deterministic interpolation ``x_t = alpha(t) x0 + sigma(t) z`` from the data
+    (``alpha(0) = 1``, ``sigma(0) = 0``) to noise (``alpha(1) = 0``, ``sigma(1) = 1``): the
+    probability paths of flow matching (Lipman et al., 2023; Liu et al., 2023).
+
+    As an SDE it is the linear one with the same marginals, ``f = (alpha'/alpha) x`` and
+    ``g^2 = 2 sigma sigma' - 2 (alpha'/alpha) sigma^2``, so the probability-flow drift
+    ``f - g^2 score / 2`` is the velocity ``E[alpha' x0 + sigma' z | x_t]`` and every ODE
+    sampler and the likelihood serve it unchanged. ``alpha(1) = 0`` makes ``f`` singular at
+    ``t = 1`` (and the score there forgets the data), so the path stops at ``T = 1 - 1e-3``
+    with the prior ``N(0, sigma(T)^2 I)``; ``ode_only``: reverse-SDE samplers refuse it.
+    """
+
+    ode_only: ClassVar[bool] = True
+
+    @property
+    def T(self) -> float:
+        return 1.0 - 1e-3
+
+    @abc.abstractmethod
+    def marginal_derivatives(self, t: Array) -> tuple[Array, Array]:
+        """``(alpha'(t), sigma'(t))``, each the shape of ``t``."""
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        t = _per_example_t(t, x)
+        alpha, sigma = self.marginal_scale(t), self.marginal_std(t)
+        d_alpha, d_sigma = self.marginal_derivatives(t)
+        log_rate = d_alpha / alpha
+        g2 = 2.0 * sigma * d_sigma - 2.0 * log_rate * sigma**2
+        return batch_broadcast(log_rate, x) * x, jnp.sqrt(g2)
+
+    @property
+    def prior_std(self) -> float:
+        """``sigma(T)``, the prior's std (a Python float, also while tracing)."""
+        with jax.ensure_compile_time_eval():
+            return float(self.marginal_std(jnp.asarray(self.T, jnp.float32)))
+
+    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.normal(key, shape) * self.prior_std
+
+    def prior_logp(self, z: Array) -> Array:
+        return _standard_normal_logp(z, self.prior_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearPath(GaussianPath):
+    """Rectified flow / optimal-transport path ``x_t = (1 - t) x0 + t z``; velocity
+    ``z - x0``. ``N`` is the default step count of the first-order samplers."""
+
+    N: int = 1000
+
+    def marginal_scale(self, t: Array) -> Array:
+        return 1.0 - t
+
+    def marginal_std(self, t: Array) -> Array:
+        return jnp.asarray(t)
+
+    def marginal_derivatives(self, t: Array) -> tuple[Array, Array]:
+        return -jnp.ones_like(t), jnp.ones_like(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class CosinePath(GaussianPath):
+    """Trigonometric path ``x_t = cos(pi t / 2) x0 + sin(pi t / 2) z`` (variance
+    preserving for unit-variance data); velocity ``pi/2 (cos(pi t/2) z - sin(pi t/2) x0)``."""
+
+    N: int = 1000
+
+    def marginal_scale(self, t: Array) -> Array:
+        return jnp.cos(0.5 * math.pi * t)
+
+    def marginal_std(self, t: Array) -> Array:
+        return jnp.sin(0.5 * math.pi * t)
+
+    def marginal_derivatives(self, t: Array) -> tuple[Array, Array]:
+        angle = 0.5 * math.pi * t
+        return -0.5 * math.pi * jnp.sin(angle), 0.5 * math.pi * jnp.cos(angle)
+
+
+SDES: dict[str, type[SDE]] = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE,
+                              "linear_path": LinearPath, "cosine_path": CosinePath}
 
 # config.model field read for each constructor argument.
 _CONFIG_FIELDS = {
@@ -339,7 +426,8 @@ _CONFIG_FIELDS = {
 
 
 def get_sde(config: Any) -> SDE:
-    """Build the SDE named by ``config.training.sde`` from ``config.model``'s
+    """Build the SDE (or flow path: 'linear_path', 'cosine_path') named by
+    ``config.training.sde`` from ``config.model``'s
     ``beta_min``/``beta_max`` or ``sigma_min``/``sigma_max`` and ``num_scales`` (a missing
     field keeps the class default).
     """

@@ -27,6 +27,7 @@ FAMILY_EXPERIMENTS = {
     "digits_discriminator": "noise_classifier",
     "digits_vp_cond": "diffusion",
     "digits_vp_clusters": "diffusion",
+    "digits_rf": "diffusion",
 }
 
 

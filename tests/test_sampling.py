@@ -28,6 +28,10 @@ SAMPLER_CASES = {
     # steps, see test_fast_samplers.py); sub-VP, with sigma(eps) = 1e-4, is the slowest.
     "edm_heun": {"steps": 30},
     "dpm_solver_pp": {"steps": 30},
+    # Uniform in t (flow matching's grid; tests/test_flow_matching.py covers the paths):
+    # on VE that wastes steps at high noise, hence many.
+    "flow_euler": {"steps": 500},
+    "flow_heun": {"steps": 100},
 }
 # (sampler, SDE) pairs that must be refused, with the refusal.
 REFUSED = {
@@ -62,7 +66,7 @@ def _counting(score_fn, counter):
 def test_samplers_registry():
     assert {
         "euler_maruyama", "reverse_diffusion", "ancestral", "pc", "annealed_langevin", "ode",
-        "euler", "heun", "edm_heun", "dpm_solver_pp",
+        "euler", "heun", "edm_heun", "dpm_solver_pp", "flow_euler", "flow_heun",
     } == set(sampling.SAMPLERS)  # fmt: skip
     assert set(SAMPLER_CASES) == set(sampling.SAMPLERS)
     assert {"ancestral", "none"} <= set(sampling.PREDICTORS)

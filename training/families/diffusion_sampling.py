@@ -9,7 +9,7 @@ guidance and the probability-flow likelihood.
 
 import jax
 
-from diffusion import likelihood, tasks
+from diffusion import likelihood, sampling, tasks
 from errors import RequestError, UserError
 from training.families import base, common
 from training.families.request import SampleRequest
@@ -25,7 +25,8 @@ class DiffusionSampling:
                base.CLASSIFIER_GUIDANCE, base.AUTOGUIDANCE, *IMAGE_TASKS}
         if self.clusters:  # no marginal score: plain sampling only
             out -= {base.LIKELIHOOD, base.CLASSIFIER_GUIDANCE, base.AUTOGUIDANCE, *IMAGE_TASKS}
-        if not self.is_image_data:
+        if not self.is_image_data or self.sde.ode_only:
+            # The image tasks run reverse-SDE predictors, which a flow path does not have.
             out -= set(IMAGE_TASKS)
         elif self.data_shape[-1] < 2:
             out.discard(base.COLORIZE)
@@ -41,6 +42,9 @@ class DiffusionSampling:
                 f"score for {capability if capability in IMAGE_TASKS else 'guided sampling'}")
         if not self.is_image_data:
             return f"{what} is for image data, not 2-D points"
+        if self.sde.ode_only and capability in IMAGE_TASKS:
+            return (f"{capability} runs a reverse-SDE sampler, and this flow-matching model "
+                    f"(training.sde={self.config.training.sde!r}) has only its ODE")
         return (f"--colorize needs an RGB model; {self.config.data.dataset!r} has "
                 f"{self.data_shape[-1]} channel")
 
@@ -53,6 +57,10 @@ class DiffusionSampling:
         """UserError for what the request asks that this model cannot do: the family's
         capabilities, then classifier-free guidance and the task's input shapes."""
         super().accepts(request, classifier=classifier, guide=guide)
+        try:  # a flow path refuses the reverse-SDE samplers, before anything is compiled
+            sampling.check_serves(request.sampler or self.config.sampling.method, self.sde)
+        except ValueError as err:
+            raise RequestError(f"--sampler: {err}") from err
         try:
             tasks.check_guidance(self._guidance(request), num_classes=self.num_classes,
                                  null_label=self.null_label)
