@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from errors import UserError
+from networks import vgg
 from networks.layers import _AUTO_MATMUL_MAX_PIXELS, Conv3x3, const, default_init, resolve_conv_impl
 
 Array = jax.Array
@@ -92,23 +93,8 @@ class VGGShaped(nnx.Module):
         unknown = [name for name in layers if name not in self.names]
         if unknown:
             raise UserError(f"unknown layer {unknown[0]!r}; valid names: {', '.join(self.names)}")
-        last = max(self.names.index(name) for name in layers)
-        mean = jnp.asarray((0.485, 0.456, 0.406), jnp.float32)
-        std = jnp.asarray((0.229, 0.224, 0.225), jnp.float32)
-        x, out = (jnp.asarray(images, jnp.float32) - mean) / std, {}
-        window = (1, 2, 2, 1)
-        for name in self.names[: last + 1]:
-            if name.startswith("conv"):
-                x = getattr(self, name)(x)
-            elif name.startswith("relu"):
-                x = jax.nn.relu(x)
-            elif self.pooling == "max":
-                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
-            else:
-                x = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, window, "VALID") * 0.25
-            if name in layers:
-                out[name] = x
-        return {name: out[name] for name in layers}
+        return vgg.run_layers(self, vgg.imagenet_normalise(images), self.names, layers,
+                              lambda x: vgg.pool2x2(x, self.pooling))
 
 
 # ----------------------------------------------------------------------------------------

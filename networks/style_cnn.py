@@ -25,12 +25,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from errors import UserError
 from networks.layers import Conv3x3
-from networks.vgg import run_layers
+from networks.vgg import imagenet_normalise, run_layers
 
 Array = jax.Array
 
@@ -113,9 +112,7 @@ class StyleCNN(nnx.Module):
     @staticmethod
     def preprocess(images: Array) -> Array:
         """RGB [0, 1] -> ``(x - mean) / std`` with ImageNet's RGB mean and std."""
-        x = jnp.asarray(images, jnp.float32)
-        mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-        return (x - mean) / jnp.asarray(IMAGENET_STD, jnp.float32)
+        return imagenet_normalise(images)
 
     def __call__(self, images: Array, layers: Sequence[str] | None = None) -> dict[str, Array]:
         """The activations of ``layers`` (all of them if None), computing no deeper than

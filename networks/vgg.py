@@ -91,7 +91,8 @@ def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     return layers
 
 
-def _pool(x: Array, kind: str) -> Array:
+def pool2x2(x: Array, kind: str) -> Array:
+    """2x2 stride-2 pooling, ``kind`` 'max' or 'avg'."""
     # 2x2 windows, stride 2, no padding: torch's floor mode drops an odd last row/column.
     window = (1, 2, 2, 1)
     if kind == "max":
@@ -127,8 +128,7 @@ class VGG19(nnx.Module):
         x = jnp.asarray(images, jnp.float32)
         if self.origin == "keras":
             return x[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
-        mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-        return (x - mean) / jnp.asarray(IMAGENET_STD, jnp.float32)
+        return imagenet_normalise(x)
 
     def __call__(self, images: Array, layers: Sequence[str] | None = None) -> dict[str, Array]:
         """The activations of ``layers`` (all of them if None), computing no deeper than
@@ -137,7 +137,13 @@ class VGG19(nnx.Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise UserError(f"VGG-19 wants RGB images (N, H, W, 3), got {tuple(images.shape)}")
         return run_layers(self, self.preprocess(images), LAYER_NAMES, layers,
-                          lambda x: _pool(x, self.pooling))
+                          lambda x: pool2x2(x, self.pooling))
+
+
+def imagenet_normalise(images: Array) -> Array:
+    """RGB [0, 1] -> ``(x - mean) / std`` with ImageNet's RGB mean and std."""
+    x = jnp.asarray(images, jnp.float32)
+    return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
 
 
 def run_layers(net: nnx.Module, x: Array, layer_names: Sequence[str], layers: Sequence[str],
