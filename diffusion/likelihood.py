@@ -32,13 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffusion import sde_lib
-from diffusion.sampling import ODE_SOLVERS, CountingPID
+from diffusion.sampler_common import ODE_SOLVERS
 from diffusion.sde_lib import SDE
 
 Array = jax.Array
@@ -132,7 +131,10 @@ def get_likelihood_fn(
     if not (0 < eps < sde.T):
         raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
     probe_kind, div_fn = DIVERGENCES[divergence]
-    solver_obj = ODE_SOLVERS[solver]()
+    from diffusion import rk_solve
+
+    diffrax = rk_solve.diffrax
+    solver_obj = rk_solve.runge_kutta(solver)
     evals_per_attempt = len(solver_obj.tableau.c)
 
     def likelihood_fn(key: Array, score_fn: sde_lib.ScoreFn, x: Array) -> tuple:
@@ -153,7 +155,7 @@ def get_likelihood_fn(
             t1=sde.T,
             dt0=(sde.T - eps) / 100.0,
             y0=(x, jnp.zeros(x.shape[:1], x.dtype)),
-            stepsize_controller=CountingPID(diffrax.PIDController(rtol=rtol, atol=atol)),
+            stepsize_controller=rk_solve.counting_pid(rtol, atol),
             saveat=diffrax.SaveAt(t1=True, controller_state=True),
             max_steps=max_steps,
         )

@@ -8,15 +8,13 @@ Every one starts from ``sde.prior_sampling(key, shape)`` and is then determinist
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import diffrax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffusion import edm
 from diffusion.sampler_common import (
+    ODE_SOLVERS,
     Sampler,
     ScoreFn,
     batch_t,
@@ -33,7 +31,6 @@ Array = jax.Array
 __all__ = [
     "ODE_SOLVERS",
     "ODE_TIME_GRIDS",
-    "CountingPID",
     "euler_sampler",
     "flow_euler_sampler",
     "flow_heun_sampler",
@@ -41,52 +38,6 @@ __all__ = [
     "ode_sampler",
     "ode_time_grid",
 ]
-
-ODE_SOLVERS: dict[str, type[diffrax.AbstractRungeKutta]] = {
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-}
-
-
-class CountingPID(diffrax.AbstractAdaptiveStepSizeController):
-    """A PID controller that also counts the attempts made from the initial point.
-
-    An FSAL Runge–Kutta solver evaluates its first stage only until a step is accepted
-    (afterwards it reuses the last stage), so every attempt before the first acceptance
-    costs one evaluation more. Diffrax's stats count attempts but not these, hence the count.
-    """
-
-    pid: diffrax.PIDController
-
-    @property
-    def rtol(self) -> Any:
-        return self.pid.rtol
-
-    @property
-    def atol(self) -> Any:
-        return self.pid.atol
-
-    @property
-    def norm(self) -> Callable[[Any], Any]:
-        return self.pid.norm
-
-    def wrap(self, direction: Any) -> CountingPID:
-        return CountingPID(self.pid.wrap(direction))
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        tnext, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-
-    def adapt_step_size(
-        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-    ):
-        state, attempts, accepted = controller_state
-        keep, tprev, tnext, made_jump, state, result = self.pid.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, state
-        )
-        attempts = attempts + jnp.where(accepted, 0, 1).astype(jnp.int32)
-        return keep, tprev, tnext, made_jump, (state, attempts, accepted | keep), result
-
 
 def _probability_flow(sde: SDE, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
     """``drift(x, t)`` of the probability-flow ODE, ``t`` a scalar."""
@@ -117,7 +68,10 @@ def ode_sampler(
     ``s``-stage FSAL solver, plus one first-stage evaluation per attempt made before the
     first acceptance, plus ``denoise``.
     """
-    solver_obj = choose("ODE solver", solver, ODE_SOLVERS)()
+    from diffusion import rk_solve
+
+    diffrax = rk_solve.diffrax
+    solver_obj = rk_solve.runge_kutta(solver)
     tableau = solver_obj.tableau
     if not tableau.fsal:  # the nfe bookkeeping below is for FSAL tableaus
         raise ValueError(f"ODE solver {solver!r} is not FSAL")
@@ -128,7 +82,7 @@ def ode_sampler(
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
     adaptive = steps is None
     if adaptive:
-        controller = CountingPID(diffrax.PIDController(rtol=rtol, atol=atol))
+        controller = rk_solve.counting_pid(rtol, atol)
         dt0 = (eps - sde.T) / 100.0  # passed so that no probing evaluations are hidden
     else:
         controller = diffrax.StepTo(ts=np.linspace(sde.T, eps, steps + 1))

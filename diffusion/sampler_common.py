@@ -23,6 +23,7 @@ Sampler = Callable[[Array, ScoreFn], tuple[Array, int | Array]]
 SamplerFactory = Callable[..., Sampler]
 
 __all__ = [
+    "ODE_SOLVERS",
     "Sampler",
     "SamplerFactory",
     "batch_t",
@@ -32,6 +33,11 @@ __all__ = [
     "time_grid",
     "tweedie_denoise",
 ]
+
+
+# The Runge-Kutta solvers of the adaptive probability-flow solves (diffusion/rk_solve.py,
+# imported on use); FSAL tableaus, as the 'ode' sampler's nfe bookkeeping assumes.
+ODE_SOLVERS = ("tsit5", "dopri5")
 
 
 def time_grid(sde: SDE, steps: int, eps: float) -> Array:

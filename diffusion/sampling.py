@@ -51,7 +51,6 @@ from diffusion.dpm_solver import dpm_solver_pp_sampler
 from diffusion.edm import edm_heun_sampler
 from diffusion.ode_samplers import (
     ODE_SOLVERS,
-    CountingPID,
     euler_sampler,
     flow_euler_sampler,
     flow_heun_sampler,
@@ -88,7 +87,6 @@ __all__ = [
     "PREDICTORS",
     "SAMPLERS",
     "CorrectorStep",
-    "CountingPID",
     "PredictorStep",
     "Sampler",
     "SamplerFactory",
