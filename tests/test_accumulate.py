@@ -65,10 +65,11 @@ def test_a_run_with_accumulation_checkpoints_at_optimizer_steps_and_resumes(tmp_
     config = tiny.get_config("vpsde")
     config.training.grad_accum_steps = 2
     config.training.snapshot_sampling = False
-    loop.run(config, tmp_path)
+    one_device = jax.devices()[:1]  # the micro-batches' sharding is the next test's
+    loop.run(config, tmp_path, devices=one_device)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
     config.training.n_iters = 3
-    assert loop.run(config, tmp_path)["step"] == 3
+    assert loop.run(config, tmp_path, devices=one_device)["step"] == 3
 
 
 @pytest.mark.parametrize("make_config", [lambda: tiny_families.get_config("vae"),

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import cli_zygote
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 
@@ -26,14 +28,8 @@ def _env() -> dict[str, str]:
 
 
 def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-    )
+    """`python SCRIPT ARGS...` from the repository root as a user runs it (tests/cli_zygote.py)."""
+    return cli_zygote.run(script, *args, env=_env(), timeout=timeout)
 
 
 def _two_device_process_env() -> tuple[int, dict[str, str]]:

@@ -3,12 +3,11 @@ nothing trained or written."""
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 
+from tests import cli_zygote
 from tests.configs import tiny
 from training import dry_run
 
@@ -20,10 +19,9 @@ def test_dry_run_prints_the_parameters_and_memory_and_writes_no_checkpoint(tmp_p
     env = os.environ.copy()  # one CPU device, as a user has it
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
         "--xla_force_host_platform_device_count=8", "")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'tests/configs/tiny.py'}",
-         f"--workdir={workdir}", "--dry_run"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    proc = cli_zygote.run(
+        "train.py", f"--config={ROOT / 'tests/configs/tiny.py'}", f"--workdir={workdir}",
+        "--dry_run", timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "parameters: " in out and "batch: image (16, 8, 8, 1), label (16,)" in out

@@ -5,7 +5,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from errors import UserError
 from evaluation import bpd, metrics, protocol, runner, samples_file
+from tests import cli_zygote
 from tests.cli_errors import error_line
 from tests.configs import tiny
 from tests.torch_files import contiguous, write_zip
@@ -27,8 +27,7 @@ TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = os.environ.copy()
     env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--config={TINY}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    return cli_zygote.run("evaluate.py", f"--config={TINY}", *args, timeout=600, env=env)
 
 
 

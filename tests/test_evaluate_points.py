@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -16,6 +15,7 @@ import pytest
 from data import toy
 from errors import UserError
 from evaluation import points, protocol, runner, samples_file
+from tests import cli_zygote
 from tests.configs import tiny
 from training import eval_hook, inference, loop
 
@@ -188,8 +188,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--config={TOY}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
+    return cli_zygote.run("evaluate.py", f"--config={TOY}", *args, timeout=600, env=_env())
 
 
 def test_the_cli_scores_a_points_file_and_refuses_bits_per_dim_in_one_line(trained, tmp_path):
@@ -216,9 +215,8 @@ def test_an_earlier_checkpoint_is_sampled_and_scored_when_asked_for(trained, tmp
     newest = eval_hook.evaluate(config, trained, which=("fd",), num_samples=64)
     assert newest["samples"]["step"] == 2
     out = tmp_path / "s.npz"
-    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"--config={TOY}",
-                           f"--workdir={trained}", "--checkpoint_step=1", "--num_samples=8",
-                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+    proc = cli_zygote.run("sample.py", f"--config={TOY}", f"--workdir={trained}",
+                          "--checkpoint_step=1", "--num_samples=8", f"--out={out}",
                           timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     with np.load(out) as npz:

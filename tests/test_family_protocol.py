@@ -1,13 +1,12 @@
 """The Family protocol, declared capabilities and the one validation point of SampleRequest."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from errors import UserError
+from tests import cli_zygote
 from tests.configs import tiny, tiny_families
 from training.families import FAMILIES, base, get_family
 from training.families.request import SampleRequest
@@ -78,12 +77,9 @@ def test_the_request_records_itself_and_ignores_its_arrays_in_equality():
 
 
 def test_sample_py_flags_reach_the_request_before_any_checkpoint_is_read(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"),
-                           f"--config={TINY}",
-                           f"--workdir={tmp_path}", "--classifier_scale=-1",
-                           "--classifier_workdir=x", "--classifier_config="
-                           f"{TINY}", f"--out={tmp_path / 's.npz'}"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = cli_zygote.run("sample.py", f"--config={TINY}", f"--workdir={tmp_path}",
+                          "--classifier_scale=-1", "--classifier_workdir=x",
+                          f"--classifier_config={TINY}", f"--out={tmp_path / 's.npz'}")
     assert proc.returncode == 2
     assert "--classifier_scale must be >= 0, got -1.0" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "s.npz").exists()

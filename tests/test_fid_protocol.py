@@ -5,8 +5,6 @@ nothing here runs a real 50k evaluation."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from errors import UserError
 from evaluation import fid_protocol as fp
 from evaluation import protocol, runner
 from evaluation.extractor import FeatureExtractor
+from tests import cli_zygote
 from tests.configs import tiny
 from training import eval_hook
 
@@ -234,10 +233,9 @@ def test_too_few_samples_and_points_are_refused(fake):
 def test_the_cli_without_inception_weights_is_one_line(tmp_path):
     env = os.environ.copy()
     env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), f"--config={ROOT / 'tests/configs/tiny.py'}",
-         f"--workdir={tmp_path}", "--protocol=fid50k"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    proc = cli_zygote.run(
+        "evaluate.py", f"--config={ROOT / 'tests/configs/tiny.py'}", f"--workdir={tmp_path}",
+        "--protocol=fid50k", timeout=600, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1 and "pass --inception_weights PATH" in lines[0], proc.stderr

@@ -10,8 +10,6 @@ output convs of residual branches carry signal and every path is compared.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -25,6 +23,7 @@ from diffusion import losses
 from errors import UserError
 from networks import gan, noise_classifier, vae
 from networks.spectral_norm import NetState
+from tests import cli_zygote
 from tests.configs import tiny, tiny_families, tiny_guided
 from training.families import get_family
 
@@ -411,12 +410,9 @@ def test_remat_networks_registry_matches_the_networks():
 
 def test_train_py_refuses_remat_on_the_mlp_in_one_line_and_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"),
-         f"--config={ROOT / 'tests' / 'configs' / 'tiny.py'}:toy", f"--workdir={workdir}",
-         "--config.model.remat=block"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    proc = cli_zygote.run(
+        "train.py", f"--config={ROOT / 'tests' / 'configs' / 'tiny.py'}:toy",
+        f"--workdir={workdir}", "--config.model.remat=block", timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -5,7 +5,6 @@ evaluate.py run with --workdir only."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from errors import UserError
+from tests import cli_zygote
 from tests.cli_errors import error_line
 from tests.configs import tiny
 from training import checkpoint, loop, run_config
@@ -30,8 +30,7 @@ def _write(workdir: Path, config) -> Path:
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
     env = os.environ.copy()
     env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=env)
+    return cli_zygote.run("evaluate.py", *args, timeout=600, env=env)
 
 
 

@@ -7,14 +7,13 @@ is near zero, and a zero score would hide any disagreement of the networks.
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from tests import cli_zygote
 from tests.configs import tiny
 from training import eval_hook, inference, loop, sharding
 from training.checkpoint import Checkpointer
@@ -140,10 +139,9 @@ def test_sample_cli_restores_the_fsdp_checkpoint_on_one_device(fsdp_run, restore
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
         "--xla_force_host_platform_device_count=8", "")
     out = tmp_path / "samples.npz"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), f"--config={TINY}", f"--workdir={fsdp_run}",
-         "--num_samples=6", "--batch_size=4", f"--steps={STEPS}", "--seed=2", f"--out={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    proc = cli_zygote.run(
+        "sample.py", f"--config={TINY}", f"--workdir={fsdp_run}", "--num_samples=6",
+        "--batch_size=4", f"--steps={STEPS}", "--seed=2", f"--out={out}", timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     written = np.load(out)
     assert int(written["step"]) == 1

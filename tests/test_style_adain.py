@@ -7,8 +7,6 @@ A VGG-shaped encoder with random weights stands in for the pinned style_cnn (reg
 'tiny_vgg' for this module), at 16x16 crops, batch 2, 2 steps."""
 
 import re
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -21,6 +19,7 @@ from data import photos, pipeline
 from errors import RequestError, UserError
 from networks import adain
 from style import feature_nets, feedforward
+from tests import cli_zygote
 from tests.test_cli import ROOT, _env, _error_line
 from training import loop, stylize
 from training.families import base, check_family_settings, get_family
@@ -277,8 +276,7 @@ def test_sampling_is_refused_in_one_line(trained, family, tmp_path):
         sys.argv = ["sample.py", *sys.argv[1:]]
         runpy.run_path({str(ROOT / "sample.py")!r}, run_name="__main__")
     """))
-    proc = subprocess.run([sys.executable, str(script), f"--workdir={workdir}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=_env())
+    proc = cli_zygote.run(script, f"--workdir={workdir}", timeout=300, env=_env())
     line = _error_line(proc, status=2)
     assert "model.family='style_adain' is feed-forward style transfer" in line
     assert not (workdir / "samples.npz").exists()
@@ -286,8 +284,7 @@ def test_sampling_is_refused_in_one_line(trained, family, tmp_path):
 
 def test_evaluation_is_refused_before_any_feature_network_is_read(trained):
     workdir, _ = trained
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--workdir={workdir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
+    proc = cli_zygote.run("evaluate.py", f"--workdir={workdir}", timeout=300, env=_env())
     line = _error_line(proc, status=2)
     assert "is feed-forward style transfer" in line and "no likelihood to evaluate" in line
     assert "Inception" not in proc.stderr

@@ -4,13 +4,13 @@ the loss history, and one-line refusals that write nothing."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests import cli_zygote
 from tests.cli_errors import error_line, flag_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _stylize(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, str(ROOT / "stylize.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return cli_zygote.run("stylize.py", *args, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
