@@ -10,6 +10,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from errors import RequestError, UserError
+from training import writable
 
 _DEBUG_ENV = "SCOREGEN_DEBUG"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,17 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+def is_multihost() -> bool:
+    """Whether the flags ask for a multi-host run (jax.distributed)."""
+    return bool(MULTIHOST.value or COORDINATOR.value)
+
+
+def checked_workdir(path: str) -> str:
+    """--workdir made absolute, if this process can write it (UserError otherwise: a
+    file, a path under a file, no write permission), before any work is done."""
+    return writable.check_folder(path, "--workdir")
+
+
 def maybe_initialize_distributed() -> None:
     """Joins a multi-host job when asked to (by --multihost or --coordinator_address)."""
     if not (MULTIHOST.value or COORDINATOR.value):
@@ -73,7 +85,7 @@ def _one_line(err: BaseException) -> str:
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """Bad input -> one line: exit 2 for a RequestError (a flag's value, flags that do not
     go together: what a parse error gets too), exit 1 for the rest (UserError, ValueError,
-    a missing file: the data, config or workdir).
+    a file or folder that cannot be read or written: the OSError family, named by path).
 
     Set SCOREGEN_DEBUG=1 to get the full traceback instead.
     """
@@ -82,14 +94,37 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         try:
             enable_compilation_cache()
             main(argv)
-        except (UserError, ValueError, FileNotFoundError) as err:
+        except (UserError, ValueError, OSError) as err:
             if os.environ.get(_DEBUG_ENV):
                 raise
             prog = os.path.basename(sys.argv[0])
-            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+            print(f"{prog}: error: {_one_line(_named(err))}", file=sys.stderr)
             sys.exit(2 if isinstance(err, RequestError) else 1)
 
     return wrapper
+
+
+def _named(err: BaseException) -> BaseException | str:
+    """An OSError as 'what went wrong: the path' (its own text often omits the path)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+        return f"{err.strerror}: {where}"
+    return err
+
+
+def _config_file_errors() -> str | None:
+    """ml_collections defers a config file that cannot be loaded (missing, a folder) to
+    its first use, as a chained OSError: the one line that names it, or None."""
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        error = getattr(flag.value, "_error", None) if flag.present else None
+        if isinstance(error, OSError):
+            path = str(getattr(flag, "config_filename", "")).split(":", 1)[0]
+            reason = ("is a folder, not a file" if os.path.isdir(path) else
+                      "does not exist" if not os.path.exists(path) else
+                      f"cannot be read ({_one_line(error)[:200]})")
+            return f"--{name}: the config file {path} {reason}"
+    return None
 
 
 def _override_message(err: BaseException) -> str:
@@ -111,7 +146,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     ill-typed override, which absl would let escape as a traceback.
     """
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+    except SyntaxError as err:  # a config file that is not Python: its file and line
+        print(f"{os.path.basename(argv[0])}: error: syntax error in the config file "
+              f"{err.filename}, line {err.lineno}: {err.msg}", file=sys.stderr)
+        sys.exit(1)
     except flags.Error as err:
         print(f"{os.path.basename(argv[0])}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
@@ -120,6 +159,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
             raise
         print(f"{os.path.basename(argv[0])}: error: {_override_message(err)}", file=sys.stderr)
         sys.exit(2)
+    missing = _config_file_errors()
+    if missing:
+        print(f"{os.path.basename(argv[0])}: error: {missing}", file=sys.stderr)
+        sys.exit(1)
+    return rest
 
 
 class _OwnInfoOnly(logging.Filter):
