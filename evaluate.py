@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from errors import RequestError, UserError
 from evaluation import fid_protocol, protocol, runner
-from training import cli, eval_hook, run_config
+from training import cli, eval_hook, run_config, writable
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (default: "
                                            "the run's WORKDIR/config.json).")
@@ -68,6 +68,7 @@ def main(argv: list[str]) -> None:
     out = Path(_OUT.value or Path(_WORKDIR.value) / "metrics.json")
     if out.suffix != ".json":
         raise RequestError(f"--out must end in .json, got {out}")
+    writable.check_file(out, "--out")  # before any sampling or feature extraction
     if _INCEPTION.value and not Path(_INCEPTION.value).is_file():
         raise UserError(f"Inception weights file not found: {_INCEPTION.value}")
     report = eval_hook.evaluate(config, _WORKDIR.value, which=which,

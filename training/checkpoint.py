@@ -180,8 +180,9 @@ class Checkpointer:
         statistics (`families.base`: what the run read of its data when it started), with
         their digests. Returns False, writing nothing, if `step` holds a checkpoint already
         (a damaged one, left as is). NonFiniteStateError, writing nothing, for a state with
-        a NaN or an infinity; SaveFailedError if the save cannot start."""
-        self.check_save()
+        a NaN or an infinity; SaveFailedError if the previous save failed or this one
+        cannot start."""
+        self.wait()  # orbax would wait for it too; this names its failure as its own
         inspection = integrity.inspect(state)
         bad = inspection.nonfinite()
         if bad:

@@ -59,9 +59,14 @@ def is_multihost() -> bool:
 
 
 def checked_workdir(path: str) -> str:
-    """--workdir made absolute, if this process can write it (UserError otherwise: a
-    file, a path under a file, no write permission), before any work is done."""
-    return writable.check_folder(path, "--workdir")
+    """--workdir made absolute, if this process can write it and the folders a run writes
+    in it (UserError otherwise: a file, a path under a file, no write permission), before
+    any work is done."""
+    path = writable.check_folder(path, "--workdir")
+    for sub in ("checkpoints", "samples"):
+        if "://" not in path and os.path.lexists(os.path.join(path, sub)):
+            writable.check_folder(os.path.join(path, sub), f"--workdir's {sub} folder")
+    return path
 
 
 def maybe_initialize_distributed() -> None:
