@@ -93,8 +93,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=training.max_to_keep,
             keep_period=training.snapshot_freq,
+            # A reader creates nothing (orbax's own read_only mode logs a warning at every
+            # open, and a reader never calls save).
             create=not read_only,
-            read_only=read_only,
             cleanup_tmp_directories=owner,
         )
         try:

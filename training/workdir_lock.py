@@ -1,11 +1,13 @@
 """One trainer per workdir: an exclusive `fcntl.flock` on `WORKDIR/.lock`, held for the run.
 
 The kernel releases a flock when its process dies, however it dies, so a lock left by a
-killed run never blocks the next one; the file itself stays (removing it would let a third
-process lock a fresh file while a second still holds the old one). The holder writes its
-PID into the file so that a refused run can name it. Readers (sample.py, evaluate.py) take
-no lock: orbax renames a step's folder into place only when it is complete, so they never
-see a half-written step. Buckets (`gs://`) cannot be locked; a run there is not guarded.
+killed run never blocks the next one; the file itself stays, empty (removing it would let a
+third process lock a fresh file while a second still holds the old one). A refused run
+names the holder's PID from the kernel's table of locks (/proc/locks on Linux), so nothing
+is written into the file and a refused run leaves the workdir byte-identical. Readers
+(sample.py, evaluate.py) take no lock: orbax renames a step's folder into place only when
+it is complete, so they never see a half-written step. Buckets (`gs://`) cannot be
+locked; a run there is not guarded.
 """
 
 from __future__ import annotations
@@ -28,12 +30,22 @@ def _is_local(workdir: epath.Path) -> bool:
 
 
 def _holder(fd: int) -> str:
-    """'PID 1234' as the holder wrote it, or 'an unknown process'."""
+    """'PID 1234' of the process holding the flock on `fd`'s file, from /proc/locks
+    ('1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF'), or 'an unknown process'."""
+    stat = os.fstat(fd)
     try:
-        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        with open("/proc/locks") as table:
+            lines = table.read().splitlines()
     except OSError:
-        text = ""
-    return f"PID {text}" if text.isdigit() else "an unknown process"
+        return "an unknown process"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].count(":") == 2:
+            major, minor, inode = fields[5].split(":")
+            if (int(inode) == stat.st_ino and int(major, 16) == os.major(stat.st_dev)
+                    and int(minor, 16) == os.minor(stat.st_dev)):
+                return f"PID {fields[4]}"
+    return "an unknown process"
 
 
 def _busy(workdir: epath.Path, fd: int) -> WorkdirBusyError:
@@ -79,12 +91,10 @@ def hold(workdir: epath.Path, enabled: bool = True) -> Iterator[None]:
         yield
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         if not _try_lock(fd):
             raise _busy(workdir, fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:

@@ -1,0 +1,116 @@
+"""Resuming a run whose newest checkpoint is damaged, and what the loop refuses to save:
+the fault probe's cases (flipped bits, lr=1e39, a full disk), in process on the toy MLP."""
+
+import logging
+import shutil
+import subprocess
+
+import jax
+import pytest
+
+from errors import DamagedCheckpointError, NonFiniteStateError, SaveFailedError
+from tests.configs import tiny
+from training import loop
+
+ONE_DEVICE = jax.devices()[:1]
+
+
+def _config(**training):
+    config = tiny.get_config("toy")
+    # 128 wide: each weight matrix fills a chunk file of its own, as a real model's do.
+    config.model.hidden = 128
+    config.training.snapshot_sampling = False
+    config.training.snapshot_freq_for_preemption = 1
+    for key, value in training.items():
+        config.training[key] = value
+    return config
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _flip_bits(step_dir, count: int = 1) -> None:
+    """One bit flipped in each of the `count` largest chunk files of the state."""
+    chunks = sorted((p for p in (step_dir / "state").rglob("d/*") if p.is_file()),
+                    key=lambda p: p.stat().st_size, reverse=True)[:count]
+    for chunk in chunks:
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 4] ^= 0x01
+        chunk.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    """A run with checkpoints at steps 1 and 2, trained once for the module."""
+    workdir = tmp_path_factory.mktemp("base") / "run"
+    loop.run(_config(n_iters=2), workdir, devices=ONE_DEVICE)
+    return workdir
+
+
+@pytest.fixture
+def damaged_latest(two_steps, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_steps, workdir)
+    _flip_bits(workdir / "checkpoints" / "2")
+    return workdir
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(damaged_latest,
+                                                                            caplog):
+    damaged = _files(damaged_latest / "checkpoints" / "2")
+    with caplog.at_level(logging.WARNING):
+        result = loop.run(_config(n_iters=3), damaged_latest, devices=ONE_DEVICE)
+    assert result["step"] == 3
+    warnings = caplog.text
+    assert "checkpoints/2 is damaged" in warnings
+    assert "Resuming from step 1, the newest intact checkpoint" in warnings
+    # Left in place, byte for byte; step 2 was not saved over it; step 3 was saved.
+    assert _files(damaged_latest / "checkpoints" / "2") == damaged
+    assert sorted(p.name for p in (damaged_latest / "checkpoints").iterdir()) == ["1", "2", "3"]
+
+
+def test_strict_refuses_a_damaged_latest_checkpoint_and_changes_nothing(damaged_latest):
+    before = _files(damaged_latest)
+    with pytest.raises(DamagedCheckpointError, match=r"checkpoints/2 is damaged: \d+ of \d+ "
+                       r"arrays .*; --strict: not falling back"):
+        loop.run(_config(n_iters=3), damaged_latest, devices=ONE_DEVICE, strict=True)
+    assert _files(damaged_latest) == before
+
+
+def test_every_checkpoint_damaged_is_refused_in_one_line(damaged_latest):
+    _flip_bits(damaged_latest / "checkpoints" / "1")
+    with pytest.raises(DamagedCheckpointError, match=r"every checkpoint in .* is damaged "
+                       r"\(steps 1, 2\)"):
+        loop.run(_config(n_iters=3), damaged_latest, devices=ONE_DEVICE)
+
+
+def test_a_learning_rate_that_overflows_saves_nothing_and_says_so(tmp_path):
+    config = _config(n_iters=2)
+    config.optim.lr = 1e39  # float32 overflow: the first update makes the weights inf
+    with pytest.raises(NonFiniteStateError, match=r"train state of step 1 has \d+ of \d+ arrays "
+                       r"with a NaN or an infinity .*not saved .*no checkpoint was written"):
+        loop.run(config, tmp_path, devices=ONE_DEVICE)
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB file system: smaller than one checkpoint of the 128-wide toy MLP."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root): no full disk to test on")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_failed_save_stops_the_run_before_anything_else_is_written(small_disk):
+    config = _config(n_iters=4, snapshot_freq=2, snapshot_sampling=True)
+    with pytest.raises(SaveFailedError, match=r"saving checkpoint .*/checkpoints/1 failed \(No "
+                       r"space left on device; [\d.]+ MiB free\): training stopped"):
+        loop.run(config, small_disk, devices=ONE_DEVICE)
+    assert list((small_disk / "checkpoints").iterdir()) == []  # no partial folder left
+    assert not (small_disk / "samples").exists()  # no grid for a step that was not saved
