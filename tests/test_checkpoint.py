@@ -2,7 +2,6 @@
 that the digests catch) left as they were, no non-finite state saved, failed saves reported."""
 
 import shutil
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import pytest
 
 from errors import CheckpointError, DamagedCheckpointError, NonFiniteStateError, SaveFailedError
 from tests.configs import tiny
+from tests.damage import files, flip_bits
 from training.checkpoint import Checkpointer
 
 
@@ -110,34 +110,18 @@ def _chunky_state(value: float = 0.0):
     return {"params": {"w": jnp.asarray(noise + value)}, "step": jnp.asarray(int(value))}
 
 
-def _snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
-def _flip_bits_in_chunks(step_dir, count: int) -> None:
-    """What the fault probe did: one bit flipped in each of the `count` largest chunk files
-    of the state (a silent disk or memory fault), sizes and names unchanged."""
-    chunks = sorted((p for p in (step_dir / "state").rglob("d/*") if p.is_file()),
-                    key=lambda p: p.stat().st_size, reverse=True)[:count]
-    for chunk in chunks:
-        data = bytearray(chunk.read_bytes())
-        data[len(data) // 2] ^= 0x10
-        chunk.write_bytes(bytes(data))
-
-
 def test_flipped_bits_in_a_chunk_file_are_reported_by_name_and_left_in_place(tmp_path):
     ckpt = Checkpointer(tmp_path, tiny.get_config())
     ckpt.save(1, _chunky_state(), {"epoch": 0})
     ckpt.close()
     step_dir = tmp_path / "checkpoints" / "1"
-    _flip_bits_in_chunks(step_dir, 1)
-    before = _snapshot(tmp_path)
+    flip_bits(step_dir)
+    before = files(tmp_path)
     abstract = jax.eval_shape(_chunky_state)
     with pytest.raises(DamagedCheckpointError,
                        match=rf"checkpoint {step_dir} is damaged: 1 of 2 arrays .*\(params/w\)"):
         Checkpointer(tmp_path, tiny.get_config()).restore(1, abstract)
-    assert _snapshot(tmp_path) == before
+    assert files(tmp_path) == before
 
 
 def test_a_changed_data_iterator_state_says_so(tmp_path):
@@ -165,24 +149,12 @@ def test_a_state_with_a_nan_or_inf_is_never_saved_and_the_message_says_what_was_
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB file system: a full disk, as the fault probe met it."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root): no full disk to test on")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_save_that_fails_on_a_full_disk_is_reported_and_its_temporary_folder_removed(
         small_disk):
     ckpt = Checkpointer(small_disk, tiny.get_config())
     ckpt.save(1, _state(1.0), {})
     ckpt.wait()
-    kept = _snapshot(small_disk / "checkpoints" / "1")
+    kept = files(small_disk / "checkpoints" / "1")
     free = shutil.disk_usage(small_disk).free
     (small_disk / "filler").write_bytes(b"\0" * (free - 8192))  # leaves a few KiB
     with pytest.raises(SaveFailedError, match=r"saving checkpoint .*/checkpoints/2 failed \(No "
@@ -192,4 +164,4 @@ def test_a_save_that_fails_on_a_full_disk_is_reported_and_its_temporary_folder_r
         ckpt.wait()
     ckpt.close()
     assert sorted(p.name for p in (small_disk / "checkpoints").iterdir()) == ["1"]
-    assert _snapshot(small_disk / "checkpoints" / "1") == kept
+    assert files(small_disk / "checkpoints" / "1") == kept

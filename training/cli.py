@@ -177,6 +177,10 @@ class _OwnInfoOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         path = record.pathname
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in path:
+            # A failed background save: orbax logs a traceback from each of its threads;
+            # the run reports the failure itself in one line (training/checkpoint.py).
+            record.exc_info = record.exc_text = None
         if record.levelno >= logging.WARNING:
             # tfds suggests OpenCV for decoding; PIL is what we want for tiny images.
             return "OpenCV is not installed" not in record.getMessage()
