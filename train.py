@@ -18,7 +18,7 @@ if __name__ == "__main__":  # before the slow imports: SIGTERM from the first in
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from training import cli, dry_run, loop, termination
+from training import cli, termination
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and samples.")
@@ -37,11 +37,15 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if cli.is_multihost():  # jax's preemption service takes SIGTERM
         termination.uninstall()
+    workdir = None if _DRY_RUN.value else cli.checked_workdir(_WORKDIR.value)
+    # Imported here, after the checks of the flags and the workdir: bad input is refused
+    # in a fraction of a second, before jax and the data libraries load.
+    from training import dry_run, loop
+
     cli.maybe_initialize_distributed()
     if _DRY_RUN.value:
         dry_run.dry_run(_CONFIG.value)
         return
-    workdir = cli.checked_workdir(_WORKDIR.value)
     result = loop.run(_CONFIG.value, workdir, strict=_STRICT.value)
     logging.info("Finished at step %d", result["step"])
 

@@ -37,12 +37,7 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
     records (`sampler`, `nfe`, `seed`, `step`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"samples file not found: {path}")
-    kind = _not_npz(path)
-    if kind:
-        raise UserError(f"{path} {kind}; expected an .npz of samples as sample.py writes it "
-                        "(a zip of arrays such as 'images')")
+    check_is_npz(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -76,6 +71,17 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
 _MAGIC = ((b"PK\x03\x04", None), (b"PK\x05\x06", "is an empty zip archive"),
           (b"\x93NUMPY", "is a single .npy array"), (b"\x89PNG", "is a PNG image"),
           (b"\xff\xd8\xff", "is a JPEG image"), (b"\x80", "is a Python pickle"))
+
+
+def check_is_npz(path: str | os.PathLike) -> None:
+    """UserError saying what the file is if it is plainly not an .npz (empty, a PNG, text,
+    a pickle), before numpy would read it as a pickle and talk of unsafe loading."""
+    if not Path(path).is_file():
+        raise UserError(f"samples file not found: {path}")
+    kind = _not_npz(Path(path))
+    if kind:
+        raise UserError(f"{path} {kind}; expected an .npz of samples as sample.py writes it "
+                        "(a zip of arrays such as 'images')")
 
 
 def _not_npz(path: Path) -> str | None:

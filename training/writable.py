@@ -46,6 +46,9 @@ def check_file(path: str | os.PathLike, what: str) -> str:
     text = os.path.abspath(os.fspath(path))
     if os.path.isdir(text):
         raise UserError(f"{what} {text} is a folder, not a file")
+    existing = _nearest_existing(os.path.dirname(text))
+    if not os.path.isdir(existing):
+        raise UserError(f"{what} {text} lies under {existing}, which is a file, not a folder")
     check_folder(os.path.dirname(text), f"the folder of {what}")
     if os.path.exists(text) and not os.access(text, os.W_OK):
         raise UserError(f"{what} {text} is not writable (no write permission)")
