@@ -18,7 +18,7 @@ if __name__ == "__main__":  # before the slow imports: SIGTERM from the first in
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from training import cli, termination
+from training import cli, termination, workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and samples.")
@@ -38,6 +38,8 @@ def main(argv: list[str]) -> None:
     if cli.is_multihost():  # jax's preemption service takes SIGTERM
         termination.uninstall()
     workdir = None if _DRY_RUN.value else cli.checked_workdir(_WORKDIR.value)
+    if workdir is not None and not cli.is_multihost():  # a second trainer: refused at once
+        workdir_lock.check_free(workdir)
     # Imported here, after the checks of the flags and the workdir: bad input is refused
     # in a fraction of a second, before jax and the data libraries load.
     from training import dry_run, loop

@@ -25,7 +25,7 @@ from errors import WorkdirBusyError
 LOCK_FILE = ".lock"
 
 
-def _is_local(workdir: epath.Path) -> bool:
+def _is_local(workdir: str | os.PathLike) -> bool:
     return "://" not in os.fspath(workdir)
 
 
@@ -48,10 +48,11 @@ def _holder(fd: int) -> str:
     return "an unknown process"
 
 
-def _busy(workdir: epath.Path, fd: int) -> WorkdirBusyError:
+def _busy(workdir: str | os.PathLike, fd: int) -> WorkdirBusyError:
     return WorkdirBusyError(
-        f"workdir {workdir} is in use by another train.py ({_holder(fd)} holds "
-        f"{workdir / LOCK_FILE}): wait for it to finish, stop it, or use another --workdir")
+        f"workdir {os.fspath(workdir)} is in use by another train.py ({_holder(fd)} holds "
+        f"{os.path.join(workdir, LOCK_FILE)}): wait for it to finish, stop it, or use "
+        "another --workdir")
 
 
 def _try_lock(fd: int) -> bool:
@@ -64,10 +65,10 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def check_free(workdir: epath.Path) -> None:
+def check_free(workdir: str | os.PathLike) -> None:
     """WorkdirBusyError at once if a running trainer holds `workdir`; creates and changes
     nothing (a run refused later for its config leaves the workdir as it was)."""
-    path = workdir / LOCK_FILE
+    path = os.path.join(workdir, LOCK_FILE)
     if not _is_local(workdir) or not os.path.isfile(path):
         return
     try:
