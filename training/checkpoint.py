@@ -158,9 +158,11 @@ class Checkpointer:
     def _verify(self, step: int, meta: dict, item: str, restored: Any) -> None:
         """DamagedCheckpointError if `restored` (the item `item` of the checkpoint at
         `step`) differs from the digests saved with it. A checkpoint written before
-        digests were recorded is taken as it is."""
-        saved = meta.get("digests", {}).get(item)
-        if saved is None:
+        digests were recorded, or with digests of another `integrity.VERSION`, is taken
+        as it is."""
+        digests = meta.get("digests", {})
+        saved = digests.get(item)
+        if saved is None or digests.get("version") != integrity.VERSION:
             return
         if item == "data":
             if saved != integrity.json_digest(restored):
@@ -194,7 +196,8 @@ class Checkpointer:
                 "left as is)", step, self.directory / str(step))
             return False
         data_state = data_state or {}
-        digests = {"state": inspection.digest_map(), "data": integrity.json_digest(data_state)}
+        digests = {"version": integrity.VERSION, "state": inspection.digest_map(),
+                   "data": integrity.json_digest(data_state)}
         items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(data_state)}
         if statistics:
             items["statistics"] = ocp.args.StandardSave(statistics)
