@@ -11,7 +11,8 @@ import pytest
 from errors import DamagedCheckpointError, NonFiniteStateError, SaveFailedError
 from tests.configs import tiny
 from tests.damage import files, flip_bits
-from training import loop
+from training import checkpoint, loop
+from training.families import get_family
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -89,3 +90,21 @@ def test_a_failed_save_stops_the_run_before_anything_else_is_written(small_disk)
         loop.run(config, small_disk, devices=ONE_DEVICE)
     assert list((small_disk / "checkpoints").iterdir()) == []  # no partial folder left
     assert not (small_disk / "samples").exists()  # no grid for a step that was not saved
+
+
+def test_a_run_ending_on_its_damaged_step_says_it_could_not_save_it(damaged_latest):
+    with pytest.raises(SaveFailedError, match=r"training reached step 2, but .*checkpoints/2 "
+                       r"holds a damaged checkpoint.*the newest saved is step 1\): move it "
+                       r"aside"):
+        loop.run(_config(n_iters=2), damaged_latest, devices=ONE_DEVICE)
+
+
+def test_sample_and_evaluate_refuse_a_damaged_checkpoint_naming_the_others(damaged_latest):
+    """Readers never fall back on their own: they would sample another step than asked."""
+    config = _config(n_iters=2)
+    family = get_family(config)
+    with pytest.raises(DamagedCheckpointError, match=r"checkpoints/2 (is damaged|cannot be "
+                       r"read).* the other saved steps are 1 \(--checkpoint_step\)"):
+        checkpoint.restore_run(config, damaged_latest, family, devices=ONE_DEVICE)
+    _, step = checkpoint.restore_run(config, damaged_latest, family, 1, devices=ONE_DEVICE)
+    assert step == 1
