@@ -5,6 +5,7 @@ checkpoint in `workdir`. Everything that varies by model lives in the family's
 `init_state` / `train_step` / `eval_step` / `make_sampler`; this file only schedules them.
 """
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -112,32 +113,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     # A resumed run keeps the statistics it started with (its clusters, its VAE).
     family, mesh, batch_sharding = build(config, devices,
                                          resume.saved_statistics(config, workdir, strict))
-    with workdir_lock.hold(workdir, enabled=is_chief):
-        return _train(config, workdir, family, mesh, batch_sharding, strict)
-
-
-def _train(config: ml_collections.ConfigDict, workdir: epath.Path, family, mesh, batch_sharding,
-           strict: bool) -> dict[str, Any]:
-    training = config.training
-    is_chief = jax.process_index() == 0
-    root_key = jax.random.PRNGKey(config.seed)
-    abstract_state = jax.eval_shape(family.init_state, root_key)
+    abstract_state = jax.eval_shape(family.init_state, jax.random.PRNGKey(config.seed))
     state_sh = state_shardings(abstract_state, mesh, config.sharding.rules)
-
     # Sample-quality metrics every eval_freq steps, if asked; bad settings fail here, early.
     sample_eval = (eval_hook.TrainingEvaluator(config, family)
                    if config.eval.metrics_during_training else None)
     train_iter = pipeline.make_train_iterator(
-        config.data, global_batch_size=training.batch_size, seed=config.seed,
+        config.data, global_batch_size=config.training.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(workdir, config, owner=is_chief)
-    try:
-        return _loop(config, workdir, family, mesh, batch_sharding, ckpt, train_iter,
-                     abstract_state, state_sh, sample_eval, strict)
-    finally:
+    # Only now, with the input checked, is anything created in the workdir.
+    with workdir_lock.hold(workdir, enabled=is_chief):
+        workdir.mkdir(parents=True, exist_ok=True)  # a bucket, or another host's process
+        ckpt = Checkpointer(workdir, config, owner=is_chief)
+        try:
+            result = _loop(config, workdir, family, mesh, batch_sharding, ckpt, train_iter,
+                           abstract_state, state_sh, sample_eval, strict)
+        except BaseException:
+            # The error under way says what happened; a failed last save must not hide it.
+            with contextlib.suppress(SaveFailedError):
+                ckpt.close()
+            raise
         ckpt.close()
+        return result
 
 
 def _loop(config, workdir, family, mesh, batch_sharding, ckpt: Checkpointer, train_iter,
