@@ -180,7 +180,7 @@ def _loop(config, workdir, family, mesh, batch_sharding, ckpt: Checkpointer, tra
     metrics = _MetricBuffer()
     reported: dict[str, float] = {}
     step = start_step
-    saved = True
+    saved, stopping = True, False
     try:
         with TerminationRequest(ckpt.reached_preemption, start_step) as termination:
             while step < training.n_iters:
@@ -228,13 +228,17 @@ def _loop(config, workdir, family, mesh, batch_sharding, ckpt: Checkpointer, tra
                         logging.info("step %d: %s", step, note)
                 if snapshot:
                     monitor.reset_timer(step)  # steps/s measures training, not sampling
-                if stopping:
+                if stopping and saved:
                     logging.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
+                    break
+                if stopping:  # the step holds a damaged checkpoint, left as is
+                    logging.warning("SIGTERM: stopped at step %d; the newest saved checkpoint "
+                                    "is step %s", step, last_saved)
                     break
             ckpt.wait()
     finally:
         monitor.close()
-    if not saved:
+    if not saved and not stopping:  # SIGTERM's own warning has said it
         raise SaveFailedError(
             f"training reached step {step}, but {ckpt.directory / str(step)} holds a damaged "
             f"checkpoint of that step, left as is, so step {step} was not saved (the newest "
