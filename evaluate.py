@@ -20,13 +20,13 @@ A multi-host job passes the flags train.py takes (--coordinator_address, --num_p
 
 from pathlib import Path
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data import samples_file
 from errors import RequestError, UserError
-from evaluation import fid_protocol, protocol, runner
-from training import cli, eval_hook, run_config
+from evaluation import fid_protocol
+from training import cli, run_config, writable
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (default: "
                                            "the run's WORKDIR/config.json).")
@@ -55,8 +55,16 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.maybe_initialize_distributed()
     config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
+    if _SAMPLES.value is not None:  # a PNG or a text file: said now, not after the imports
+        samples_file.check_is_npz(_SAMPLES.value)
+    # Imported after the quick checks, so that bad input is refused before jax loads.
+    import jax
+
+    from evaluation import protocol, runner
+    from training import eval_hook
+
+    cli.maybe_initialize_distributed()
     which = protocol.parse_metrics(_METRICS.value or config.eval.metrics)
     eval_protocol = fid_protocol.check_protocol(_PROTOCOL.value or config.eval.protocol)
     if eval_protocol == fid_protocol.FID50K and _METRICS.value not in (None, "fd"):
@@ -68,6 +76,7 @@ def main(argv: list[str]) -> None:
     out = Path(_OUT.value or Path(_WORKDIR.value) / "metrics.json")
     if out.suffix != ".json":
         raise RequestError(f"--out must end in .json, got {out}")
+    writable.check_file(out, "--out")  # before any sampling or feature extraction
     if _INCEPTION.value and not Path(_INCEPTION.value).is_file():
         raise UserError(f"Inception weights file not found: {_INCEPTION.value}")
     report = eval_hook.evaluate(config, _WORKDIR.value, which=which,

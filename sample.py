@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from errors import RequestError
-from training import cli, image_input, images, run_config
+from training import cli, image_input, images, run_config, writable
 
 F = flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (default: "
@@ -62,14 +62,18 @@ def _task() -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.maybe_initialize_distributed()
-    from training.families.request import SampleRequest
-    from training.sample_run import Sources, draw, read_prompts
-
     config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
     out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
     if out.suffix != ".npz":
         raise RequestError(f"--out must end in .npz, got {out}")
+    # Before any sampling: a folder that cannot be written fails now, not after the draw.
+    writable.check_file(out, "--out")
+    writable.check_file(out.with_suffix(".png"), "--out's picture")
+    # Imported after the quick checks, so that bad input is refused before jax loads.
+    from training.families.request import SampleRequest
+    from training.sample_run import Sources, draw, read_prompts
+
+    cli.maybe_initialize_distributed()
     sources = Sources(_WORKDIR.value, _CKPT_STEP.value, _CLS_WORKDIR.value, _CLS_CONFIG.value,
                       _AG_WORKDIR.value, _AG_CONFIG.value, _AG_STEP.value)
     sources.check(classifier_scale=_CLS_SCALE.value, autoguidance_scale=_AG_SCALE.value)

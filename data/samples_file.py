@@ -37,13 +37,13 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
     records (`sampler`, `nfe`, `seed`, `step`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"samples file not found: {path}")
+    check_is_npz(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable .npz file: {err}") from err
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{path} is a damaged .npz file ({' '.join(str(err).split())[:200]}); "
+                        "expected an .npz of samples as sample.py writes it") from err
     if tuple(image_shape) == (2,):
         images = _checked_points(path, arrays)
     else:
@@ -65,6 +65,43 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
         key: arrays[key].item() for key in ("sampler", "nfe", "seed", "step") if key in arrays
     }
     return Samples(images, labels, provenance)
+
+
+# The first bytes of files a user may pass instead of an .npz (a zip archive).
+_MAGIC = ((b"PK\x03\x04", None), (b"PK\x05\x06", "is an empty zip archive"),
+          (b"\x93NUMPY", "is a single .npy array"), (b"\x89PNG", "is a PNG image"),
+          (b"\xff\xd8\xff", "is a JPEG image"), (b"\x80", "is a Python pickle"))
+
+
+def check_is_npz(path: str | os.PathLike) -> None:
+    """UserError saying what the file is if it is plainly not an .npz (empty, a PNG, text,
+    a pickle), before numpy would read it as a pickle and talk of unsafe loading."""
+    if not Path(path).is_file():
+        raise UserError(f"samples file not found: {path}")
+    kind = _not_npz(Path(path))
+    if kind:
+        raise UserError(f"{path} {kind}; expected an .npz of samples as sample.py writes it "
+                        "(a zip of arrays such as 'images')")
+
+
+def _not_npz(path: Path) -> str | None:
+    """What the file is, if it is plainly not an .npz ('is a PNG image'); None if it may
+    be one. numpy would read anything else as a pickle and name unsafe loading instead."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not head:
+        return "is empty (0 bytes)"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not an .npz file (not a zip archive)"
+    return "is a text file"
 
 
 def _checked_images(path: Path, arrays: Mapping[str, np.ndarray],

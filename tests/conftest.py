@@ -6,8 +6,11 @@ these variables) compile once.
 """
 
 import os
+import subprocess
 import tempfile
 from importlib.metadata import version
+
+import pytest
 
 
 def _fast_compile_flags() -> str:
@@ -46,3 +49,15 @@ def pytest_configure(config):
         from data import digits
 
         digits.prepare(os.environ["TFDS_DATA_DIR"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB file system (a tmpfs): a full disk, as the fault probe met it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root): no full disk to test on")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -1,4 +1,5 @@
-"""Checkpoints: round trip, the identity guard, and damaged folders left as they were."""
+"""Checkpoints: round trip, the identity guard, damaged folders (unreadable, or flipped bits
+that the digests catch) left as they were, no non-finite state saved, failed saves reported."""
 
 import shutil
 
@@ -7,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from errors import CheckpointError
+from errors import CheckpointError, DamagedCheckpointError, NonFiniteStateError, SaveFailedError
 from tests.configs import tiny
+from tests.damage import files, flip_bits
 from training.checkpoint import Checkpointer
 
 
@@ -99,3 +101,67 @@ def test_a_key_the_checkpoint_predates_is_not_held_against_it(tmp_path):
     newer = Checkpointer(tmp_path, tiny.get_config())
     newer.identity = {**newer.identity, "model.added_later": 3}
     newer.check_identity(1)
+
+
+def _chunky_state(value: float = 0.0):
+    """Large enough (16 KiB of noise) for orbax to store the array in a chunk file of its
+    own rather than inline in its index."""
+    noise = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    return {"params": {"w": jnp.asarray(noise + value)}, "step": jnp.asarray(int(value))}
+
+
+def test_flipped_bits_in_a_chunk_file_are_reported_by_name_and_left_in_place(tmp_path):
+    ckpt = Checkpointer(tmp_path, tiny.get_config())
+    ckpt.save(1, _chunky_state(), {"epoch": 0})
+    ckpt.close()
+    step_dir = tmp_path / "checkpoints" / "1"
+    flip_bits(step_dir)
+    before = files(tmp_path)
+    abstract = jax.eval_shape(_chunky_state)
+    with pytest.raises(DamagedCheckpointError,
+                       match=rf"checkpoint {step_dir} is damaged: 1 of 2 arrays .*\(params/w\)"):
+        Checkpointer(tmp_path, tiny.get_config()).restore(1, abstract)
+    assert files(tmp_path) == before
+
+
+def test_a_changed_data_iterator_state_says_so(tmp_path):
+    ckpt = Checkpointer(tmp_path, tiny.get_config())
+    ckpt.save(1, _state(1.0), {"grain": {"next_index": 16}, "pipeline": {"seed": 1}})
+    ckpt.close()
+    saved = next((tmp_path / "checkpoints" / "1" / "data").glob("*.json"), None) or next(
+        p for p in (tmp_path / "checkpoints" / "1" / "data").rglob("*") if p.is_file())
+    saved.write_text(saved.read_text().replace("16", "61"))
+    with pytest.raises(DamagedCheckpointError, match="its data iterator state differs"):
+        Checkpointer(tmp_path, tiny.get_config()).restore(1, _abstract())
+
+
+def test_a_state_with_a_nan_or_inf_is_never_saved_and_the_message_says_what_was_kept(tmp_path):
+    ckpt = Checkpointer(tmp_path, tiny.get_config())
+    ckpt.save(1, _state(1.0), {})
+    ckpt.wait()
+    bad = _state(2.0)
+    bad["params"]["w"] = bad["params"]["w"].at[0, 0].set(jnp.inf)
+    with pytest.raises(NonFiniteStateError, match=r"step 2 has 1 of 2 arrays with a NaN or an "
+                       r"infinity \(params/w\); it was not saved .*the newest checkpoint, "
+                       r"step 1 in .* is kept as it was"):
+        ckpt.save(2, bad, {})
+    ckpt.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+def test_a_save_that_fails_on_a_full_disk_is_reported_and_its_temporary_folder_removed(
+        small_disk):
+    ckpt = Checkpointer(small_disk, tiny.get_config())
+    ckpt.save(1, _state(1.0), {})
+    ckpt.wait()
+    kept = files(small_disk / "checkpoints" / "1")
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 8192))  # leaves a few KiB
+    with pytest.raises(SaveFailedError, match=r"saving checkpoint .*/checkpoints/2 failed \(No "
+                       r"space left on device; [\d.]+ MiB free\).* the newest checkpoint is "
+                       r"step 1"):
+        ckpt.save(2, _chunky_state(2.0), {})
+        ckpt.wait()
+    ckpt.close()
+    assert sorted(p.name for p in (small_disk / "checkpoints").iterdir()) == ["1"]
+    assert files(small_disk / "checkpoints" / "1") == kept

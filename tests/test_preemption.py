@@ -15,6 +15,7 @@ import numpy as np
 
 from tests.configs import tiny
 from training import loop, sharding
+from training import termination as termination_lib
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.families import get_family
 
@@ -97,7 +98,7 @@ def test_one_process_turns_sigterm_into_a_stop_between_steps():
     def never(step: int) -> bool:
         raise AssertionError("one process never asks the preemption service")
 
-    with loop._TerminationRequest(never) as termination:
+    with termination_lib.TerminationRequest(never) as termination:
         assert not termination.check(1)
         os.kill(os.getpid(), signal.SIGTERM)
         assert termination.check(2)

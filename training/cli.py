@@ -10,6 +10,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from errors import RequestError, UserError
+from training import writable
 
 _DEBUG_ENV = "SCOREGEN_DEBUG"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,9 +36,11 @@ _CACHE_MIN_COMPILE_SECONDS = 1.0
 
 
 def enable_compilation_cache() -> str | None:
-    """Points jax's persistent compilation cache at --compilation_cache_dir; returns it."""
-    import jax
+    """Points jax's persistent compilation cache at --compilation_cache_dir; returns it.
 
+    Before jax is imported, through the environment variables jax reads at import, so
+    that a command refused for its input never loads jax (a fraction of a second instead
+    of seconds); after, through jax.config."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # jax reads it itself
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
     path = COMPILATION_CACHE_DIR.value
@@ -45,10 +48,31 @@ def enable_compilation_cache() -> str | None:
         return None
     if "://" not in path:
         path = os.path.abspath(os.path.expanduser(path))
-    jax.config.update("jax_compilation_cache_dir", path)
+    settings = {"jax_compilation_cache_dir": path}
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          _CACHE_MIN_COMPILE_SECONDS)
+        settings["jax_persistent_cache_min_compile_time_secs"] = _CACHE_MIN_COMPILE_SECONDS
+    jax = sys.modules.get("jax")
+    for name, value in settings.items():
+        if jax is not None:
+            jax.config.update(name, value)
+        else:
+            os.environ[name.upper()] = str(value)
+    return path
+
+
+def is_multihost() -> bool:
+    """Whether the flags ask for a multi-host run (jax.distributed)."""
+    return bool(MULTIHOST.value or COORDINATOR.value)
+
+
+def checked_workdir(path: str) -> str:
+    """--workdir made absolute, if this process can write it and the folders a run writes
+    in it (UserError otherwise: a file, a path under a file, no write permission), before
+    any work is done."""
+    path = writable.check_folder(path, "--workdir")
+    for sub in ("checkpoints", "samples"):
+        if "://" not in path and os.path.lexists(os.path.join(path, sub)):
+            writable.check_folder(os.path.join(path, sub), f"--workdir's {sub} folder")
     return path
 
 
@@ -73,7 +97,7 @@ def _one_line(err: BaseException) -> str:
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """Bad input -> one line: exit 2 for a RequestError (a flag's value, flags that do not
     go together: what a parse error gets too), exit 1 for the rest (UserError, ValueError,
-    a missing file: the data, config or workdir).
+    a file or folder that cannot be read or written: the OSError family, named by path).
 
     Set SCOREGEN_DEBUG=1 to get the full traceback instead.
     """
@@ -82,14 +106,37 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         try:
             enable_compilation_cache()
             main(argv)
-        except (UserError, ValueError, FileNotFoundError) as err:
+        except (UserError, ValueError, OSError) as err:
             if os.environ.get(_DEBUG_ENV):
                 raise
             prog = os.path.basename(sys.argv[0])
-            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+            print(f"{prog}: error: {_one_line(_named(err))}", file=sys.stderr)
             sys.exit(2 if isinstance(err, RequestError) else 1)
 
     return wrapper
+
+
+def _named(err: BaseException) -> BaseException | str:
+    """An OSError as 'what went wrong: the path' (its own text often omits the path)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+        return f"{err.strerror}: {where}"
+    return err
+
+
+def _config_file_errors() -> str | None:
+    """ml_collections defers a config file that cannot be loaded (missing, a folder) to
+    its first use, as a chained OSError: the one line that names it, or None."""
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        error = getattr(flag.value, "_error", None) if flag.present else None
+        if isinstance(error, OSError):
+            path = str(getattr(flag, "config_filename", "")).split(":", 1)[0]
+            reason = ("is a folder, not a file" if os.path.isdir(path) else
+                      "does not exist" if not os.path.exists(path) else
+                      f"cannot be read ({_one_line(error)[:200]})")
+            return f"--{name}: the config file {path} {reason}"
+    return None
 
 
 def _override_message(err: BaseException) -> str:
@@ -111,7 +158,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     ill-typed override, which absl would let escape as a traceback.
     """
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+    except SyntaxError as err:  # a config file that is not Python: its file and line
+        print(f"{os.path.basename(argv[0])}: error: syntax error in the config file "
+              f"{err.filename}, line {err.lineno}: {err.msg}", file=sys.stderr)
+        sys.exit(1)
     except flags.Error as err:
         print(f"{os.path.basename(argv[0])}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
@@ -120,6 +171,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
             raise
         print(f"{os.path.basename(argv[0])}: error: {_override_message(err)}", file=sys.stderr)
         sys.exit(2)
+    missing = _config_file_errors()
+    if missing:
+        print(f"{os.path.basename(argv[0])}: error: {missing}", file=sys.stderr)
+        sys.exit(1)
+    return rest
 
 
 class _OwnInfoOnly(logging.Filter):
@@ -128,6 +184,10 @@ class _OwnInfoOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         path = record.pathname
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in path:
+            # A failed background save: orbax logs a traceback from each of its threads;
+            # the run reports the failure itself in one line (training/checkpoint.py).
+            record.exc_info = record.exc_text = None
         if record.levelno >= logging.WARNING:
             # tfds suggests OpenCV for decoding; PIL is what we want for tiny images.
             return "OpenCV is not installed" not in record.getMessage()

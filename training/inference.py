@@ -27,6 +27,7 @@ from errors import UserError
 from training import checkpoint, images, sharding
 from training.families import common, get_family
 from training.families.request import SampleRequest
+from training.sampling_report import SamplingReport
 from training.state import TrainState
 
 # What a guiding noise classifier must share with the diffusion model: the data it saw and
@@ -232,6 +233,7 @@ def make_generator(family, request: SampleRequest, *, classifier: tuple | None =
                          "%d classes splits it)", batch_size, mesh.size, label_classes)
         key = jax.random.PRNGKey(request.seed if seed is None else seed)
         chunks, nfe = [], 0
+        report = SamplingReport(num, num_batches, batch_size)
         for i in progress.bar(range(num_batches), desc="sampling"):
             batch_key = np.asarray(jax.random.fold_in(key, i))
             if mesh is not None and same_labels:
@@ -245,6 +247,7 @@ def make_generator(family, request: SampleRequest, *, classifier: tuple | None =
             if not np.isfinite(x).all():
                 raise UserError("the sampler produced non-finite values; nothing was written")
             chunks.append(images.to_uint8(x) if family.is_image_data else x.astype(np.float32))
+            report.batch_done(i)
         return np.concatenate(chunks)[:num], int(nfe)
 
     generate.labels = None if labels is None else labels[:num].copy()

@@ -5,11 +5,9 @@ checkpoint in `workdir`. Everything that varies by model lives in the family's
 `init_state` / `train_step` / `eval_step` / `make_sampler`; this file only schedules them.
 """
 
+import contextlib
 import json
 import os
-import signal
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,8 +17,17 @@ from absl import logging
 from etils import epath
 
 from data import paths, pipeline
-from errors import NonFiniteLossError
-from training import accumulate, checkpoint, eval_hook, images, run_config, run_info, sharding
+from errors import NonFiniteLossError, SaveFailedError
+from training import (
+    accumulate,
+    eval_hook,
+    images,
+    resume,
+    run_config,
+    run_info,
+    sharding,
+    workdir_lock,
+)
 from training.checkpoint import Checkpointer, abstract_with_shardings
 from training.families import get_family
 from training.families.base import STYLIZE
@@ -28,45 +35,10 @@ from training.families.request import SampleRequest
 from training.monitor import Monitor
 from training.sharding import state_shardings
 from training.step import LeafStep
+from training.termination import TerminationRequest
 
 # Metrics that must stay finite; a NaN gradient norm means the next parameters are NaN.
 _GUARDED_METRICS = ("loss", "grad_norm", "d_loss", "g_loss", "d_grad_norm", "g_grad_norm")
-
-
-class _TerminationRequest:
-    """Turns SIGTERM (preemption, `kill`) into a step at which every process saves and stops.
-
-    One process: a Python handler sets a flag the loop checks between steps. Many processes:
-    SIGTERM may reach only some hosts, yet a checkpoint is written by all of them together,
-    so they must stop at the same step. jax.distributed's preemption service catches the
-    signal on any host and agrees on a step that all reach (`reached_sync_point`, orbax's
-    `CheckpointManager.reached_preemption`: a host-side check, well under a microsecond).
-    A Python handler would replace the service's, so none is installed then.
-    """
-
-    def __init__(self, reached_sync_point: Callable[[int], bool]):
-        self.requested = False
-        self._reached_sync_point = reached_sync_point
-        self._many_processes = jax.process_count() > 1
-        self._previous = None
-
-    def __enter__(self):
-        if not self._many_processes and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def check(self, step: int) -> bool:
-        """Whether to save and stop after `step`; every process calls it once per step."""
-        if self._many_processes and not self.requested:
-            self.requested = self._reached_sync_point(step)
-        return self.requested
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class _MetricBuffer:
@@ -123,55 +95,74 @@ def build(config: ml_collections.ConfigDict, devices=None, statistics: dict | No
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-        devices=None) -> dict[str, Any]:
+        devices=None, strict: bool = False) -> dict[str, Any]:
     """Trains until `config.training.n_iters` steps, resuming from `workdir` if it can.
 
-    `workdir` is a local path or a bucket (`gs://...`) that every host sees. Returns the
+    `workdir` is a local path or a bucket (`gs://...`) that every host sees; process 0
+    holds its lock (`training/workdir_lock.py`) for the run. Resumes from the newest intact
+    checkpoint, warning of damaged newer ones (`strict`: refuses them instead). Returns the
     last reported scalars plus `step`. Raises `UserError` subclasses for bad input (config,
-    data, workdir) and `NonFiniteLossError` if training diverges.
+    data, workdir, a damaged checkpoint), `WorkdirBusyError` if another trainer holds the
+    workdir, `NonFiniteLossError` if training diverges and `SaveFailedError` if a
+    checkpoint cannot be written.
     """
     workdir = paths.resolve(workdir)
-    training = config.training
     is_chief = jax.process_index() == 0
+    if is_chief:
+        workdir_lock.check_free(workdir)  # at once, before any slow set-up
     # A resumed run keeps the statistics it started with (its clusters, its VAE).
     family, mesh, batch_sharding = build(config, devices,
-                                         checkpoint.saved_statistics(config, workdir))
-
-    root_key = jax.random.PRNGKey(config.seed)
-    abstract_state = jax.eval_shape(family.init_state, root_key)
+                                         resume.saved_statistics(config, workdir, strict))
+    abstract_state = jax.eval_shape(family.init_state, jax.random.PRNGKey(config.seed))
     state_sh = state_shardings(abstract_state, mesh, config.sharding.rules)
-
     # Sample-quality metrics every eval_freq steps, if asked; bad settings fail here, early.
     sample_eval = (eval_hook.TrainingEvaluator(config, family)
                    if config.eval.metrics_during_training else None)
     train_iter = pipeline.make_train_iterator(
-        config.data, global_batch_size=training.batch_size, seed=config.seed,
+        config.data, global_batch_size=config.training.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(workdir, config)
-    start_step = ckpt.latest_step()
-    if start_step is not None:
-        state, data_state = ckpt.restore(
-            start_step, abstract_with_shardings(abstract_state, state_sh)
-        )
+    # Only now, with the input checked, is anything created in the workdir.
+    with workdir_lock.hold(workdir, enabled=is_chief):
+        workdir.mkdir(parents=True, exist_ok=True)  # a bucket, or another host's process
+        ckpt = Checkpointer(workdir, config, owner=is_chief)
+        try:
+            result = _loop(config, workdir, family, mesh, batch_sharding, ckpt, train_iter,
+                           abstract_state, state_sh, sample_eval, strict)
+        except BaseException:
+            # The error under way says what happened; a failed last save must not hide it.
+            with contextlib.suppress(SaveFailedError):
+                ckpt.close()
+            raise
+        ckpt.close()
+        return result
+
+
+def _loop(config, workdir, family, mesh, batch_sharding, ckpt: Checkpointer, train_iter,
+          abstract_state, state_sh, sample_eval, strict: bool) -> dict[str, Any]:
+    training = config.training
+    is_chief = jax.process_index() == 0
+    resumed = resume.restore_newest_intact(
+        ckpt, abstract_with_shardings(abstract_state, state_sh), strict)
+    if resumed is not None:
+        state, data_state, start_step = resumed
         train_iter.set_state(data_state)
         logging.info("Resuming from checkpoint step %d in %s", start_step, ckpt.directory)
     else:
         start_step = 0
         # Built eagerly and then placed: compiling the initialisers of a large network as
         # one program costs more than running them (CIFAR-10 DDPM++: 20 s against 3 s).
-        state = sharding.place(family.init_state(root_key), state_sh)
+        state = sharding.place(family.init_state(jax.random.PRNGKey(config.seed)), state_sh)
         if is_chief:
             (workdir / run_config.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-        logging.info("Starting from scratch in %s: %s", workdir, describe(config))
+        logging.info("Starting from scratch in %s (it holds no checkpoint): %s", workdir,
+                     describe(config))
     run_info.log_start(config, mesh, state)
     last_saved = start_step if start_step > 0 else None
 
     if start_step >= training.n_iters:
         logging.info("Step %d already reaches training.n_iters=%d: nothing to do",
                      start_step, training.n_iters)
-        ckpt.close()
         return {"step": start_step}
 
     train_step = LeafStep(family.train_step, state, state_sh, batch_sharding,
@@ -189,13 +180,22 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     metrics = _MetricBuffer()
     reported: dict[str, float] = {}
     step = start_step
+    saved, stopping = True, False
     try:
-        with _TerminationRequest(ckpt.reached_preemption) as termination:
+        with TerminationRequest(ckpt.reached_preemption, start_step) as termination:
             while step < training.n_iters:
                 batch = _global_batch(next(train_iter), batch_sharding)
                 leaves, step_metrics = train_step(leaves, batch)
                 step += 1
+                termination.completed(step)
                 stopping = termination.check(step)
+                if stopping and termination.before_progress:
+                    logging.warning("SIGTERM during compilation, before step %d completed: "
+                                    "stopped with nothing new to save (%s)", step,
+                                    f"checkpoint {last_saved} is the newest" if last_saved
+                                    else "no checkpoint was written")
+                    return {**reported, "step": step - 1}
+                ckpt.check_save()  # a failed background save stops the run here
                 metrics.add(step, step_metrics)
                 monitor.advance()
                 if step == start_step + 1:
@@ -213,25 +213,36 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 snapshot = step % training.snapshot_freq == 0 or last
                 if snapshot or step % training.snapshot_freq_for_preemption == 0 or stopping:
                     metrics.drain(last_saved, ckpt.directory)  # never save a diverged state
-                    ckpt.save(step, as_state(leaves), train_iter.get_state(),
-                              family.statistics)
-                    last_saved = step
-                if snapshot and training.snapshot_sampling and STYLIZE in family.capabilities:
-                    _write_stylized(family, as_state(leaves), step, workdir, monitor, is_chief)
-                elif snapshot and training.snapshot_sampling:
-                    if snapshot_sampler is None:
+                    saved = ckpt.save(step, as_state(leaves), train_iter.get_state(),
+                                      family.statistics)
+                    last_saved = step if saved else last_saved
+                if snapshot and saved and training.snapshot_sampling:
+                    if snapshot_sampler is None and STYLIZE not in family.capabilities:
                         snapshot_sampler = family.make_sampler(
                             SampleRequest(training.num_snapshot_samples))
-                    _write_samples(family, snapshot_sampler, as_state(leaves), step, workdir,
-                                   monitor, is_chief)
+                    picture, note = _snapshot(family, snapshot_sampler, as_state(leaves), step)
+                    ckpt.wait()  # nothing is written for a step whose checkpoint failed
+                    if is_chief:
+                        images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
+                        monitor.image(step, "samples", picture)
+                        logging.info("step %d: %s", step, note)
                 if snapshot:
                     monitor.reset_timer(step)  # steps/s measures training, not sampling
-                if stopping:
+                if stopping and saved:
                     logging.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
                     break
+                if stopping:  # the step holds a damaged checkpoint, left as is
+                    logging.warning("SIGTERM: stopped at step %d; the newest saved checkpoint "
+                                    "is step %s", step, last_saved)
+                    break
+            ckpt.wait()
     finally:
-        ckpt.close()
         monitor.close()
+    if not saved and not stopping:  # SIGTERM's own warning has said it
+        raise SaveFailedError(
+            f"training reached step {step}, but {ckpt.directory / str(step)} holds a damaged "
+            f"checkpoint of that step, left as is, so step {step} was not saved (the newest "
+            f"saved is step {last_saved}): move it aside and run again to save it")
     return {**reported, "step": step}
 
 
@@ -251,31 +262,22 @@ def _held_out_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict |
     return _global_batch(first, batch_sharding)
 
 
-def _write_samples(family, sampler, state, step: int, workdir: epath.Path, monitor: Monitor,
-                   is_chief: bool) -> None:
+def _snapshot(family, sampler, state, step: int) -> tuple[np.ndarray, str]:
+    """(picture, what it shows) of a snapshot step: a grid of EMA samples (2-D points: a
+    scatter picture) or, for a style transfer model, fixed test pairs, a column each, with
+    rows of content, style and result (`family.snapshot_rows`)."""
+    if STYLIZE in family.capabilities:
+        rows = family.snapshot_rows(family.sample_params(state))
+        picture = images.make_grid(images.to_uint8(rows.reshape(-1, *rows.shape[2:])),
+                                   ncol=rows.shape[1])
+        return picture, "wrote the stylized grid (rows: content, style, result)"
     samples, nfe = sampler(family.sample_params(state), jax.random.PRNGKey(step))
     samples = jax.device_get(samples)
     if samples.ndim == 2:
         picture = images.points_picture(samples)
     else:
         picture = images.make_grid(images.to_uint8(samples))
-    if is_chief:
-        images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
-        monitor.image(step, "samples", picture)
-        logging.info("step %d: wrote sample grid (%d score evaluations)", step, int(nfe))
-
-
-def _write_stylized(family, state, step: int, workdir: epath.Path, monitor: Monitor,
-                    is_chief: bool) -> None:
-    """A style transfer model's snapshot: fixed test pairs, a column each, with rows of
-    content, style and result (`family.snapshot_rows`)."""
-    rows = family.snapshot_rows(family.sample_params(state))
-    picture = images.make_grid(images.to_uint8(rows.reshape(-1, *rows.shape[2:])),
-                               ncol=rows.shape[1])
-    if is_chief:
-        images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture)
-        monitor.image(step, "samples", picture)
-        logging.info("step %d: wrote the stylized grid (rows: content, style, result)", step)
+    return picture, f"wrote sample grid ({int(nfe)} score evaluations)"
 
 
 def describe(config: ml_collections.ConfigDict) -> str:

@@ -98,7 +98,8 @@ def bytes_per_device(tree) -> int:
     return total
 
 
-def _path_str(path) -> str:
+def path_name(path) -> str:
+    """A pytree path as "params/conv/kernel" (what sharding rules and messages name)."""
     parts = []
     for key in path:
         name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
@@ -128,7 +129,7 @@ def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, str]]):
             raise UserError(f"config.sharding.rules: unknown rule {rule!r} (replicate, fsdp)")
 
     def leaf_sharding(path, leaf):
-        name = _path_str(path)
+        name = path_name(path)
         shape = tuple(getattr(leaf, "shape", ()))
         for pattern, rule in compiled:
             if pattern.search(name):
