@@ -31,7 +31,8 @@ def _score() -> dict[str, Any]:
         # DDPM / SMLD discrete loss; 'edm': EDM's lognormal noise levels ln sigma ~
         # N(P_mean, P_std^2) and its weighting (pairs with model.preconditioning='edm');
         # 'flow_matching': || v_theta - dx_t/dt ||^2, t ~ U(eps, T) (pairs with a path and
-        # model.preconditioning='velocity').
+        # model.preconditioning='velocity'); 'v_prediction': || v_theta - (alpha z - sigma
+        # x0) ||^2, t ~ U(eps, T) (Salimans & Ho; pairs with model.preconditioning='v').
         "training.objective": "dsm",
         "training.P_mean": -1.2,
         "training.P_std": 1.2,
@@ -75,8 +76,9 @@ def _score() -> dict[str, Any]:
         "model.init_scale": 0.0,
         # How the network's output becomes a score: 'none' (score_sde: noise prediction for
         # VP, scaled score for VE), 'edm' (EDM's c_skip / c_out / c_in denoiser around
-        # data of std sigma_data; diffusion/score.py) or 'velocity' (dx_t/dt of the path,
-        # flow matching; diffusion/flows.py).
+        # data of std sigma_data; diffusion/score.py), 'velocity' (dx_t/dt of the path,
+        # flow matching; diffusion/flows.py) or 'v' (v-prediction, v = alpha z - sigma x0:
+        # the model.parametrization='v'; diffusion/v_prediction.py).
         "model.preconditioning": "none",
         "model.sigma_data": 0.5,
         "model.fir": False,
