@@ -220,6 +220,40 @@ def _style() -> dict[str, Any]:
     }
 
 
+def _consistency() -> dict[str, Any]:
+    """model.family='consistency': a consistency model (Song et al., 2023) in EDM's
+    x0 + sigma z form, distilled from a teacher (training.objective=
+    'consistency_distillation') or trained from scratch ('consistency_training', Song &
+    Dhariwal's improved recipe). diffusion/consistency.py."""
+    return {
+        "consistency.sigma_min": 0.002,  # where the boundary condition f(x, sigma_min) = x holds
+        "consistency.sigma_max": 80.0,
+        "consistency.rho": 7.0,  # the grid's spacing in sigma^(1/rho)
+        # Intervals of the grid at the end of training (its N - 1), and at the start: the
+        # curriculum doubles from initial_intervals to intervals (equal: a fixed grid).
+        # Multistep sampling draws at most `intervals` steps.
+        "consistency.intervals": 17,
+        "consistency.initial_intervals": 17,
+        "consistency.loss": "l2",  # 'l2' (mean squared) | 'pseudo_huber'
+        "consistency.weighting": "uniform",  # 'uniform' | 'inverse_gap': 1/(s_{n+1} - s_n)
+        # How an interval is drawn: 'uniform' | 'lognormal' (ln sigma ~ N(training.P_mean,
+        # training.P_std^2), binned).
+        "consistency.noise_levels": "uniform",
+        "consistency.target_ema": 0.95,  # the target network's EMA; 0 = the student itself
+        "consistency.solver": "heun",  # the teacher's ODE step (distillation): 'euler' | 'heun'
+    }
+
+
+def _distill() -> dict[str, Any]:
+    """Distillation from a trained teacher (model.family 'consistency' with
+    training.objective='consistency_distillation', 'progressive_distillation'): the
+    teacher's run, read-only, with its own config.json."""
+    return {
+        "distill.teacher_workdir": "",
+        "distill.teacher_step": placeholder(int),  # unset = its newest checkpoint
+    }
+
+
 # Group name -> its defaults (dotted key -> default; a fresh dict, placeholders included,
 # on every call).
 GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -232,6 +266,8 @@ GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
     "classifier": _classifier,
     "text": _text,
     "style": _style,
+    "consistency": _consistency,
+    "distill": _distill,
 }
 
 # Family -> the groups whose settings it reads; every other group's changed setting is
@@ -244,6 +280,7 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "text_diffusion": ("score", "unet", "text"),
     "vae": ("vae", "unet"),
     "style_adain": ("style",),
+    "consistency": ("score", "unet", "consistency", "distill"),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".
