@@ -12,7 +12,7 @@ import pytest
 from errors import RequestError, UserError
 from tests.configs import tiny, tiny_consistency
 from tests.resume_runs import straight_and_resumed
-from tests.test_cli import ROOT, _error_line, _run
+from tests.test_cli import _run
 from training import inference, loop
 from training.families import get_family
 from training.families.request import SampleRequest as R
