@@ -254,6 +254,17 @@ def _distill() -> dict[str, Any]:
     }
 
 
+def _progressive() -> dict[str, Any]:
+    """model.family='progressive_distillation' (Salimans & Ho, 2022): one run halves the
+    teacher's DDIM steps from teacher_steps to student_steps (powers of two), a round
+    every round_steps training steps (the last one trains on to training.n_iters)."""
+    return {
+        "progressive.teacher_steps": 64,
+        "progressive.student_steps": 4,
+        "progressive.round_steps": 500,
+    }
+
+
 # Group name -> its defaults (dotted key -> default; a fresh dict, placeholders included,
 # on every call).
 GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -268,6 +279,7 @@ GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
     "style": _style,
     "consistency": _consistency,
     "distill": _distill,
+    "progressive": _progressive,
 }
 
 # Family -> the groups whose settings it reads; every other group's changed setting is
@@ -281,6 +293,7 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "vae": ("vae", "unet"),
     "style_adain": ("style",),
     "consistency": ("score", "unet", "consistency", "distill"),
+    "progressive_distillation": ("score", "unet", "distill", "progressive"),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".

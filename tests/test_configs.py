@@ -30,6 +30,7 @@ FAMILY_EXPERIMENTS = {
     "digits_rf": "diffusion",
     "digits_cd": "consistency",
     "digits_ct": "consistency",
+    "digits_pd": "progressive_distillation",
 }
 
 

@@ -20,14 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from diffusion import consistency, edm, losses, score
+from diffusion import consistency, edm, score
 from diffusion.sde_lib import batch_broadcast
-from errors import RequestError, UserError
+from errors import UserError
 from training import accumulate
-from training.families import base, common
+from training.families import few_step
 from training.families import teacher as teachers
 from training.families.diffusion import DiffusionFamily
-from training.families.request import SampleRequest
 from training.state import TrainState, apply_gradients, ema_update, single_network_state
 
 DISTILLATION, TRAINING = "consistency_distillation", "consistency_training"
@@ -39,11 +38,13 @@ def _choice(key: str, value: str, known) -> None:
         raise UserError(f"{key}={value!r} is not one of {sorted(known)}")
 
 
-class ConsistencyFamily(DiffusionFamily):
+class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
     """A consistency model (see the module docstring). `teacher` is the restored teacher
     of a distillation run once `prepare_training` has run, else None."""
 
     teacher: teachers.Teacher | None = None
+    SAMPLER = SAMPLER
+    KIND = "consistency model"
 
     def _build_objective(self, config: ml_collections.ConfigDict) -> None:
         c = config.consistency
@@ -59,9 +60,7 @@ class ConsistencyFamily(DiffusionFamily):
         if config.model.preconditioning != "none":
             raise UserError("model.family='consistency' has its own parametrisation (c_skip, "
                             "c_out around sigma_min): leave model.preconditioning='none'")
-        if config.model.num_classes or config.model.self_condition_clusters:
-            raise UserError("model.family='consistency' is unconditional: set "
-                            "model.num_classes=0 and model.self_condition_clusters=0")
+        few_step.check_unconditional(config)
         if not config.training.continuous:
             raise UserError("model.family='consistency' needs training.continuous=True")
         for key, known in (("loss", consistency.DISTANCES), ("weighting", consistency.WEIGHTINGS),
@@ -88,19 +87,10 @@ class ConsistencyFamily(DiffusionFamily):
         if c.noise_levels == "lognormal" and not config.training.P_std > 0:
             raise UserError(f"training.P_std must be positive, got {config.training.P_std}")
 
-    def _capabilities(self) -> frozenset[str]:
-        return frozenset({base.SAMPLE, base.SAMPLERS})
-
     @property
     def max_steps(self) -> int:
         """The most sampling steps: the intervals of the final training grid."""
         return int(self.config.consistency.intervals)
-
-    def refusal(self, missing: list[tuple[str, str]]) -> str:
-        if missing[0][0] in (base.LIKELIHOOD, base.BOUNDS):
-            return base.FamilyBase.refusal(self, missing)
-        return (f"a consistency model draws by multistep consistency sampling alone: "
-                f"{', '.join(flag for _, flag in missing)} do(es) not apply")
 
     def prepare_training(self) -> None:
         """Restores the teacher of a distillation run (UserError, one line, for a missing
@@ -152,14 +142,11 @@ class ConsistencyFamily(DiffusionFamily):
         return state.replace(aux=jax.tree.map(jnp.copy, state.params))  # the target network
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        step_key = jax.random.fold_in(state.rng, state.step)
-        dropout_key, loss_key = jax.random.split(step_key)
-        images = batch["image"]
-        inputs = {"image": images, "key": losses.example_keys(loss_key, images.shape[0])}
+        dropout_key, inputs = few_step.step_inputs(state, batch)
         target = self.consistency_fn(state.aux)
 
         def objective(params, micro, index):
-            key = dropout_key if self.accum_steps == 1 else jax.random.fold_in(dropout_key, index)
+            key = few_step.micro_key(dropout_key, self.accum_steps, index)
             student = self.consistency_fn(params, train=True, key=key)
             return self._loss(student, target, micro["key"], micro["image"], state.step), ()
 
@@ -181,41 +168,17 @@ class ConsistencyFamily(DiffusionFamily):
                           self.config.training.n_iters)
         return {"eval_loss": loss}
 
-    # -- sampling ---------------------------------------------------------------------
+    # -- sampling (few_step.FewStepSampling) -------------------------------------------
 
-    def accepts(self, request: SampleRequest, *, classifier=None, guide=None) -> None:
-        """RequestError (one line) for a request this model cannot draw: anything beyond
-        plain sampling, another sampler, or more steps than its grid has intervals."""
-        base.FamilyBase.accepts(self, request, classifier=classifier, guide=guide)
-        if request.sampler not in (None, SAMPLER):
-            raise RequestError(f"--sampler {request.sampler!r}: a consistency model samples "
-                               f"with {SAMPLER!r} (multistep consistency sampling) only")
-        if request.steps is not None and request.steps > self.max_steps:
-            raise RequestError(f"--steps {request.steps} is above what this consistency model "
-                               f"supports: at most {self.max_steps} (consistency.intervals)")
+    def _check_steps(self, steps: int, flag: str, error) -> None:
+        if not 1 <= steps <= self.max_steps:
+            raise error(f"{flag} {steps} is above what this consistency model supports: at "
+                        f"most {self.max_steps} (consistency.intervals)")
 
-    def sampler_name(self, request: SampleRequest) -> str:
-        return SAMPLER
-
-    def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None):
-        """`sample(params, key, labels=None, ...) -> (x in [0, 1], nfe)` of `request.batch`
-        samples in `request.steps` (default `sampling.steps`) network calls, compiled once."""
-        self.accepts(request, classifier=classifier, guide=guide)
+    def _draw(self, params, key: jax.Array, shape: tuple[int, ...], steps: int) -> jax.Array:
+        """Multistep consistency sampling in `steps` calls (module docstring)."""
         c = self.config.consistency
-        steps = request.steps or int(self.config.sampling.steps)
         sigmas = consistency.sampling_sigmas(
             consistency.karras_grid(c.sigma_min, c.sigma_max, c.intervals, c.rho), steps)
-        shape = (request.batch, *self.data_shape)
-
-        @jax.jit
-        def run(params, key):
-            x = consistency.multistep_sample(self.consistency_fn(params), key, shape, sigmas,
-                                             c.sigma_min)
-            return self.to_unit_range(x), steps
-
-        def sample(params, key, labels=None, classifier_params=None, image=None, mask=None,
-                   guide_params=None):
-            common.sample_labels(labels, request.batch, 0)  # unconditional: none taken
-            return run(params, key)
-
-        return sample
+        return consistency.multistep_sample(self.consistency_fn(params), key, shape, sigmas,
+                                            c.sigma_min)

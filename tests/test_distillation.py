@@ -1,7 +1,8 @@
-"""model.family='consistency' (training/families/consistency.py) end to end at tiny sizes:
-configs/digits_cd.py distils a tiny teacher (trained here in-process), configs/digits_ct.py
-trains from scratch; each trains, checkpoints, resumes exactly (target network included)
-and samples (CD through sample.py); the bad-input refusals are one line each."""
+"""The distillation families end to end at tiny sizes (training/families/consistency.py,
+progressive.py and teacher.py): configs/digits_cd.py and digits_pd.py distil one tiny
+v-prediction teacher (trained here in-process), configs/digits_ct.py trains from scratch;
+each trains, checkpoints, resumes exactly (target network / round teacher included) and
+samples (through sample.py); the bad-input refusals are one line each."""
 
 import json
 
@@ -9,12 +10,14 @@ import jax
 import numpy as np
 import pytest
 
+from diffusion import progressive
 from errors import RequestError, UserError
-from tests.configs import tiny, tiny_consistency
+from tests.configs import tiny_distill
 from tests.resume_runs import straight_and_resumed
 from tests.test_cli import _run
 from training import inference, loop
 from training.families import get_family
+from training.families import teacher as teachers
 from training.families.request import SampleRequest as R
 from training.sample_run import Sources, draw
 
@@ -23,17 +26,16 @@ ONE_DEVICE = jax.devices()[:1]
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A tiny digits VP run (one step): the teacher of the distillation tests."""
+    """A tiny v-prediction digits VP run (one step): the teacher of the distillation tests."""
     workdir = tmp_path_factory.mktemp("teacher")
-    config = tiny.get_config()
-    config.training.n_iters = 1
+    config = tiny_distill.get_config("teacher")
     config.training.snapshot_sampling = False
     loop.run(config, workdir, devices=ONE_DEVICE)
     return workdir
 
 
 def _config(kind, teacher_dir=None):
-    config = tiny_consistency.get_config(kind)
+    config = tiny_distill.get_config(kind)
     if teacher_dir is not None:
         config.distill.teacher_workdir = str(teacher_dir)
     return config
@@ -72,10 +74,14 @@ def test_distillation_samples_through_sample_py_in_the_steps_asked(cd_run, tmp_p
     assert json.loads((workdir / "config.json").read_text())["distill"]["teacher_workdir"]
 
 
-def test_consistency_training_resumes_exactly_and_samples(tmp_path):
+def test_consistency_training_trains_checkpoints_and_samples(tmp_path):
+    """One step and a checkpoint; its resume is distillation's (the same family and
+    target network; the curriculum is a function of the step, tests/test_consistency.py)."""
     config = _config("ct")
-    workdir = _resumed_exactly(config, tmp_path)
-    samples, record = draw(config, Sources(str(workdir)), R(4, steps=3))
+    config.training.snapshot_sampling = False
+    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
+    assert result["step"] == 1 and result["intervals"] == 2.0
+    samples, record = draw(config, Sources(str(tmp_path)), R(4, steps=3))
     assert samples.shape == (4, 8, 8, 1) and int(record["nfe"]) == 3
 
 
@@ -93,7 +99,7 @@ def test_what_a_consistency_model_cannot_draw_is_one_line(request_, message):
 
 def _teacher_dir(tmp_path, **changes):
     """A workdir holding only the config.json of a tiny teacher with `changes`."""
-    config = tiny.get_config()
+    config = tiny_distill.get_config("teacher")
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         config[section][key] = value
@@ -126,3 +132,66 @@ def test_distillation_without_a_teacher_is_one_line(tmp_path):
     ct.distill.teacher_workdir = str(tmp_path)
     with pytest.raises(UserError, match="learns from the data alone"):
         get_family(ct)
+
+
+@pytest.fixture(scope="module")
+def pd_run(teacher, tmp_path_factory):
+    """4 DDIM steps halved to 2 then 1: the resume crosses the round boundary."""
+    config = _config("pd", teacher)
+    return config, _resumed_exactly(config, tmp_path_factory.mktemp("pd"))
+
+
+def test_progressive_distillation_hands_each_round_its_students_weights(pd_run, teacher):
+    config, workdir = pd_run
+    _, state, _ = inference.restore_latest(config, workdir, devices=ONE_DEVICE)
+    params, aux = (jax.tree.leaves(jax.device_get(t)) for t in (state.params, state.aux))
+    start = jax.tree.leaves(teachers.restore(config, "test").params)
+    # Step 1 ended round 0: its student became round 1's teacher; step 2 trained on.
+    assert any(not np.array_equal(a, b) for a, b in zip(aux, start, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(aux, params, strict=True))
+    samples, record = draw(config, Sources(str(workdir)), R(3, steps=2))
+    assert samples.shape == (3, 8, 8, 1) and int(record["nfe"]) == 2
+    assert str(record["sampler"]) == "ddim"
+
+
+def test_a_student_on_the_targets_of_a_network_teacher_matches_its_2n_steps(teacher):
+    """The target construction on a tiny network: a student predicting the targets
+    exactly samples in N steps the teacher's 2N-step samples from the same noise."""
+    config = _config("pd", teacher)
+    teacher_net = teachers.restore(config, "test")
+    score_fn = teacher_net.score_fn()
+    sde, shape, key = teacher_net.family.sde, (4, 8, 8, 1), jax.random.PRNGKey(0)
+
+    def student(x, t):
+        x_tilde = progressive.distillation_target(sde, score_fn, x, t, sde.T / 2 + 0 * t)
+        alpha = sde.marginal_scale(t)[:, None, None, None]
+        return (alpha * x_tilde - x) / sde.marginal_std(t)[:, None, None, None] ** 2
+
+    ours = jax.jit(lambda k: progressive.ddim_sample(sde, student, k, shape, 2))(key)
+    theirs = jax.jit(lambda k: progressive.ddim_sample(sde, score_fn, k, shape, 4))(key)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("request_, message", [
+    (R(2, steps=3), "--steps 3 is not a power of two"),
+    (R(2, steps=4), "--steps 4 is outside what this student supports: 1 to 2 steps"),
+    (R(2, sampler="heun"), "--sampler 'heun': a progressively distilled student samples "
+                           "with 'ddim' only"),
+])
+def test_what_a_progressive_student_cannot_draw_is_one_line(request_, message):
+    family = get_family(_config("pd", "/nonexistent"))
+    with pytest.raises(RequestError) as err:
+        family.accepts(request_)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_progressive_teacher_of_another_network_is_one_line(teacher):
+    config = _config("pd", teacher)
+    config.model.nf = 16
+    with pytest.raises(UserError) as err:
+        get_family(config).prepare_training()
+    assert "another network than the student, which starts as the teacher: model.nf=8" \
+        in str(err.value) and "\n" not in str(err.value)
+    config = _config("pd", "")
+    with pytest.raises(UserError, match="progressive distillation needs a teacher"):
+        get_family(config)
