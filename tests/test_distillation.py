@@ -1,12 +1,14 @@
 """The distillation families end to end at tiny sizes (training/families/consistency.py,
 progressive.py and teacher.py): configs/digits_cd.py and digits_pd.py distil one tiny
 v-prediction teacher (trained here in-process), configs/digits_ct.py trains from scratch;
-each trains, checkpoints, resumes exactly (target network / round teacher included) and
-samples (through sample.py); the bad-input refusals are one line each."""
+each trains and samples (CD through sample.py); CD checkpoints and resumes exactly (the
+train state's `aux` and the teacher's restore, which PD shares); the bad-input refusals are
+one line each."""
 
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -74,15 +76,20 @@ def test_distillation_samples_through_sample_py_in_the_steps_asked(cd_run, tmp_p
     assert json.loads((workdir / "config.json").read_text())["distill"]["teacher_workdir"]
 
 
-def test_consistency_training_trains_checkpoints_and_samples(tmp_path):
-    """One step and a checkpoint; its resume is distillation's (the same family and
-    target network; the curriculum is a function of the step, tests/test_consistency.py)."""
-    config = _config("ct")
-    config.training.snapshot_sampling = False
-    result = loop.run(config, tmp_path, devices=ONE_DEVICE)
-    assert result["step"] == 1 and result["intervals"] == 2.0
-    samples, record = draw(config, Sources(str(tmp_path)), R(4, steps=3))
-    assert samples.shape == (4, 8, 8, 1) and int(record["nfe"]) == 3
+def test_consistency_training_steps_with_itself_as_target_and_samples():
+    """One compiled step and a draw (its checkpoint and resume are distillation's: the same
+    family and train state; the curriculum is a function of the step,
+    tests/test_consistency.py)."""
+    family = get_family(_config("ct"))
+    state = family.init_state(jax.random.PRNGKey(0))
+    images = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1), minval=-1, maxval=1)
+    new, metrics = jax.jit(family.train_step)(state, {"image": images})
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["intervals"]) == 2.0
+    # consistency.target_ema = 0: the target network is the student itself.
+    for a, b in zip(jax.tree.leaves(new.aux), jax.tree.leaves(new.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x, nfe = family.make_sampler(R(4, steps=3))(new.ema_params, jax.random.PRNGKey(2))
+    assert x.shape == (4, 8, 8, 1) and int(nfe) == 3 and bool(jnp.all((x >= 0) & (x <= 1)))
 
 
 @pytest.mark.parametrize("request_, message", [
@@ -136,9 +143,14 @@ def test_distillation_without_a_teacher_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def pd_run(teacher, tmp_path_factory):
-    """4 DDIM steps halved to 2 then 1: the resume crosses the round boundary."""
+    """Two steps: 4 DDIM steps halved to 2 (step 1), then to 1 (step 2). Its exact resume
+    is distillation's (cd_run: the same restore of the teacher and of the state's `aux`)."""
     config = _config("pd", teacher)
-    return config, _resumed_exactly(config, tmp_path_factory.mktemp("pd"))
+    config.training.n_iters = 2
+    config.training.snapshot_sampling = False
+    workdir = tmp_path_factory.mktemp("pd")
+    assert loop.run(config, workdir, devices=ONE_DEVICE)["student_steps"] == 1.0
+    return config, workdir
 
 
 def test_progressive_distillation_hands_each_round_its_students_weights(pd_run, teacher):

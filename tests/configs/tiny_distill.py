@@ -25,6 +25,7 @@ def get_config(kind: str = "cd"):
         config.distill.teacher_workdir = "/nonexistent/teacher"
     if kind == "cd":
         config.consistency.intervals = config.consistency.initial_intervals = 4
+        config.consistency.solver = "euler"  # one teacher call: a smaller program to compile
     if kind == "ct":
         config.consistency.intervals, config.consistency.initial_intervals = 8, 2
     if kind == "pd":
