@@ -31,7 +31,8 @@ def _score() -> dict[str, Any]:
         # DDPM / SMLD discrete loss; 'edm': EDM's lognormal noise levels ln sigma ~
         # N(P_mean, P_std^2) and its weighting (pairs with model.preconditioning='edm');
         # 'flow_matching': || v_theta - dx_t/dt ||^2, t ~ U(eps, T) (pairs with a path and
-        # model.preconditioning='velocity').
+        # model.preconditioning='velocity'); 'v_prediction': || v_theta - (alpha z - sigma
+        # x0) ||^2, t ~ U(eps, T) (Salimans & Ho; pairs with model.preconditioning='v').
         "training.objective": "dsm",
         "training.P_mean": -1.2,
         "training.P_std": 1.2,
@@ -75,8 +76,9 @@ def _score() -> dict[str, Any]:
         "model.init_scale": 0.0,
         # How the network's output becomes a score: 'none' (score_sde: noise prediction for
         # VP, scaled score for VE), 'edm' (EDM's c_skip / c_out / c_in denoiser around
-        # data of std sigma_data; diffusion/score.py) or 'velocity' (dx_t/dt of the path,
-        # flow matching; diffusion/flows.py).
+        # data of std sigma_data; diffusion/score.py), 'velocity' (dx_t/dt of the path,
+        # flow matching; diffusion/flows.py) or 'v' (v-prediction, v = alpha z - sigma x0:
+        # the issue's model.parametrization='v'; diffusion/v_prediction.py).
         "model.preconditioning": "none",
         "model.sigma_data": 0.5,
         "model.fir": False,
@@ -218,6 +220,51 @@ def _style() -> dict[str, Any]:
     }
 
 
+def _consistency() -> dict[str, Any]:
+    """model.family='consistency': a consistency model (Song et al., 2023) in EDM's
+    x0 + sigma z form, distilled from a teacher (training.objective=
+    'consistency_distillation') or trained from scratch ('consistency_training', Song &
+    Dhariwal's improved recipe). diffusion/consistency.py."""
+    return {
+        "consistency.sigma_min": 0.002,  # where the boundary condition f(x, sigma_min) = x holds
+        "consistency.sigma_max": 80.0,
+        "consistency.rho": 7.0,  # the grid's spacing in sigma^(1/rho)
+        # Intervals of the grid at the end of training (its N - 1), and at the start: the
+        # curriculum doubles from initial_intervals to intervals (equal: a fixed grid).
+        # Multistep sampling draws at most `intervals` steps.
+        "consistency.intervals": 17,
+        "consistency.initial_intervals": 17,
+        "consistency.loss": "l2",  # 'l2' (mean squared) | 'pseudo_huber'
+        "consistency.weighting": "uniform",  # 'uniform' | 'inverse_gap': 1/(s_{n+1} - s_n)
+        # How an interval is drawn: 'uniform' | 'lognormal' (ln sigma ~ N(training.P_mean,
+        # training.P_std^2), binned).
+        "consistency.noise_levels": "uniform",
+        "consistency.target_ema": 0.95,  # the target network's EMA; 0 = the student itself
+        "consistency.solver": "heun",  # the teacher's ODE step (distillation): 'euler' | 'heun'
+    }
+
+
+def _distill() -> dict[str, Any]:
+    """Distillation from a trained teacher (model.family 'consistency' with
+    training.objective='consistency_distillation', 'progressive_distillation'): the
+    teacher's run, read-only, with its own config.json."""
+    return {
+        "distill.teacher_workdir": "",
+        "distill.teacher_step": placeholder(int),  # unset = its newest checkpoint
+    }
+
+
+def _progressive() -> dict[str, Any]:
+    """model.family='progressive_distillation' (Salimans & Ho, 2022): one run halves the
+    teacher's DDIM steps from teacher_steps to student_steps (powers of two), a round
+    every round_steps training steps (the last one trains on to training.n_iters)."""
+    return {
+        "progressive.teacher_steps": 64,
+        "progressive.student_steps": 4,
+        "progressive.round_steps": 500,
+    }
+
+
 # Group name -> its defaults (dotted key -> default; a fresh dict, placeholders included,
 # on every call).
 GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -230,6 +277,9 @@ GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
     "classifier": _classifier,
     "text": _text,
     "style": _style,
+    "consistency": _consistency,
+    "distill": _distill,
+    "progressive": _progressive,
 }
 
 # Family -> the groups whose settings it reads; every other group's changed setting is
@@ -242,6 +292,8 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "text_diffusion": ("score", "unet", "text"),
     "vae": ("vae", "unet"),
     "style_adain": ("style",),
+    "consistency": ("score", "unet", "consistency", "distill"),
+    "progressive_distillation": ("score", "unet", "distill", "progressive"),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".

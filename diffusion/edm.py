@@ -33,6 +33,7 @@ Array = jax.Array
 
 __all__ = [
     "DEFAULT_STEPS",
+    "denoiser",
     "edm_heun_sampler",
     "edm_sigma",
     "edm_time_grid",
@@ -113,6 +114,19 @@ def edm_time_grid(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Array:
     return grid.at[0].set(sde.T).at[-1].set(eps)
 
 
+def denoiser(sde: SDE, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
+    """EDM's ``D(x_hat; sigma) = x_hat + sigma^2 s score(s x_hat, t(sigma))`` of a score on
+    ``sde``, with ``s = s(t(sigma))``; ``sigma`` a scalar or ``(B,)``."""
+
+    def denoise(x: Array, sigma: Array) -> Array:
+        t = jnp.broadcast_to(sigma_to_t(sde, sigma), x.shape[:1])
+        s = batch_broadcast(sde.marginal_scale(t), x)
+        return x + batch_broadcast(jnp.broadcast_to(sigma, x.shape[:1]), x) ** 2 * s * \
+            score_fn(s * x, t)
+
+    return denoise
+
+
 def check_rho(rho: float) -> None:
     if not rho > 0:
         raise ValueError(f"rho must be positive, got {rho}")
@@ -160,11 +174,7 @@ def edm_heun_sampler(
 
     def sampler(key: Array, score_fn: ScoreFn) -> tuple[Array, int]:
         sigmas = karras_sigmas(sde, steps, eps, rho)
-
-        def denoiser(x: Array, sigma: Array) -> Array:
-            t = sigma_to_t(sde, sigma)
-            s = sde.marginal_scale(t)
-            return x + sigma**2 * s * score_fn(s * x, batch_t(t, x))
+        denoise = denoiser(sde, score_fn)
 
         def body(i: Array, x: Array) -> Array:
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -177,16 +187,16 @@ def edm_heun_sampler(
                 extra = jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0))
                 x = x + extra * S_noise * z
                 sigma = sigma_hat
-            d = (x - denoiser(x, sigma)) / sigma
+            d = (x - denoise(x, sigma)) / sigma
             x_euler = x + (sigma_next - sigma) * d
-            d_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next
+            d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
             return x + (sigma_next - sigma) * 0.5 * (d + d_next)
 
         x = sde.prior_sampling(key, shape)
         x = x / batch_broadcast(sde.marginal_scale(batch_t(sde.T, x)), x)
         x = jax.lax.fori_loop(0, steps, body, x)
         if denoise:
-            return denoiser(x, sigmas[-1]), nfe
+            return denoise(x, sigmas[-1]), nfe
         return x * batch_broadcast(sde.marginal_scale(batch_t(eps, x)), x), nfe
 
     return sampler

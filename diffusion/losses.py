@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import edm, flows, sde_lib
+from diffusion import edm, flows, sde_lib, v_prediction
 from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast
 
 Array = jax.Array
@@ -116,6 +116,25 @@ def _flow_matching_loss(sde: SDE, *, reduce_mean: bool, eps: float) -> LossFn:
     return loss_fn
 
 
+def _v_prediction_loss(sde: SDE, *, reduce_mean: bool, eps: float) -> LossFn:
+    """Salimans & Ho's ``|| v_theta(x_t, t) - (alpha z - sigma x0) ||^2`` at ``t ~ U(eps,
+    T)``: the noise-prediction residual ``sigma s + z`` weighted by ``((alpha^2 + sigma^2) /
+    alpha)^2`` (diffusion/v_prediction.py), so any score function trains with it and a v
+    network (``model.preconditioning='v'``) regresses its output on ``v``.
+    """
+    reduce = _reducer(reduce_mean)
+
+    def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
+        t, z = _draws(key, x, lambda k: jax.random.uniform(k, (), x.dtype, eps, sde.T))
+        alpha, std = (batch_broadcast(c, x) for c in (sde.marginal_scale(t),
+                                                      sde.marginal_std(t)))
+        score = score_fn(alpha * x + std * z, t)
+        v_hat = v_prediction.v_from_score(sde, score, alpha * x + std * z, t)
+        return jnp.mean(reduce(jnp.square(v_hat - (alpha * z - std * x))))
+
+    return loss_fn
+
+
 def _ddpm_loss(sde: VPSDE, *, reduce_mean: bool) -> LossFn:
     """DDPM's simple loss: ``|| eps_hat - z ||^2`` at a uniform integer timestep, with
     ``eps_hat = -std_i * score`` so that any score function can be trained or evaluated.
@@ -155,8 +174,14 @@ def _smld_loss(sde: VESDE, *, reduce_mean: bool) -> LossFn:
 DISCRETE_LOSSES: dict[type[SDE], Callable[..., LossFn]] = {VPSDE: _ddpm_loss, VESDE: _smld_loss}
 
 
+# Continuous-time objectives with their own weighting and t ~ U(eps, T).
+_WEIGHTED_CONTINUOUS: dict[str, Callable[..., LossFn]] = {
+    "flow_matching": _flow_matching_loss,
+    "v_prediction": _v_prediction_loss,
+}
+
 # training.objective names.
-OBJECTIVES = ("dsm", "edm", "flow_matching")
+OBJECTIVES = ("dsm", "edm", "flow_matching", "v_prediction")
 
 
 def get_loss_fn(
@@ -179,7 +204,9 @@ def get_loss_fn(
         choose its form), or ``'edm'``, EDM's lognormal noise levels and weighting
         (``p_mean``, ``p_std``, ``sigma_data``; continuous time, any SDE with a
         ``t(sigma)``), or ``'flow_matching'``, the velocity regression of flow matching
-        at ``t ~ U(eps, T)`` (continuous time, any SDE or ``sde_lib.GaussianPath``).
+        at ``t ~ U(eps, T)`` (continuous time, any SDE or ``sde_lib.GaussianPath``), or
+        ``'v_prediction'``, Salimans & Ho's ``|| v_theta - v ||^2`` at ``t ~ U(eps, T)``
+        (continuous time).
       continuous: denoising score matching with ``t ~ U(eps, T)`` (True), or the
         discrete-time objective of the SDE's discrete model: DDPM for VP, SMLD for VE.
       likelihood_weighting: weight by ``g(t)^2`` instead of ``std(t)^2`` (continuous only).
@@ -202,11 +229,11 @@ def get_loss_fn(
         edm.check_sigma_to_t(sde, "objective='edm'")
         return _edm_loss(sde, reduce_mean=reduce_mean, eps=eps, p_mean=p_mean, p_std=p_std,
                          sigma_data=sigma_data)
-    if objective == "flow_matching":
+    if objective in _WEIGHTED_CONTINUOUS:
         if not continuous or likelihood_weighting:
-            raise ValueError("objective='flow_matching' is continuous-time with its own "
+            raise ValueError(f"objective={objective!r} is continuous-time with its own "
                              "weighting: set continuous=True and likelihood_weighting=False")
-        return _flow_matching_loss(sde, reduce_mean=reduce_mean, eps=eps)
+        return _WEIGHTED_CONTINUOUS[objective](sde, reduce_mean=reduce_mean, eps=eps)
     if continuous:
         return _continuous_loss(
             sde, likelihood_weighting=likelihood_weighting, reduce_mean=reduce_mean, eps=eps

@@ -24,6 +24,10 @@ have unit variance at every noise level, and ``F = 0`` is the exact score of dat
 
 ``preconditioning='velocity'`` reads the output as the velocity ``dx_t/dt`` of the SDE's
 Gaussian path (flow matching; the exact conversion is ``flows.score_from_velocity``).
+
+``preconditioning='v'`` reads it as Salimans & Ho's ``v = alpha z - sigma x0``
+(v-prediction; ``v_prediction.score_from_v``), beside ``'none'``'s noise prediction and the
+score itself (VE).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from diffusion import flows, sde_lib
+from diffusion import flows, sde_lib, v_prediction
 from diffusion.sde_lib import SDE, VESDE, VPSDE, GaussianPath, batch_broadcast, subVPSDE
 
 Array = jax.Array
@@ -151,6 +155,8 @@ PRECONDITIONINGS: dict[str, Callable[..., ScoreFn]] = {
     "edm": _edm_score_fn,
     # The output is the velocity d x_t / dt of the SDE's path (flow matching; flows.py).
     "velocity": flows.velocity_score_fn,
+    # The output is v = alpha z - sigma x0 (v-prediction; v_prediction.py).
+    "v": v_prediction.v_score_fn,
 }
 
 

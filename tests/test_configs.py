@@ -28,6 +28,9 @@ FAMILY_EXPERIMENTS = {
     "digits_vp_cond": "diffusion",
     "digits_vp_clusters": "diffusion",
     "digits_rf": "diffusion",
+    "digits_cd": "consistency",
+    "digits_ct": "consistency",
+    "digits_pd": "progressive_distillation",
 }
 
 

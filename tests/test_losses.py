@@ -403,7 +403,7 @@ def test_loss_fn_refuses_bad_objectives(kwargs, message):
 
 def test_score_fn_refuses_bad_preconditioning():
     net = lambda x, c: x
-    known = r"known: \['edm', 'none', 'velocity'\]"
+    known = r"known: \['edm', 'none', 'v', 'velocity'\]"
     with pytest.raises(ValueError, match=r"unknown preconditioning 'edn'; " + known):
         score.get_score_fn(SDES["vp"], net, preconditioning="edn")
     with pytest.raises(ValueError, match=r"preconditioning='edm' needs continuous training"):

@@ -27,16 +27,14 @@ from errors import UserError
 from training import checkpoint, images, sharding
 from training.families import common, get_family
 from training.families.request import SampleRequest
+from training.run_config import SDE_PARAMETERS, differing
 from training.sampling_report import SamplingReport
 from training.state import TrainState
 
 # What a guiding noise classifier must share with the diffusion model: the data it saw and
-# the forward SDE that noised it (per SDE, the parameters it reads).
+# the forward SDE that noised it (per SDE, the parameters it reads: SDE_PARAMETERS).
 _CLASSIFIER_SHARED = ("data.dataset", "data.image_size", "data.num_channels", "data.centered",
                       "training.sde")
-_SDE_PARAMETERS = {"vpsde": ("model.beta_min", "model.beta_max"),
-                   "subvpsde": ("model.beta_min", "model.beta_max"),
-                   "vesde": ("model.sigma_min", "model.sigma_max")}
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
@@ -260,19 +258,6 @@ def generate(family, state: TrainState, request: SampleRequest, **resources):
     return make_generator(family, request, **resources)(state)
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def _differing(keys: tuple[str, ...], theirs: ml_collections.ConfigDict,
-               mine: ml_collections.ConfigDict) -> list[str]:
-    return [f"{k}={_get(theirs, k)!r} vs {_get(mine, k)!r}"
-            for k in keys if _get(theirs, k) != _get(mine, k)]
-
-
 def restore_guide(model_config: ml_collections.ConfigDict,
                   guide_config: ml_collections.ConfigDict, workdir: str | Path,
                   step: int | None = None, *, mesh: Mesh | None = None):
@@ -287,11 +272,11 @@ def restore_guide(model_config: ml_collections.ConfigDict,
     if model_config.model.family not in ("diffusion", "latent_diffusion"):
         raise UserError(f"autoguidance guides diffusion models, not model.family="
                         f"{model_config.model.family!r}")
-    keys = (_CLASSIFIER_SHARED + _SDE_PARAMETERS.get(model_config.training.sde, ())
+    keys = (_CLASSIFIER_SHARED + SDE_PARAMETERS.get(model_config.training.sde, ())
             + ("model.num_classes",))
     if model_config.model.family == "latent_diffusion":
         keys += ("latent.vae_config", "latent.vae_workdir")
-    diffs = _differing(keys, guide_config, model_config)
+    diffs = differing(keys, guide_config, model_config)
     if diffs:
         raise UserError("the autoguide was trained on other data or another SDE than the "
                         "model (guide vs model: " + "; ".join(diffs) + ")")
@@ -307,8 +292,8 @@ def restore_classifier(model_config: ml_collections.ConfigDict,
     if classifier_config.model.family != "noise_classifier":
         raise UserError(f"the classifier config is of model.family="
                         f"{classifier_config.model.family!r}, not 'noise_classifier'")
-    keys = _CLASSIFIER_SHARED + _SDE_PARAMETERS.get(model_config.training.sde, ())
-    diffs = _differing(keys, classifier_config, model_config)
+    keys = _CLASSIFIER_SHARED + SDE_PARAMETERS.get(model_config.training.sde, ())
+    diffs = differing(keys, classifier_config, model_config)
     if diffs:
         raise UserError("the classifier was trained on other data or another SDE than the "
                         "model (classifier vs model: " + "; ".join(diffs) + ")")

@@ -115,6 +115,28 @@ def load_run_config(workdir: str | os.PathLike,
     return config
 
 
+# The parameters each SDE reads: two runs share an SDE when these and training.sde agree
+# (a guide, a classifier or a distillation teacher with the model it serves).
+SDE_PARAMETERS = {"vpsde": ("model.beta_min", "model.beta_max"),
+                  "subvpsde": ("model.beta_min", "model.beta_max"),
+                  "vesde": ("model.sigma_min", "model.sigma_max")}
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def differing(keys: tuple[str, ...], theirs: ml_collections.ConfigDict,
+              mine: ml_collections.ConfigDict) -> list[str]:
+    """`key=theirs vs mine` for each dotted key whose values differ (a guide's, a
+    classifier's or a teacher's config against the model's)."""
+    return [f"{k}={_get(theirs, k)!r} vs {_get(mine, k)!r}"
+            for k in keys if _get(theirs, k) != _get(mine, k)]
+
+
 def get_config(workdir: str) -> ml_collections.ConfigDict:
     """ml_collections' config-file entry: `--config=training/run_config.py:WORKDIR`."""
     return load_run_config(workdir)

@@ -4,6 +4,25 @@
 from configs.default import get_default_config
 
 
+def shrink(config):
+    """An experiment's config at these seconds-fast sizes, for one step: batch 16, an
+    8-wide one-level U-Net, a constant rate (resume tests extend n_iters), saved at the
+    end only (saves are slow)."""
+    training = config.training
+    training.batch_size = 16
+    training.n_iters = 1
+    training.log_freq = 1
+    training.eval_freq = 1
+    training.snapshot_freq = 1
+    training.snapshot_freq_for_preemption = 1000
+    training.num_snapshot_samples = 4
+    config.model.nf = 8
+    config.model.ch_mult = (1,)
+    config.optim.warmup = 0
+    config.optim.schedule = "constant"
+    return config
+
+
 def get_config(sde: str = "vpsde"):
     config = get_default_config()
     config.training.sde = sde or "vpsde"

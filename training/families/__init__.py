@@ -20,7 +20,10 @@ model in the latent space of a trained VAE; `text_diffusion` one steered by text
 (capability PROMPTS; `for_request(request)` is the model of the request's prompts).
 `style_adain` (capability STYLIZE) is feed-forward style transfer: it draws no samples,
 `make_stylizer()` stylizes content images with style images and `snapshot_rows(params)`
-gives the loop its snapshot grid.
+gives the loop its snapshot grid. `consistency` is a consistency model, distilled from a
+diffusion teacher (`distill.teacher_workdir`, read by `prepare_training`) or trained from
+scratch, drawn in a few network calls (capabilities SAMPLE and SAMPLERS: `--steps` only);
+`progressive_distillation` a student halving a teacher's DDIM steps (the same capabilities).
 """
 
 from collections.abc import Callable
@@ -32,19 +35,23 @@ import networks
 from configs import sections
 from errors import UserError
 from training import accumulate
+from training.families.consistency import ConsistencyFamily
 from training.families.diffusion import DiffusionFamily
 from training.families.gan import GANFamily
 from training.families.latent_diffusion import LatentDiffusionFamily
 from training.families.noise_classifier import NoiseClassifierFamily
+from training.families.progressive import ProgressiveDistillationFamily
 from training.families.style_adain import StyleAdaINFamily
 from training.families.text_diffusion import TextDiffusionFamily
 from training.families.vae import VAEFamily
 
 FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
+    "consistency": ConsistencyFamily,
     "diffusion": DiffusionFamily,
     "gan": GANFamily,
     "latent_diffusion": LatentDiffusionFamily,
     "noise_classifier": NoiseClassifierFamily,
+    "progressive_distillation": ProgressiveDistillationFamily,
     "style_adain": StyleAdaINFamily,
     "text_diffusion": TextDiffusionFamily,
     "vae": VAEFamily,

@@ -60,6 +60,24 @@ class DiffusionFamily(DiffusionSampling, base.FamilyBase):
                                                  num_classes=self.num_classes)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, config.training.n_iters)
         self.accum_steps = config.training.grad_accum_steps
+        self._build_objective(config)
+        # The graph of the network is static; only its parameters travel through jit.
+        # An abstract build: the graph without initialising any parameters.
+        self._net_config = self._network_config(config)
+        if self.null_label is not None or self.clusters:
+            # One more label embedding for the null label; one per cluster.
+            self._net_config = self._net_config.copy_and_resolve_references()
+            self._net_config.model.num_classes = (self.clusters.num if self.clusters
+                                                  else self.num_classes + 1)
+        model = nnx.eval_shape(lambda: networks.get_model(self._net_config, nnx.Rngs(0)))
+        # Building a network, even abstractly, traces every initialiser: keep the shapes.
+        self.graphdef, self._abstract_params, self._rest = nnx.split(model, nnx.Param, ...)
+        self._check_output_shape()
+        self.capabilities = self._capabilities()
+
+    def _build_objective(self, config: ml_collections.ConfigDict) -> None:
+        """`self.loss_fn` of `training.objective`, checked with the preconditioning
+        (UserError); a family with another objective overrides it."""
         try:
             self.loss_fn = losses.get_loss_fn(
                 self.sde,
@@ -76,19 +94,6 @@ class DiffusionFamily(DiffusionSampling, base.FamilyBase):
                                         sigma_data=config.model.sigma_data)
         except ValueError as err:
             raise UserError(f"training.objective / model.preconditioning: {err}") from err
-        # The graph of the network is static; only its parameters travel through jit.
-        # An abstract build: the graph without initialising any parameters.
-        self._net_config = self._network_config(config)
-        if self.null_label is not None or self.clusters:
-            # One more label embedding for the null label; one per cluster.
-            self._net_config = self._net_config.copy_and_resolve_references()
-            self._net_config.model.num_classes = (self.clusters.num if self.clusters
-                                                  else self.num_classes + 1)
-        model = nnx.eval_shape(lambda: networks.get_model(self._net_config, nnx.Rngs(0)))
-        # Building a network, even abstractly, traces every initialiser: keep the shapes.
-        self.graphdef, self._abstract_params, self._rest = nnx.split(model, nnx.Param, ...)
-        self._check_output_shape()
-        self.capabilities = self._capabilities()
 
     def _data_info(self, config: ml_collections.ConfigDict):
         """What the model is trained on: `shape` and `num_classes` (the dataset's here)."""

@@ -1,0 +1,29 @@
+"""Consistency training from scratch (Song & Dhariwal, 2024's improved recipe) on the
+embedded 8x8 digits: configs/digits_vp.py's U-Net and data, no teacher; the pseudo-Huber
+distance, lognormal noise levels (ln sigma ~ N(-1.1, 2^2)), weights 1/(s_{n+1} - s_n), the
+student as its own target, and a grid doubling from 10 to 1280 intervals over training."""
+
+from configs.digits_vp import get_config as digits_vp_config
+
+
+def get_config():
+    config = digits_vp_config()
+    config.model.family = "consistency"
+    config.training.objective = "consistency_training"
+    config.consistency.initial_intervals = 10
+    config.consistency.intervals = 1280
+    config.consistency.loss = "pseudo_huber"
+    config.consistency.weighting = "inverse_gap"
+    config.consistency.noise_levels = "lognormal"
+    config.training.P_mean = -1.1
+    config.training.P_std = 2.0
+    config.consistency.target_ema = 0.0
+    config.sampling.method = "consistency"
+    config.sampling.steps = 1
+    config.eval.metrics = "fd,kid,pr,cs"  # no likelihood
+    # digits_vp's EMA (0.999) still weighs the first thousand steps at 2,000: sampled from
+    # it, a 2,000-step digits_cd run gave FD 1.03 at 1 step against 0.31 from its raw
+    # weights. A 100-step time constant.
+    config.model.ema_rate = 0.99
+    config.training.n_iters = 3000
+    return config
