@@ -174,7 +174,7 @@ def edm_heun_sampler(
 
     def sampler(key: Array, score_fn: ScoreFn) -> tuple[Array, int]:
         sigmas = karras_sigmas(sde, steps, eps, rho)
-        denoise = denoiser(sde, score_fn)
+        denoised = denoiser(sde, score_fn)
 
         def body(i: Array, x: Array) -> Array:
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -187,16 +187,16 @@ def edm_heun_sampler(
                 extra = jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0))
                 x = x + extra * S_noise * z
                 sigma = sigma_hat
-            d = (x - denoise(x, sigma)) / sigma
+            d = (x - denoised(x, sigma)) / sigma
             x_euler = x + (sigma_next - sigma) * d
-            d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+            d_next = (x_euler - denoised(x_euler, sigma_next)) / sigma_next
             return x + (sigma_next - sigma) * 0.5 * (d + d_next)
 
         x = sde.prior_sampling(key, shape)
         x = x / batch_broadcast(sde.marginal_scale(batch_t(sde.T, x)), x)
         x = jax.lax.fori_loop(0, steps, body, x)
         if denoise:
-            return denoise(x, sigmas[-1]), nfe
+            return denoised(x, sigmas[-1]), nfe
         return x * batch_broadcast(sde.marginal_scale(batch_t(eps, x)), x), nfe
 
     return sampler
