@@ -22,6 +22,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,7 @@ class _Server:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        shutil.rmtree(self.streams, ignore_errors=True)
 
 
 _servers: dict[str, _Server] = {}
