@@ -246,8 +246,9 @@ def _consistency() -> dict[str, Any]:
 
 def _distill() -> dict[str, Any]:
     """Distillation from a trained teacher (model.family 'consistency' with
-    training.objective='consistency_distillation', 'progressive_distillation'): the
-    teacher's run, read-only, with its own config.json."""
+    training.objective='consistency_distillation', 'progressive_distillation'; 'reflow',
+    whose student starts as the teacher): the teacher's run, read-only, with its own
+    config.json."""
     return {
         "distill.teacher_workdir": "",
         "distill.teacher_step": placeholder(int),  # unset = its newest checkpoint
@@ -262,6 +263,15 @@ def _progressive() -> dict[str, Any]:
         "progressive.teacher_steps": 64,
         "progressive.student_steps": 4,
         "progressive.round_steps": 500,
+    }
+
+
+def _reflow() -> dict[str, Any]:
+    """model.family='reflow' (Liu et al., 2023): a flow trained on the (noise, image) pairs
+    of a trained model's deterministic sampler, the .npz reflow.py writes; it starts as
+    distill.teacher_workdir's weights where that is set."""
+    return {
+        "reflow.pairs": "",
     }
 
 
@@ -280,6 +290,7 @@ GROUPS: dict[str, Callable[[], dict[str, Any]]] = {
     "consistency": _consistency,
     "distill": _distill,
     "progressive": _progressive,
+    "reflow": _reflow,
 }
 
 # Family -> the groups whose settings it reads; every other group's changed setting is
@@ -294,6 +305,7 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
     "style_adain": ("style",),
     "consistency": ("score", "unet", "consistency", "distill"),
     "progressive_distillation": ("score", "unet", "distill", "progressive"),
+    "reflow": ("score", "unet", "distill", "reflow"),
 }
 
 # Networks that belong to one family, for a clearer refusal than "unknown network".

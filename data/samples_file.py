@@ -37,13 +37,7 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
     records (`sampler`, `nfe`, `seed`, `step`).
     """
     path = Path(path)
-    check_is_npz(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path} is a damaged .npz file ({' '.join(str(err).split())[:200]}); "
-                        "expected an .npz of samples as sample.py writes it") from err
+    arrays = read_npz(path, "an .npz of samples as sample.py writes it")
     if tuple(image_shape) == (2,):
         images = _checked_points(path, arrays)
     else:
@@ -65,6 +59,18 @@ def load_samples(path: str | os.PathLike, image_shape: tuple[int, ...], *,
         key: arrays[key].item() for key in ("sampler", "nfe", "seed", "step") if key in arrays
     }
     return Samples(images, labels, provenance)
+
+
+def read_npz(path: Path, expected: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz `path`; UserError (one line, naming `expected`) for a file
+    that is not one or is damaged."""
+    check_is_npz(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{path} is a damaged .npz file ({' '.join(str(err).split())[:200]}); "
+                        f"expected {expected}") from err
 
 
 # The first bytes of files a user may pass instead of an .npz (a zip archive).

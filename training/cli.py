@@ -17,7 +17,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What of _REPO_ROOT is ours: a checkout's folders, or (pip-installed) site-packages' entries.
 _OWN_TOP_LEVEL = frozenset({"bench", "configs", "data", "diffusion", "evaluation", "gan",
                             "networks", "style", "training", "vae", "tests", "errors.py",
-                            "progress.py", "train.py", "sample.py", "evaluate.py", "stylize.py"})
+                            "progress.py", "train.py", "sample.py", "evaluate.py", "stylize.py",
+                            "reflow.py"})
 
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,

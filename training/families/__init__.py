@@ -23,7 +23,9 @@ model in the latent space of a trained VAE; `text_diffusion` one steered by text
 gives the loop its snapshot grid. `consistency` is a consistency model, distilled from a
 diffusion teacher (`distill.teacher_workdir`, read by `prepare_training`) or trained from
 scratch, drawn in a few network calls (capabilities SAMPLE and SAMPLERS: `--steps` only);
-`progressive_distillation` a student halving a teacher's DDIM steps (the same capabilities).
+`progressive_distillation` a student halving a teacher's DDIM steps (the same capabilities);
+`reflow` a flow trained on the (noise, image) pairs of a trained model's ODE (reflow.py),
+which samples and has its likelihood as `diffusion` does.
 """
 
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from training.families.gan import GANFamily
 from training.families.latent_diffusion import LatentDiffusionFamily
 from training.families.noise_classifier import NoiseClassifierFamily
 from training.families.progressive import ProgressiveDistillationFamily
+from training.families.reflow import ReflowFamily
 from training.families.style_adain import StyleAdaINFamily
 from training.families.text_diffusion import TextDiffusionFamily
 from training.families.vae import VAEFamily
@@ -52,6 +55,7 @@ FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "latent_diffusion": LatentDiffusionFamily,
     "noise_classifier": NoiseClassifierFamily,
     "progressive_distillation": ProgressiveDistillationFamily,
+    "reflow": ReflowFamily,
     "style_adain": StyleAdaINFamily,
     "text_diffusion": TextDiffusionFamily,
     "vae": VAEFamily,
