@@ -27,7 +27,15 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.sampler_common import Sampler, ScoreFn, batch_t, default_steps
-from diffusion.sde_lib import SDE, VESDE, VPSDE, batch_broadcast, subVPSDE
+from diffusion.sde_lib import (
+    SDE,
+    VESDE,
+    VPSDE,
+    CosinePath,
+    LinearPath,
+    batch_broadcast,
+    subVPSDE,
+)
 
 Array = jax.Array
 
@@ -70,11 +78,21 @@ def _ve_t(sde: VESDE, sigma: Array) -> Array:
     return jnp.log(sigma / sde.sigma_min) / math.log(sde.sigma_max / sde.sigma_min)
 
 
+def _linear_path_t(sde: LinearPath, sigma: Array) -> Array:
+    return sigma / (1.0 + sigma)  # sigma = t / (1 - t)
+
+
+def _cosine_path_t(sde: CosinePath, sigma: Array) -> Array:
+    return jnp.arctan(sigma) * (2.0 / math.pi)  # sigma = tan(pi t / 2)
+
+
 # SDE class -> t(sigma). Looked up along the MRO, so subclasses inherit their parent's.
 SIGMA_TO_T: dict[type[SDE], Callable[..., Array]] = {
     VPSDE: _vp_t,
     subVPSDE: _subvp_t,
     VESDE: _ve_t,
+    LinearPath: _linear_path_t,
+    CosinePath: _cosine_path_t,
 }
 
 

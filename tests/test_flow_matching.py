@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import flows, likelihood, losses, sampling, score, sde_lib
+from diffusion import edm, flows, likelihood, losses, sampling, score, sde_lib
 
 MEAN = np.array([1.0, -2.0], np.float32)
 STD = 0.5
@@ -128,3 +128,17 @@ def test_reverse_sde_samplers_refuse_a_flow_path_in_one_line_naming_them(name):
 def test_flow_matching_is_continuous_time_only():
     with pytest.raises(ValueError, match="flow_matching"):
         losses.get_loss_fn(sde_lib.LinearPath(), objective="flow_matching", continuous=False)
+
+
+@pytest.mark.parametrize("sde", PATHS, ids=IDS)
+def test_a_path_maps_noise_levels_to_times_and_back(sde):
+    """sigma = std / alpha: t / (1 - t) on the linear path, tan(pi t / 2) on the cosine one;
+    so EDM's grid serves the euler and heun samplers on a path."""
+    t = jnp.linspace(1e-3, sde.T, 50)
+    sigma = edm.edm_sigma(sde, t)
+    closed = t / (1 - t) if isinstance(sde, sde_lib.LinearPath) else jnp.tan(0.5 * math.pi * t)
+    np.testing.assert_allclose(sigma, closed, rtol=2e-5)
+    np.testing.assert_allclose(edm.sigma_to_t(sde, sigma), t, rtol=1e-5, atol=1e-6)
+    grid = edm.edm_time_grid(sde, 8, 1e-3)
+    np.testing.assert_allclose(np.asarray(grid)[[0, -1]], [sde.T, 1e-3], rtol=1e-6)
+    assert bool(jnp.all(grid[1:] < grid[:-1]))
