@@ -138,13 +138,14 @@ def test_the_refusals_read_as_they_did():
     cases = {
         ("gan", "training.sde"): "config.training.sde is a setting of model.family "
         "'diffusion', 'latent_diffusion', 'noise_classifier', 'text_diffusion', 'consistency', "
-        "'progressive_distillation' only; this run is model.family='gan'",
+        "'progressive_distillation', 'reflow' only; this run is model.family='gan'",
         ("vae", "model.self_condition_clusters"): "config.model.self_condition_clusters is "
         "a setting of model.family 'gan', 'diffusion', 'latent_diffusion' only; this run is "
         "model.family='vae'",
         ("gan", "model.ema_rate"): "config.model.ema_rate is a setting of model.family "
         "'diffusion', 'latent_diffusion', 'noise_classifier', 'text_diffusion', 'vae', "
-        "'consistency', 'progressive_distillation' only; this run is model.family='gan'",
+        "'consistency', 'progressive_distillation', 'reflow' only; this run is "
+        "model.family='gan'",
         ("diffusion", "gan.r1_gamma"): "config.gan.r1_gamma is a setting of "
         "model.family='gan'; this run is model.family='diffusion'",
         ("latent_diffusion", "model.latent_channels"): "config.model.latent_channels is a "

@@ -31,6 +31,8 @@ FAMILY_EXPERIMENTS = {
     "digits_cd": "consistency",
     "digits_ct": "consistency",
     "digits_pd": "progressive_distillation",
+    "digits_reflow": "reflow",
+    "digits_ve_edm": "diffusion",
 }
 
 

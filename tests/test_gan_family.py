@@ -115,7 +115,7 @@ def test_a_gan_refuses_diffusion_settings_and_uncentered_data():
     with pytest.raises(UserError, match=r"config.training.sde is a setting of model.family "
                                         r"'diffusion', 'latent_diffusion', 'noise_classifier', "
                                         r"'text_diffusion', 'consistency', "
-                                        r"'progressive_distillation' only; this run is "
+                                        r"'progressive_distillation', 'reflow' only; this run is "
                                         r"model.family='gan'"):
         get_family(config)
     config = tiny_families.get_config("gan")

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 BELOW_TRAINING = {"errors", "progress", "configs", "data", "networks", "diffusion", "gan",
                   "vae", "style"}
-CLIS = {"train", "sample", "evaluate", "stylize"}
+CLIS = {"train", "sample", "evaluate", "stylize", "reflow"}
 # importer's top-level name -> the top-level names it may import
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),

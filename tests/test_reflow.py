@@ -127,7 +127,7 @@ def pairs(rf_run):
     proc = _run("reflow.py", f"--workdir={rf_run}", "--num_pairs=6", "--batch_size=4",
                 "--steps=2", f"--out={out}")
     assert proc.returncode == 0, proc.stderr
-    assert "Wrote 6 reflow pairs (flow_euler, 3 evaluations a pair" in proc.stdout
+    assert "Wrote 6 reflow pairs (flow_heun, 5 evaluations a pair" in proc.stdout
     return out
 
 
