@@ -58,7 +58,7 @@ def _digits(n: int, seed: int = 0) -> np.ndarray:
 
 def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
     config = tiny.get_config("vpsde")
-    config.eval.bpd_rtol = config.eval.bpd_atol = 1e-3
+    config.eval.bpd_rtol = config.eval.bpd_atol = 1e-2  # loose: the report, not the value
     config.eval.batch_size = 360  # the whole test split in one likelihood batch
     # One device: bits/dim does not split its test batch, so on 8 fake CPU devices every
     # device would integrate the whole batch.

@@ -146,15 +146,21 @@ def test_latent_scale_gives_unit_variance_latents(latent_config):
     np.testing.assert_allclose(np.std(np.asarray(means) * family.latent_scale), 1.0, rtol=1e-3)
 
 
-def test_latent_diffusion_trains_and_decodes_its_samples(latent_config, vae_run, tmp_path):
-    # The latent model trains on a copy of the VAE's run, deleted below.
-    vae_copy = tmp_path / "vae"
-    shutil.copytree(vae_run[0], vae_copy)
-    latent_config = latent_config.copy_and_resolve_references()
-    latent_config.latent.vae_workdir = str(vae_copy)
-    workdir = tmp_path / "latent"
-    result = loop.run(latent_config, workdir, devices=ONE_DEVICE)
-    assert np.isfinite(result["loss"]) and np.isfinite(result["eval_loss"])
+@pytest.fixture(scope="module")
+def latent_runs(latent_config, vae_run, tmp_path_factory):
+    """A tiny latent model on a copy of the VAE's run, trained 2 steps straight and 1 + 1
+    resumed (`_straight_and_resumed`): (its config, the straight run's workdir, the
+    straight and resumed families). The VAE copy is deleted by the test that samples."""
+    root = tmp_path_factory.mktemp("latent")
+    shutil.copytree(vae_run[0], root / "vae")
+    config = latent_config.copy_and_resolve_references()
+    config.latent.vae_workdir = str(root / "vae")
+    straight, resumed = _straight_and_resumed(config, root)
+    return config, root / "straight", straight, resumed
+
+
+def test_latent_diffusion_trains_and_decodes_its_samples(latent_runs):
+    latent_config, workdir, _, _ = latent_runs
     family, state, _ = inference.restore_latest(latent_config, workdir)
     images, nfe = inference.generate(family, state, R(5))
     assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
@@ -167,7 +173,7 @@ def test_latent_diffusion_trains_and_decodes_its_samples(latent_config, vae_run,
     # The run's checkpoints carry the VAE (its newest step, 2) and the latent scale: the
     # VAE's workdir is not needed to sample, and nothing was written into the config.
     assert json.loads((workdir / "config.json").read_text())["latent"]["vae_step"] is None
-    shutil.rmtree(vae_copy)
+    shutil.rmtree(latent_config.latent.vae_workdir)
     family, state, _ = inference.restore_latest(latent_config, workdir)
     assert family.vae_step == 2
     again, _ = inference.generate(family, state, R(5))
@@ -257,9 +263,8 @@ def test_a_resumed_vae_continues_exactly(tmp_path):
     _straight_and_resumed(tiny_families.get_config("vae"), tmp_path)
 
 
-def test_a_resumed_latent_model_continues_exactly_with_the_same_latent_scale(latent_config,
-                                                                             tmp_path):
-    straight, resumed = _straight_and_resumed(latent_config, tmp_path)
+def test_a_resumed_latent_model_continues_exactly_with_the_same_latent_scale(latent_runs):
+    _, _, straight, resumed = latent_runs  # every leaf equal: _straight_and_resumed
     # The scale is recomputed from the data at every restore: it must come out the same,
     # or the restored model would diffuse latents of another size than it was trained on.
     assert resumed.latent_scale == straight.latent_scale
