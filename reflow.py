@@ -5,12 +5,10 @@ a `model.family='reflow'` run (configs/digits_reflow.py) trains on them (docs/sa
 "Reflow"). Multi-host: train.py's distributed flags; process 0 writes the file.
 """
 
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from errors import RequestError
 from training import cli, run_config, writable
 
 F = flags
@@ -32,18 +30,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
-    out = Path(_OUT.value or Path(_WORKDIR.value) / "reflow_pairs.npz")
-    if out.suffix != ".npz":
-        raise RequestError(f"--out must end in .npz, got {out}")
-    writable.check_file(out, "--out")
-    # Imported after the quick checks, so that bad input is refused before jax loads.
-    from training.reflow_pairs import PairsRequest, check_run, draw_pairs
+    out = writable.npz_out(_OUT.value, _WORKDIR.value, "reflow_pairs.npz")
+    from training.reflow_pairs import PairsRequest, draw_pairs
 
     request = PairsRequest(_NUM.value, batch_size=_BATCH.value, sampler=_SAMPLER.value,
                            steps=_STEPS.value, seed=_SEED.value,
                            checkpoint_step=_CKPT_STEP.value, use_ema=_USE_EMA.value)
-    request.check()
-    check_run(config, _WORKDIR.value)
     cli.maybe_initialize_distributed()
     import jax
 

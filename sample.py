@@ -5,7 +5,6 @@ colorization and SDEdit of `--image` make one `SampleRequest`, checked before an
 read; the .npz records it (docs/sampling.md). Multi-host: train.py's distributed flags.
 """
 
-from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -63,11 +62,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = run_config.load_run_config(_WORKDIR.value, _CONFIG.value)
-    out = Path(_OUT.value or Path(_WORKDIR.value) / "samples.npz")
-    if out.suffix != ".npz":
-        raise RequestError(f"--out must end in .npz, got {out}")
     # Before any sampling: a folder that cannot be written fails now, not after the draw.
-    writable.check_file(out, "--out")
+    out = writable.npz_out(_OUT.value, _WORKDIR.value, "samples.npz")
     writable.check_file(out.with_suffix(".png"), "--out's picture")
     # Imported after the quick checks, so that bad input is refused before jax loads.
     from training.families.request import SampleRequest

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax
 from absl import app, flags
 
+from bench.sampler_variants import finish_plot
 from errors import UserError
 from evaluation import protocol
 from training import cli, run_config
@@ -97,18 +98,8 @@ def write_plot(results: dict, path: Path) -> None:
     for model in dict.fromkeys(p["model"] for p in results["points"]):
         pts = sorted((p["nfe"], p["fd"]) for p in results["points"] if p["model"] == model)
         ax.plot(*zip(*pts, strict=True), marker="o", label=model)
-    ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1,
-               label="real floor (stratified test split)")
-    ax.axhline(results["floor_iid"]["fd"], color="k", ls=":", lw=1,
-               label="real floor (i.i.d. real digits)")
-    ax.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)",
-           ylabel="FD (digits features)",
-           title=f"FD against NFE ({results['num_samples']} samples a point)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, results, path, xlabel="network evaluations (NFE)",
+                title=f"FD against NFE ({results['num_samples']} samples a point)")
 
 
 def main(argv: list[str]) -> None:

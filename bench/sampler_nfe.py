@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bench.sampler_variants import VARIANTS, steps_for_nfe, variant
+from bench.sampler_variants import VARIANTS, finish_plot, steps_for_nfe, variant
 from bench.sampler_variants import common_options as _common
 from diffusion import sampling
 from errors import UserError
@@ -173,18 +173,7 @@ def write_plot(results: dict, path: Path, title: str) -> None:
                      if p["sampler"] == name and p["fd"] is not None)
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=name, color=colour)
-    ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1,
-               label="real floor (stratified test split)")
-    if "floor_iid" in results:
-        ax.axhline(results["floor_iid"]["fd"], color="k", ls=":", lw=1,
-                   label="real floor (i.i.d. real digits)")
-    ax.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)",
-           ylabel="FD (digits features)", title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, results, path, xlabel="score evaluations (NFE)", title=title)
 
 
 def main(argv: list[str]) -> None:

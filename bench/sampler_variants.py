@@ -2,6 +2,8 @@
 step count that spends a given number of score evaluations (bench/sampler_nfe.py,
 bench/ve_gap.py)."""
 
+from pathlib import Path
+
 import jax
 
 from diffusion import sampling
@@ -47,3 +49,22 @@ def steps_for_nfe(name: str, sde, target: int, common: dict, options: dict) -> i
     while steps > 1 and _nfe_of(name, sde, steps, common, options) > target:
         steps -= 1
     return steps
+
+
+def finish_plot(fig, ax, results: dict, path: Path, *, xlabel: str, title: str) -> None:
+    """The real floors, log axes, legend and grid of an FD-against-NFE plot; saved to
+    `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.axhline(results["floor"]["fd"], color="k", ls="--", lw=1,
+               label="real floor (stratified test split)")
+    if "floor_iid" in results:
+        ax.axhline(results["floor_iid"]["fd"], color="k", ls=":", lw=1,
+                   label="real floor (i.i.d. real digits)")
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="FD (digits features)",
+           title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

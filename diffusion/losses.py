@@ -36,7 +36,7 @@ def _draws(key: Array, x: Array, first: Callable[[Array], Array]) -> tuple[Array
     return level, z
 
 
-def _reducer(reduce_mean: bool) -> Callable[[Array], Array]:
+def reducer(reduce_mean: bool) -> Callable[[Array], Array]:
     """Per-example reduction over every non-batch axis."""
     op = jnp.mean if reduce_mean else jnp.sum
     return lambda v: op(v, axis=tuple(range(1, v.ndim)))
@@ -45,7 +45,7 @@ def _reducer(reduce_mean: bool) -> Callable[[Array], Array]:
 def _continuous_loss(
     sde: SDE, *, likelihood_weighting: bool, reduce_mean: bool, eps: float
 ) -> LossFn:
-    reduce = _reducer(reduce_mean)
+    reduce = reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
         t, z = _draws(key, x, lambda k: jax.random.uniform(k, (), x.dtype, eps, sde.T))
@@ -78,7 +78,7 @@ def _edm_loss(
     lognormal noise levels: any score function trains with it. With EDM's preconditioning
     (score.py) it is EDM's unit-variance regression of the network's output.
     """
-    reduce = _reducer(reduce_mean)
+    reduce = reducer(reduce_mean)
     sigma_lo, sigma_hi = (float(v) for v in edm.edm_sigma(sde, jnp.asarray([eps, sde.T])))
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
@@ -95,6 +95,15 @@ def _edm_loss(
     return loss_fn
 
 
+def flow_matching_error(sde: SDE, score_fn: ScoreFn, x0: Array, z: Array, t: Array) -> Array:
+    """``v_theta(x_t, t) - (alpha' x0 + sigma' z)`` at ``x_t = alpha x0 + sigma z``, ``t``
+    ``(B,)``, read through the score: ``c (s + z / sigma)``, ``c = sigma (alpha' sigma - alpha
+    sigma') / alpha`` (diffusion/flows.py)."""
+    alpha, std, d_alpha, d_std = flows.coefficients(sde, t, x0)
+    score = score_fn(alpha * x0 + std * z, t)
+    return std * (d_alpha * std - alpha * d_std) / alpha * (score + z / std)
+
+
 def _flow_matching_loss(sde: SDE, *, reduce_mean: bool, eps: float) -> LossFn:
     """Conditional flow matching (Lipman et al., 2023; Liu et al., 2023): ``|| v_theta(x_t,
     t) - (alpha' x0 + sigma' z) ||^2`` at ``t ~ U(eps, T)`` on the SDE's (path's) marginals.
@@ -104,14 +113,11 @@ def _flow_matching_loss(sde: SDE, *, reduce_mean: bool, eps: float) -> LossFn:
     function trains with it, and a velocity network (``model.preconditioning='velocity'``)
     regresses its output on ``v``.
     """
-    reduce = _reducer(reduce_mean)
+    reduce = reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
         t, z = _draws(key, x, lambda k: jax.random.uniform(k, (), x.dtype, eps, sde.T))
-        alpha, std, d_alpha, d_std = flows.coefficients(sde, t, x)
-        score = score_fn(alpha * x + std * z, t)
-        c = std * (d_alpha * std - alpha * d_std) / alpha
-        return jnp.mean(reduce(jnp.square(c * (score + z / std))))
+        return jnp.mean(reduce(jnp.square(flow_matching_error(sde, score_fn, x, z, t))))
 
     return loss_fn
 
@@ -122,7 +128,7 @@ def _v_prediction_loss(sde: SDE, *, reduce_mean: bool, eps: float) -> LossFn:
     alpha)^2`` (diffusion/v_prediction.py), so any score function trains with it and a v
     network (``model.preconditioning='v'``) regresses its output on ``v``.
     """
-    reduce = _reducer(reduce_mean)
+    reduce = reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
         t, z = _draws(key, x, lambda k: jax.random.uniform(k, (), x.dtype, eps, sde.T))
@@ -139,7 +145,7 @@ def _ddpm_loss(sde: VPSDE, *, reduce_mean: bool) -> LossFn:
     """DDPM's simple loss: ``|| eps_hat - z ||^2`` at a uniform integer timestep, with
     ``eps_hat = -std_i * score`` so that any score function can be trained or evaluated.
     """
-    reduce = _reducer(reduce_mean)
+    reduce = reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
         i, z = _draws(key, x, lambda k: jax.random.randint(k, (), 0, sde.N))
@@ -158,7 +164,7 @@ def _smld_loss(sde: VESDE, *, reduce_mean: bool) -> LossFn:
     uniform noise level ``sigma_i = discrete_sigmas[i]``, queried at ``t = i / (N - 1)``
     where the VE marginal std equals ``sigma_i``.
     """
-    reduce = _reducer(reduce_mean)
+    reduce = reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x: Array) -> Array:
         i, z = _draws(key, x, lambda k: jax.random.randint(k, (), 0, sde.N))

@@ -20,8 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import flows, sampling
-from diffusion.losses import example_keys
+from diffusion import losses, sampling
 from diffusion.sampler_common import Sampler, ScoreFn
 from diffusion.sde_lib import SDE
 
@@ -58,15 +57,11 @@ def paired_flow_matching_loss(sde: SDE, *, reduce_mean: bool, eps: float
     leading batch axis): ``t ~ U(eps, T)`` per example (from ``key``), ``x_t = alpha_t x0 +
     std_t z`` and the velocity residual through the score, as the unpaired loss reads it;
     zero for a model whose velocity at ``x_t`` is the pair's ``alpha' x0 + std' z``."""
-    reduce = (lambda v: jnp.mean(v, axis=tuple(range(1, v.ndim)))) if reduce_mean else (
-        lambda v: jnp.sum(v, axis=tuple(range(1, v.ndim))))
+    reduce = losses.reducer(reduce_mean)
 
     def loss_fn(score_fn: ScoreFn, key: Array, x0: Array, z: Array) -> Array:
         t = jax.vmap(lambda k: jax.random.uniform(k, (), x0.dtype, eps, sde.T))(
-            example_keys(key, x0.shape[0]))
-        alpha, std, d_alpha, d_std = flows.coefficients(sde, t, x0)
-        score = score_fn(alpha * x0 + std * z, t)
-        c = std * (d_alpha * std - alpha * d_std) / alpha
-        return jnp.mean(reduce(jnp.square(c * (score + z / std))))
+            losses.example_keys(key, x0.shape[0]))
+        return jnp.mean(reduce(jnp.square(losses.flow_matching_error(sde, score_fn, x0, z, t))))
 
     return loss_fn

@@ -5,8 +5,9 @@ one line at once instead of after minutes of training or sampling."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from errors import UserError
+from errors import RequestError, UserError
 
 
 def _nearest_existing(path: str) -> str:
@@ -53,3 +54,14 @@ def check_file(path: str | os.PathLike, what: str) -> str:
     if os.path.exists(text) and not os.access(text, os.W_OK):
         raise UserError(f"{what} {text} is not writable (no write permission)")
     return text
+
+
+def npz_out(out: str | None, workdir: str, default_name: str) -> Path:
+    """A CLI's `--out`: `out`, or `workdir / default_name`; RequestError unless it ends in
+    .npz, UserError unless it can be written."""
+    path = Path(out or Path(workdir) / default_name)
+    if path.suffix != ".npz":
+        raise RequestError(f"--out must end in .npz, got {path}")
+    check_file(path, "--out")
+    return path
+

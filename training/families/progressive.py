@@ -23,7 +23,7 @@ from training import accumulate
 from training.families import few_step
 from training.families import teacher as teachers
 from training.families.diffusion import DiffusionFamily
-from training.state import TrainState, apply_gradients
+from training.state import TrainState, apply_gradients, single_network_state
 
 OBJECTIVE = "progressive_distillation"
 SAMPLER = "ddim"
@@ -76,24 +76,15 @@ class ProgressiveDistillationFamily(few_step.FewStepSampling, DiffusionFamily):
         """Restores the teacher (UserError, one line, for a missing teacher, one of another
         data shape or SDE, or of another network: the student starts as the teacher)."""
         teacher = teachers.restore(self.config, "progressive distillation")
-        mine = self.config.model.to_dict()
-        theirs = teacher.family.config.model.to_dict()
-        diffs = [f"model.{k}={theirs.get(k)!r} (teacher) vs {mine.get(k)!r}"
-                 for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
-                 and k not in ("family", "ema_rate", "dtype", "remat")]
-        if diffs:
-            raise UserError(f"the teacher in {teacher.workdir} is another network than the "
-                            "student, which starts as the teacher: " + "; ".join(diffs[:3]))
+        teachers.check_same_network(teacher, self.config)
         self.teacher = teacher
 
     def init_state(self, key: jax.Array) -> TrainState:
         """The teacher's weights as the student, its EMA and round 0's teacher (`aux`)."""
-        start = (self.init_params(key) if self.teacher is None
-                 else jax.tree.map(jnp.asarray, self.teacher.params))
-        copy = lambda: jax.tree.map(jnp.copy, start)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=start,
-                          opt_state=self.tx.init(start), ema_params=copy(),
-                          rng=jax.random.split(key)[1], aux=copy())
+        init = (self.init_params if self.teacher is None
+                else lambda _: jax.tree.map(jnp.asarray, self.teacher.params))
+        state = single_network_state(key, init, self.tx)
+        return state.replace(aux=jax.tree.map(jnp.copy, state.params))
 
     def _round(self, step):
         """(round, the student's steps in it) at training step `step` (may be traced)."""

@@ -25,11 +25,9 @@ from training import accumulate
 from training.families import few_step
 from training.families import teacher as teachers
 from training.families.diffusion import DiffusionFamily
-from training.state import TrainState, apply_gradients
+from training.state import TrainState, apply_gradients, single_network_state
 
 OBJECTIVE = "reflow"
-# Training-time keys a student may set apart from its teacher, which it starts as.
-_FREE_MODEL_KEYS = ("family", "ema_rate", "dtype", "remat", "dropout")
 
 
 class ReflowFamily(DiffusionFamily):
@@ -58,24 +56,16 @@ class ReflowFamily(DiffusionFamily):
                                            self.config.training.sde)
         if self.config.distill.teacher_workdir:
             teacher = teachers.restore(self.config, "reflow")
-            mine = self.config.model.to_dict()
-            theirs = teacher.family.config.model.to_dict()
-            diffs = [f"model.{k}={theirs.get(k)!r} (teacher) vs {mine.get(k)!r}"
-                     for k in sorted(set(mine) | set(theirs))
-                     if mine.get(k) != theirs.get(k) and k not in _FREE_MODEL_KEYS]
-            if diffs:
-                raise UserError(f"the teacher in {teacher.workdir} is another network than the "
-                                "student, which starts as the teacher: " + "; ".join(diffs[:3]))
+            teachers.check_same_network(teacher, self.config,
+                                        (*teachers.TRAINING_TIME_MODEL_KEYS, "dropout"))
             self.teacher = teacher
 
     def init_state(self, key: jax.Array) -> TrainState:
         """The teacher's weights (or fresh ones) as the parameters and their EMA."""
         if self.teacher is None:
             return super().init_state(key)
-        start = jax.tree.map(jnp.asarray, self.teacher.params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=start,
-                          opt_state=self.tx.init(start), ema_params=jax.tree.map(jnp.copy, start),
-                          rng=jax.random.split(key)[1])
+        return single_network_state(
+            key, lambda _: jax.tree.map(jnp.asarray, self.teacher.params), self.tx)
 
     def _pairs(self) -> tuple[jax.Array, jax.Array]:
         if self.pairs is None:

@@ -90,3 +90,21 @@ def restore(config: ml_collections.ConfigDict, who: str) -> Teacher:
     params = jax.device_get(family.sample_params(state))
     logging.info("Teacher: step %d of %s (%s)", step, workdir, teacher_config.training.sde)
     return Teacher(family=family, params=params, step=int(step), workdir=str(workdir))
+
+
+# Training-time model keys a student that starts as its teacher may set otherwise.
+TRAINING_TIME_MODEL_KEYS = ("family", "ema_rate", "dtype", "remat")
+
+
+def check_same_network(teacher: Teacher, config: ml_collections.ConfigDict,
+                       free: tuple[str, ...] = TRAINING_TIME_MODEL_KEYS) -> None:
+    """UserError (one line, the first three differences) unless the student of `config`
+    is the teacher's network, up to the `free` model keys: it starts as the teacher."""
+    mine, theirs = config.model.to_dict(), teacher.family.config.model.to_dict()
+    diffs = [f"model.{k}={theirs.get(k)!r} (teacher) vs {mine.get(k)!r}"
+             for k in sorted(set(mine) | set(theirs))
+             if mine.get(k) != theirs.get(k) and k not in free]
+    if diffs:
+        raise UserError(f"the teacher in {teacher.workdir} is another network than the "
+                        "student, which starts as the teacher: " + "; ".join(diffs[:3]))
+
