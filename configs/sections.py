@@ -241,6 +241,11 @@ def _consistency() -> dict[str, Any]:
         "consistency.noise_levels": "uniform",
         "consistency.target_ema": 0.95,  # the target network's EMA; 0 = the student itself
         "consistency.solver": "heun",  # the teacher's ODE step (distillation): 'euler' | 'heun'
+        # How f reads the network: 'edm' (c_skip x + c_out F(c_in x), Song et al.; needs
+        # model.preconditioning='none') | 'denoiser' (one Euler step to sigma_min along the
+        # network's denoiser, read through model.preconditioning as a diffusion model's: a
+        # distillation student in it starts as its teacher, whose network it must be).
+        "consistency.parametrization": "edm",
     }
 
 
@@ -263,6 +268,9 @@ def _progressive() -> dict[str, Any]:
         "progressive.teacher_steps": 64,
         "progressive.student_steps": 4,
         "progressive.round_steps": 500,
+        # The DDIM grid t_i = T g(i / N): 'uniform' (g(u) = u) | 'quadratic' (u^2, DDIM's
+        # spacing: more steps at low noise). The student samples on the grid it learnt.
+        "progressive.time_spacing": "uniform",
     }
 
 

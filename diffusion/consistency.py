@@ -45,6 +45,7 @@ __all__ = [
     "WEIGHTINGS",
     "consistency_fn",
     "consistency_loss",
+    "denoiser_consistency_fn",
     "intervals_at",
     "karras_grid",
     "multistep_sample",
@@ -94,6 +95,22 @@ def consistency_fn(net_fn: NetFn, c_noise: Callable[[Array], Array], *, sigma_mi
         c_skip, c_out = (batch_broadcast(c, x) for c in skip_out(sigma, sigma_min, sigma_data))
         c_in = batch_broadcast(jax.lax.rsqrt(sigma**2 + sigma_data**2), x)
         return c_skip * x + c_out * net_fn(c_in * x, c_noise(sigma))
+
+    return f
+
+
+def denoiser_consistency_fn(denoiser: SigmaFn, *, sigma_min: float) -> SigmaFn:
+    """``f(x, sigma) = r x + (1 - r) D(x, sigma)`` with ``r = sigma_min / sigma``: one Euler
+    step of the probability flow from ``sigma`` to ``sigma_min`` along the denoiser ``D``.
+
+    A trained diffusion model read this way is already a crude consistency function (its
+    one-step DDIM), so a distillation student can start as its teacher instead of from
+    scratch (Song et al., 2023 initialise from the teacher too). At ``sigma = sigma_min``,
+    ``r = 1`` exactly and ``f(x, sigma_min) = x`` bit for bit for any finite ``D``."""
+
+    def f(x: Array, sigma: Array) -> Array:
+        ratio = batch_broadcast(sigma_min / sigma, x)
+        return ratio * x + (1.0 - ratio) * denoiser(x, sigma)
 
     return f
 

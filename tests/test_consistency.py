@@ -48,6 +48,21 @@ def test_the_boundary_condition_holds_exactly_whatever_the_network_says():
     assert float(c_skip) < 1e-4 and float(c_out) == pytest.approx(0.5, rel=1e-4)
 
 
+def test_the_denoiser_reading_keeps_the_boundary_and_is_exact_on_straight_paths():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1)) * 3.0
+    wild = lambda x, sigma: 1e6 * jnp.sin(x) + sigma.reshape(-1, 1, 1, 1)
+    f = consistency.denoiser_consistency_fn(wild, sigma_min=SIGMA_MIN)
+    assert np.array_equal(np.asarray(jax.jit(f)(x, jnp.full((4,), SIGMA_MIN))), np.asarray(x))
+    # Data at a point MU: the flow is a straight line to MU, which one Euler step along the
+    # exact denoiser (MU itself) follows exactly to sigma_min.
+    point = consistency.denoiser_consistency_fn(lambda x, sigma: jnp.full_like(x, MU),
+                                                sigma_min=SIGMA_MIN)
+    for level in (0.01, 1.0, SIGMA_MAX):
+        sigma = jnp.full((4,), level)
+        expected = MU + (SIGMA_MIN / level) * (x - MU)
+        np.testing.assert_allclose(point(x, sigma), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_grid_ends_exactly_pads_with_sigma_max_and_the_curriculum_doubles():
     grid = consistency.karras_grid(SIGMA_MIN, SIGMA_MAX, 17, RHO)
     assert grid.shape == (18,) and grid[0] == jnp.float32(SIGMA_MIN)

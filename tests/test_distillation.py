@@ -1,9 +1,9 @@
 """The distillation families end to end at tiny sizes (training/families/consistency.py,
 progressive.py and teacher.py): configs/digits_cd.py and digits_pd.py distil one tiny
 v-prediction teacher (trained here in-process), configs/digits_ct.py trains from scratch;
-each trains and samples (CD through sample.py); CD checkpoints and resumes exactly (the
-train state's `aux` and the teacher's restore, which PD shares); the bad-input refusals are
-one line each."""
+each trains through the loop, checkpoints, resumes exactly (the train state's `aux`, the
+teacher's restore, PD's hand-over between rounds) and samples through sample.py; the
+bad-input refusals are one line each."""
 
 import json
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import progressive
+from diffusion import edm, progressive
 from errors import RequestError, UserError
 from tests.configs import tiny_distill
 from tests.resume_runs import straight_and_resumed
@@ -21,7 +21,6 @@ from training import inference, loop
 from training.families import get_family
 from training.families import teacher as teachers
 from training.families.request import SampleRequest as R
-from training.sample_run import Sources, draw
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -76,20 +75,26 @@ def test_distillation_samples_through_sample_py_in_the_steps_asked(cd_run, tmp_p
     assert json.loads((workdir / "config.json").read_text())["distill"]["teacher_workdir"]
 
 
-def test_consistency_training_steps_with_itself_as_target_and_samples():
-    """One compiled step and a draw (its checkpoint and resume are distillation's: the same
-    family and train state; the curriculum is a function of the step,
-    tests/test_consistency.py)."""
-    family = get_family(_config("ct"))
-    state = family.init_state(jax.random.PRNGKey(0))
-    images = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1), minval=-1, maxval=1)
-    new, metrics = jax.jit(family.train_step)(state, {"image": images})
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["intervals"]) == 2.0
+@pytest.fixture(scope="module")
+def ct_run(tmp_path_factory):
+    config = _config("ct")
+    return config, _resumed_exactly(config, tmp_path_factory.mktemp("ct"))
+
+
+def test_consistency_training_has_itself_as_target_and_samples_through_sample_py(
+        ct_run, tmp_path):
+    """Its curriculum is a function of the step (tests/test_consistency.py)."""
+    config, workdir = ct_run
+    _, state, _ = inference.restore_latest(config, workdir, devices=ONE_DEVICE)
     # consistency.target_ema = 0: the target network is the student itself.
-    for a, b in zip(jax.tree.leaves(new.aux), jax.tree.leaves(new.params), strict=True):
+    for a, b in zip(jax.tree.leaves(state.aux), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(a, b)
-    x, nfe = family.make_sampler(R(4, steps=3))(new.ema_params, jax.random.PRNGKey(2))
-    assert x.shape == (4, 8, 8, 1) and int(nfe) == 3 and bool(jnp.all((x >= 0) & (x <= 1)))
+    out = tmp_path / "s.npz"
+    proc = _run("sample.py", f"--workdir={workdir}", "--num_samples=4", "--steps=3",
+                f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as npz:
+        assert npz["images"].shape == (4, 8, 8, 1) and int(npz["nfe"]) == 3
 
 
 @pytest.mark.parametrize("request_, message", [
@@ -143,17 +148,13 @@ def test_distillation_without_a_teacher_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def pd_run(teacher, tmp_path_factory):
-    """Two steps: 4 DDIM steps halved to 2 (step 1), then to 1 (step 2). Its exact resume
-    is distillation's (cd_run: the same restore of the teacher and of the state's `aux`)."""
+    """Two steps: 4 DDIM steps halved to 2 (step 1), then to 1 (step 2), straight and
+    resumed from step 1, the hand-over between the rounds."""
     config = _config("pd", teacher)
-    config.training.n_iters = 2
-    config.training.snapshot_sampling = False
-    workdir = tmp_path_factory.mktemp("pd")
-    assert loop.run(config, workdir, devices=ONE_DEVICE)["student_steps"] == 1.0
-    return config, workdir
+    return config, _resumed_exactly(config, tmp_path_factory.mktemp("pd"))
 
 
-def test_progressive_distillation_hands_each_round_its_students_weights(pd_run, teacher):
+def test_progressive_distillation_hands_each_round_its_students_weights(pd_run, tmp_path):
     config, workdir = pd_run
     _, state, _ = inference.restore_latest(config, workdir, devices=ONE_DEVICE)
     params, aux = (jax.tree.leaves(jax.device_get(t)) for t in (state.params, state.aux))
@@ -161,9 +162,12 @@ def test_progressive_distillation_hands_each_round_its_students_weights(pd_run, 
     # Step 1 ended round 0: its student became round 1's teacher; step 2 trained on.
     assert any(not np.array_equal(a, b) for a, b in zip(aux, start, strict=True))
     assert any(not np.array_equal(a, b) for a, b in zip(aux, params, strict=True))
-    samples, record = draw(config, Sources(str(workdir)), R(3, steps=2))
-    assert samples.shape == (3, 8, 8, 1) and int(record["nfe"]) == 2
-    assert str(record["sampler"]) == "ddim"
+    out = tmp_path / "s.npz"
+    proc = _run("sample.py", f"--workdir={workdir}", "--num_samples=3", "--steps=2",
+                f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as npz:
+        assert int(npz["nfe"]) == 2 and str(npz["sampler"]) == "ddim"
 
 
 def test_a_student_on_the_targets_of_a_network_teacher_matches_its_2n_steps(teacher):
@@ -175,7 +179,8 @@ def test_a_student_on_the_targets_of_a_network_teacher_matches_its_2n_steps(teac
     sde, shape, key = teacher_net.family.sde, (4, 8, 8, 1), jax.random.PRNGKey(0)
 
     def student(x, t):
-        x_tilde = progressive.distillation_target(sde, score_fn, x, t, sde.T / 2 + 0 * t)
+        x_tilde = progressive.distillation_target(sde, score_fn, x, t, *progressive.step_times(
+            sde, t, 2))
         alpha = sde.marginal_scale(t)[:, None, None, None]
         return (alpha * x_tilde - x) / sde.marginal_std(t)[:, None, None, None] ** 2
 
@@ -195,6 +200,52 @@ def test_what_a_progressive_student_cannot_draw_is_one_line(request_, message):
     with pytest.raises(RequestError) as err:
         family.accepts(request_)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _denoiser_cd(teacher_dir):
+    """configs/digits_cd.py read as a denoiser: the tiny v teacher's own network."""
+    config = _config("cd", teacher_dir)
+    config.consistency.parametrization = "denoiser"
+    config.model.preconditioning = "v"
+    return config
+
+
+def test_a_denoiser_read_student_starts_as_its_teacher_one_step_ddim(teacher):
+    family = get_family(_denoiser_cd(teacher))
+    family.prepare_training()
+    state = family.init_state(jax.random.PRNGKey(0))
+    start = jax.tree.leaves(family.teacher.params)
+    for tree in (state.params, state.ema_params, state.aux):
+        for a, b in zip(jax.tree.leaves(tree), start, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # At step 0 f is the teacher's Euler step from sigma to sigma_min.
+    x = 3.0 * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+    sigma = jnp.full((4,), 3.0)
+    d = edm.denoiser(family.sde, family.teacher.score_fn())(x, sigma)
+    ratio = family.config.consistency.sigma_min / 3.0
+    np.testing.assert_allclose(family.consistency_fn(state.params)(x, sigma),
+                               ratio * x + (1 - ratio) * d, rtol=1e-5, atol=1e-5)
+    new, metrics = jax.jit(family.train_step)(state, {"image": jnp.clip(x, -1, 1)})
+    assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+
+
+def test_a_parametrisation_that_cannot_read_the_network_is_one_line(teacher):
+    config = _denoiser_cd(teacher)
+    config.consistency.parametrization = "edm"
+    with pytest.raises(UserError) as err:
+        get_family(config)
+    assert "consistency.parametrization='edm' has its own" in str(err.value)
+    assert "\n" not in str(err.value)
+    config = _denoiser_cd(teacher)
+    config.model.nf = 16
+    with pytest.raises(UserError) as err:
+        get_family(config).prepare_training()
+    assert "another network than the student, which starts as the teacher: model.nf=8" \
+        in str(err.value)
+    config.consistency.parametrization = "x0"
+    with pytest.raises(UserError, match=r"consistency.parametrization='x0' is not one of "
+                                        r"\['denoiser', 'edm'\]"):
+        get_family(config)
 
 
 def test_a_progressive_teacher_of_another_network_is_one_line(teacher):

@@ -11,8 +11,14 @@ The student is compared with a target network, the EMA of its weights at
 `consistency.target_ema` (0: the student itself under a stop-gradient), kept in the train
 state's `aux`; samples come from the EMA at `model.ema_rate`, by multistep consistency
 sampling in `sampling.steps` (sample.py --steps) network calls, at most
-`consistency.intervals`. The SDE only says how the network hears a noise level: its
-`c_noise` at t(sigma) (999 t on VP), as the teacher heard it.
+`consistency.intervals`.
+
+`consistency.parametrization` says how f reads the network: 'edm' wraps it in Song et al.'s
+c_skip/c_out/c_in, the SDE only saying how it hears a noise level (its `c_noise` at t(sigma),
+999 t on VP, as the teacher heard it); 'denoiser' reads it as a diffusion model does, through
+`model.preconditioning`, and takes one Euler step to sigma_min along that denoiser. A
+distillation student in 'denoiser' starts as its teacher (the same network, checked), not
+from scratch.
 """
 
 import jax
@@ -57,9 +63,19 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
         elif config.distill.teacher_workdir:
             raise UserError(f"training.objective={TRAINING!r} learns from the data alone: "
                             f"distill.teacher_workdir is for {DISTILLATION!r}")
-        if config.model.preconditioning != "none":
-            raise UserError("model.family='consistency' has its own parametrisation (c_skip, "
-                            "c_out around sigma_min): leave model.preconditioning='none'")
+        _choice("consistency.parametrization", c.parametrization, PARAMETRIZATIONS)
+        if c.parametrization == "edm" and config.model.preconditioning != "none":
+            raise UserError("consistency.parametrization='edm' has its own (c_skip, c_out "
+                            "around sigma_min): leave model.preconditioning='none', or read "
+                            "the network as a denoiser with consistency.parametrization="
+                            "'denoiser'")
+        if c.parametrization == "denoiser":
+            try:
+                score.check_preconditioning(config.model.preconditioning,
+                                            continuous=config.training.continuous,
+                                            sigma_data=config.model.sigma_data)
+            except ValueError as err:
+                raise UserError(f"model.preconditioning: {err}") from err
         few_step.check_unconditional(config)
         if not config.training.continuous:
             raise UserError("model.family='consistency' needs training.continuous=True")
@@ -92,11 +108,21 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
         """The most sampling steps: the intervals of the final training grid."""
         return int(self.config.consistency.intervals)
 
+    @property
+    def starts_as_teacher(self) -> bool:
+        """A distillation student read as a denoiser starts as its teacher's weights."""
+        return (self.config.training.objective == DISTILLATION
+                and self.config.consistency.parametrization == "denoiser")
+
     def prepare_training(self) -> None:
         """Restores the teacher of a distillation run (UserError, one line, for a missing
-        teacher or one of another data shape or SDE)."""
+        teacher, one of another data shape or SDE, or, for a student that starts as its
+        teacher, of another network)."""
         if self.config.training.objective == DISTILLATION:
-            self.teacher = teachers.restore(self.config, f"training.objective={DISTILLATION!r}")
+            teacher = teachers.restore(self.config, f"training.objective={DISTILLATION!r}")
+            if self.starts_as_teacher:
+                teachers.check_same_network(teacher, self.config)
+            self.teacher = teacher
 
     # -- the consistency function and its loss ---------------------------------------
 
@@ -104,11 +130,21 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
         return score.noise_conditioning(self.sde, edm.sigma_to_t(self.sde, sigma))
 
     def consistency_fn(self, params, *, train: bool = False, key: jax.Array | None = None):
-        """``f(x, sigma)`` (``sigma`` ``(B,)``) of the network with these parameters."""
+        """``f(x, sigma)`` (``sigma`` ``(B,)``) of the network with these parameters, read
+        by `consistency.parametrization`."""
+        read = PARAMETRIZATIONS[self.config.consistency.parametrization]
+        return read(self, params, train, key)
+
+    def _edm_fn(self, params, train: bool, key: jax.Array | None):
         return consistency.consistency_fn(
             self._net_fn(params, train=train, key=key), self._c_noise,
             sigma_min=self.config.consistency.sigma_min,
             sigma_data=self.config.model.sigma_data)
+
+    def _denoiser_fn(self, params, train: bool, key: jax.Array | None):
+        denoise = edm.denoiser(self.sde, self.score_fn(params, train=train, key=key))
+        return consistency.denoiser_consistency_fn(
+            denoise, sigma_min=self.config.consistency.sigma_min)
 
     def _partner(self):
         """``x_n`` from ``x_{n+1}``: the teacher's ODE step, or the same noise at sigma_n."""
@@ -138,7 +174,12 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
             noise_levels=c.noise_levels, p_mean=training.P_mean, p_std=training.P_std)
 
     def init_state(self, key: jax.Array) -> TrainState:
-        state = single_network_state(key, self.init_params, self.tx)
+        """The student (its teacher's EMA weights when it `starts_as_teacher`), its EMA and
+        the target network (`aux`)."""
+        init = self.init_params
+        if self.starts_as_teacher and self.teacher is not None:
+            init = lambda _: jax.tree.map(jnp.asarray, self.teacher.params)  # noqa: E731
+        state = single_network_state(key, init, self.tx)
         return state.replace(aux=jax.tree.map(jnp.copy, state.params))  # the target network
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -182,3 +223,7 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
             consistency.karras_grid(c.sigma_min, c.sigma_max, c.intervals, c.rho), steps)
         return consistency.multistep_sample(self.consistency_fn(params), key, shape, sigmas,
                                             c.sigma_min)
+
+
+# consistency.parametrization: how f(x, sigma) reads the network (sections.py).
+PARAMETRIZATIONS = {"edm": ConsistencyFamily._edm_fn, "denoiser": ConsistencyFamily._denoiser_fn}

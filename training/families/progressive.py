@@ -9,7 +9,8 @@ trains a student of teacher_steps / 2^(r+1) steps on the targets of round r's te
 student's own weights frozen at the round's start (kept in the train state's `aux`, so a
 resumed run continues exactly; round 0's are the teacher's). The optimiser is not reset
 between rounds. Samples: DDIM in `sampling.steps` (sample.py --steps) steps, a power of two
-from student_steps up to teacher_steps / 2 (what the rounds trained).
+from student_steps up to teacher_steps / 2 (what the rounds trained), on the grid of
+`progressive.time_spacing` the rounds trained on.
 """
 
 import jax
@@ -50,6 +51,9 @@ class ProgressiveDistillationFamily(few_step.FewStepSampling, DiffusionFamily):
         if not p.student_steps < p.teacher_steps:
             raise UserError(f"progressive.student_steps={p.student_steps} must be below "
                             f"progressive.teacher_steps={p.teacher_steps}")
+        if p.time_spacing not in progressive.SPACINGS:
+            raise UserError(f"progressive.time_spacing={p.time_spacing!r} is not one of "
+                            f"{sorted(progressive.SPACINGS)}")
         if not p.round_steps >= 1:
             raise UserError(f"progressive.round_steps must be positive, got {p.round_steps}")
         few_step.check_unconditional(config)
@@ -101,7 +105,7 @@ class ProgressiveDistillationFamily(few_step.FewStepSampling, DiffusionFamily):
             key = few_step.micro_key(dropout_key, self.accum_steps, index)
             student = self.score_fn(params, train=True, key=key)
             return progressive.distillation_loss(self.sde, student, teacher, micro["key"],
-                                                 micro["image"], steps), ()
+                                                 micro["image"], steps, self._spacing), ()
 
         (loss, _), grads = accumulate.value_and_grad(objective, state.params, inputs,
                                                      self.accum_steps)
@@ -118,11 +122,16 @@ class ProgressiveDistillationFamily(few_step.FewStepSampling, DiffusionFamily):
         steps = self.config.progressive.student_steps
         return {"eval_loss": progressive.distillation_loss(
             self.sde, self.score_fn(state.ema_params), self.score_fn(state.aux), key,
-            batch["image"], steps)}
+            batch["image"], steps, self._spacing)}
 
     def _draw(self, params, key: jax.Array, shape: tuple[int, ...], steps: int) -> jax.Array:
-        """DDIM in `steps` steps on the uniform grid (few_step.FewStepSampling)."""
-        return progressive.ddim_sample(self.sde, self.score_fn(params), key, shape, steps)
+        """DDIM in `steps` steps on the trained grid (few_step.FewStepSampling)."""
+        return progressive.ddim_sample(self.sde, self.score_fn(params), key, shape, steps,
+                                       self._spacing)
+
+    @property
+    def _spacing(self) -> str:
+        return self.config.progressive.time_spacing
 
 
 def _as_dsm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
