@@ -5,7 +5,8 @@ For data N(mean, std^2 I) on the linear path the probability flow maps each nois
 mean + std z: the pairs are known exactly, and the reflowed velocity on them, ((1 - std)
 z - mean), is straight, so one Euler step draws the data. End to end, a tiny digits_rf run
 draws pairs through reflow.py; a tiny digits_reflow student starts as that run, trains on
-the pairs, resumes exactly and samples through sample.py; bad input is one line each."""
+the pairs, resumes exactly, samples through sample.py and teaches the next reflow; bad
+input is one line each."""
 
 import jax
 import jax.numpy as jnp
@@ -169,6 +170,15 @@ def test_the_student_starts_as_its_teacher_trains_resumes_and_samples(rf_run, pa
     assert proc.returncode == 0, proc.stderr
     with np.load(out) as npz:
         assert npz["images"].shape == (3, 8, 8, 1) and int(npz["nfe"]) == 2
+    # The reflowed run teaches the next reflow (3-rectified flow): it starts as its weights.
+    config.distill.teacher_workdir = str(tmp_path / "resumed")
+    third = get_family(config)
+    third.prepare_training()
+    start = third.init_state(jax.random.PRNGKey(0))
+    _, second, _ = inference.restore_latest(config, tmp_path / "resumed", devices=ONE_DEVICE)
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(second.ema_params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_reflow_py_refuses_a_stochastic_sampler_in_one_line(rf_run, tmp_path):

@@ -6,7 +6,9 @@ them.
 The student is a flow-matching model like any other (`training.sde` a path or an SDE, any
 preconditioning): it samples, and has its likelihood, through the diffusion family. With
 `distill.teacher_workdir` set it starts as that run's EMA weights (the same network), as
-Liu et al.'s 2-rectified flow starts from the 1-rectified one; without, from scratch. Each
+Liu et al.'s 2-rectified flow starts from the 1-rectified one (a reflow run is a teacher
+too: pairs drawn from it and a student started as it make the next rectified flow);
+without, from scratch. Each
 step draws its batch of pairs uniformly (with replacement) from the step's key, so a
 resumed run draws what the straight run would have; the data pipeline's images are not
 used. The pairs are held in memory, as constants of the compiled step: a digits-scale
@@ -55,7 +57,7 @@ class ReflowFamily(DiffusionFamily):
         self.pairs = pairs_file.load_pairs(self.config.reflow.pairs, self.data_shape,
                                            self.config.training.sde)
         if self.config.distill.teacher_workdir:
-            teacher = teachers.restore(self.config, "reflow")
+            teacher = teachers.restore(self.config, "reflow", REFLOW_TEACHERS)
             teachers.check_same_network(teacher, self.config,
                                         (*teachers.TRAINING_TIME_MODEL_KEYS, "dropout"))
             self.teacher = teacher
@@ -92,6 +94,11 @@ class ReflowFamily(DiffusionFamily):
         new_state = apply_gradients(state, grads, self.tx, self.config.model.ema_rate)
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                            "lr": self.lr_schedule(state.step)}
+
+
+# A reflow student starts as a diffusion or flow run, or as a reflow run (Liu et al.'s
+# k-rectified flow from the (k-1)-rectified one).
+REFLOW_TEACHERS = {**teachers.DIFFUSION_TEACHERS, "reflow": ReflowFamily}
 
 
 def _as_flow_matching(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

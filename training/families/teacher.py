@@ -1,11 +1,13 @@
-"""The teacher of a distillation run (`distill.teacher_workdir`): a trained diffusion run,
-restored read-only with its own config.json, on the student's data and SDE.
+"""The teacher of a distillation run (`distill.teacher_workdir`): a trained diffusion run
+(or, for reflow, a reflow run: Liu et al.'s k-rectified flows), restored read-only with its
+own config.json, on the student's data and SDE.
 
 Only training reads it (`prepare_training`): a distilled student samples alone, so its
 checkpoints do not carry the teacher, and a resumed run restores the same teacher again.
 """
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -31,14 +33,20 @@ def workdir_of(config: ml_collections.ConfigDict, who: str) -> str:
     return workdir
 
 
+# The families a teacher may be, by default: a score-SDE diffusion (or flow) run.
+DIFFUSION_TEACHERS = {"diffusion": DiffusionFamily}
+
+
 def check_compatible(teacher_config: ml_collections.ConfigDict,
-                     config: ml_collections.ConfigDict, workdir: str) -> None:
-    """UserError (one line) unless the teacher is an unconditional score-SDE diffusion
-    model of the student's data shape and SDE."""
+                     config: ml_collections.ConfigDict, workdir: str,
+                     families: Mapping[str, type] = DIFFUSION_TEACHERS) -> None:
+    """UserError (one line) unless the teacher is an unconditional model of one of
+    `families` (names), of the student's data shape and SDE."""
     family = teacher_config.model.family
-    if family != "diffusion":
+    if family not in families:
+        kinds = " or ".join(f"model.family={name!r}" for name in families)
         raise UserError(f"the teacher in {workdir} is model.family={family!r}; a teacher is a "
-                        "score-SDE diffusion run (model.family='diffusion')")
+                        f"score-SDE diffusion run ({kinds})")
     if teacher_config.model.num_classes or teacher_config.model.self_condition_clusters:
         raise UserError(f"the teacher in {workdir} is conditional (model.num_classes="
                         f"{teacher_config.model.num_classes}, self_condition_clusters="
@@ -72,20 +80,22 @@ class Teacher:
         return self.family.score_fn(self.params)
 
 
-def restore(config: ml_collections.ConfigDict, who: str) -> Teacher:
+def restore(config: ml_collections.ConfigDict, who: str,
+            families: Mapping[str, type] = DIFFUSION_TEACHERS) -> Teacher:
     """The teacher of `config` (its newest checkpoint, or `distill.teacher_step`), checked
-    against the student; UserError (one line) for a missing or incompatible teacher."""
+    against the student; UserError (one line) for a missing or incompatible teacher.
+    `families`: the family classes a teacher may be, by `model.family`."""
     workdir = workdir_of(config, who)
     teacher_config = run_config.read_run_config(workdir)
     if teacher_config is None:
         raise UserError(f"distill.teacher_workdir={workdir!r} holds no "
                         f"{run_config.CONFIG_FILE}: train the teacher with train.py first")
-    check_compatible(teacher_config, config, workdir)
+    check_compatible(teacher_config, config, workdir, families)
     # sample.py's restore path (inference.restore_latest), which imports every family.
     step = config.distill.teacher_step
     checkpoint.check_has_checkpoints(workdir)
-    family = DiffusionFamily(teacher_config,
-                             checkpoint.saved_statistics(teacher_config, workdir, step))
+    family = families[teacher_config.model.family](
+        teacher_config, checkpoint.saved_statistics(teacher_config, workdir, step))
     state, step = checkpoint.restore_run(teacher_config, workdir, family, step)
     params = jax.device_get(family.sample_params(state))
     logging.info("Teacher: step %d of %s (%s)", step, workdir, teacher_config.training.sde)
