@@ -203,10 +203,10 @@ def test_what_a_progressive_student_cannot_draw_is_one_line(request_, message):
 
 
 def _denoiser_cd(teacher_dir):
-    """configs/digits_cd.py read as a denoiser: the tiny v teacher's own network."""
+    """configs/digits_cd.py: read as a denoiser, the tiny v teacher's own network."""
     config = _config("cd", teacher_dir)
-    config.consistency.parametrization = "denoiser"
-    config.model.preconditioning = "v"
+    assert config.consistency.parametrization == "denoiser"
+    assert config.model.preconditioning == "v"
     return config
 
 
