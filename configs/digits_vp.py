@@ -9,7 +9,7 @@ def get_config():
     config.sampling.method = "pc"
     config.sampling.predictor = "euler_maruyama"
     config.sampling.corrector = "none"
-    # 3,000 steps keep the README's first command (set-up, training, grids) under 10
-    # minutes on 2 cores; 4,000 gave the same FD (0.085 against 0.082, docs/results.md).
+    # 3,000 steps for the README's first command (10 min 3 s on the 2-core reference
+    # machine, docs/results.md); 4,000 gave an FD within the seed's spread.
     config.training.n_iters = 3000
     return config
