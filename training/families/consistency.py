@@ -178,7 +178,7 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
         the target network (`aux`)."""
         init = self.init_params
         if self.starts_as_teacher and self.teacher is not None:
-            init = lambda _: jax.tree.map(jnp.asarray, self.teacher.params)
+            init = self.teacher.init_params
         state = single_network_state(key, init, self.tx)
         return state.replace(aux=jax.tree.map(jnp.copy, state.params))  # the target network
 

@@ -85,8 +85,7 @@ class ProgressiveDistillationFamily(few_step.FewStepSampling, DiffusionFamily):
 
     def init_state(self, key: jax.Array) -> TrainState:
         """The teacher's weights as the student, its EMA and round 0's teacher (`aux`)."""
-        init = (self.init_params if self.teacher is None
-                else lambda _: jax.tree.map(jnp.asarray, self.teacher.params))
+        init = self.init_params if self.teacher is None else self.teacher.init_params
         state = single_network_state(key, init, self.tx)
         return state.replace(aux=jax.tree.map(jnp.copy, state.params))
 

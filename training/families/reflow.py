@@ -66,8 +66,7 @@ class ReflowFamily(DiffusionFamily):
         """The teacher's weights (or fresh ones) as the parameters and their EMA."""
         if self.teacher is None:
             return super().init_state(key)
-        return single_network_state(
-            key, lambda _: jax.tree.map(jnp.asarray, self.teacher.params), self.tx)
+        return single_network_state(key, self.teacher.init_params, self.tx)
 
     def _pairs(self) -> tuple[jax.Array, jax.Array]:
         if self.pairs is None:

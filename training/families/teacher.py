@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -78,6 +79,11 @@ class Teacher:
     def score_fn(self):
         """The teacher's score ``s(x, t)`` on its SDE (pure JAX)."""
         return self.family.score_fn(self.params)
+
+    def init_params(self, _key: jax.Array):
+        """The teacher's weights as a student's initial parameters (an `init_params` for
+        `single_network_state`; the key is unused)."""
+        return jax.tree.map(jnp.asarray, self.params)
 
 
 def restore(config: ml_collections.ConfigDict, who: str,
