@@ -49,6 +49,40 @@ def test_the_digest_is_the_same_on_one_device_and_sharded_over_eight():
         jax.device_get(tree["params"]["w"])).digests
 
 
+def _many_leaves(mesh=None):
+    """A state-like tree: repeated shapes, mixed dtypes, a key, an empty leaf, and (with a
+    mesh) leaves sharded over it."""
+    rng = np.random.default_rng(1)
+    tree = dict(_tree(), empty=jnp.zeros((0, 3)), wide=jnp.arange(40.0).reshape(5, 8))
+    tree["copies"] = [jnp.asarray(rng.normal(size=(4, 6)).astype(np.float32)) for _ in range(5)]
+    if mesh is not None:
+        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        tree["sharded"] = [jax.device_put(jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+                                          spec) for _ in range(3)]
+    return tree
+
+
+@pytest.mark.parametrize("bucket_bytes", [1 << 26, 64])
+def test_digests_of_a_whole_state_are_those_of_each_leaf_alone(monkeypatch, bucket_bytes):
+    """However the leaves are pieced together (flattened buckets for unpartitioned leaves,
+    stacks for sharded ones, split when large), each leaf's digest is its own."""
+    monkeypatch.setattr(integrity, "_BUCKET_BYTES", bucket_bytes)
+    tree = _many_leaves(sharding.make_mesh([("data", -1), ("fsdp", 1)]))
+    whole = integrity.inspect(tree)
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    alone = [integrity.inspect(jax.device_get(leaf)).digests[0] for _, leaf in flat]
+    assert list(whole.digests) == alone
+    assert whole.nonfinite() == []
+
+
+def test_a_nan_in_one_of_several_leaves_of_a_shape_names_that_leaf_only():
+    mesh = sharding.make_mesh([("data", -1), ("fsdp", 1)])
+    tree = _many_leaves(mesh)
+    tree["copies"][3] = tree["copies"][3].at[1, 2].set(jnp.nan)
+    tree["sharded"][1] = tree["sharded"][1].at[7, 0].set(-jnp.inf)
+    assert integrity.inspect(tree).nonfinite() == ["copies/3", "sharded/1"]
+
+
 def test_non_finite_leaves_are_named_and_integer_leaves_are_finite():
     tree = _tree()
     tree["params"]["w"] = tree["params"]["w"].at[2, 3].set(jnp.inf)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -238,8 +239,7 @@ class Checkpointer:
     def _save_failed(self, err: Exception) -> SaveFailedError:
         """The one-line report of a failed save, after removing its temporary folder."""
         step, self._saving = self._saving, None
-        for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        _remove_partial(self.directory, step)
         kept = [s for s in self._manager.all_steps() if s != step]
         return SaveFailedError(
             f"saving checkpoint {self.directory / str(step)} failed ({_cause(err)}; "
@@ -384,3 +384,23 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, f
     finally:
         ckpt.close()
     return state, step
+
+
+def _remove_partial(directory, step: int, patience_s: float = 5.0,
+                    quiet_s: float = 0.2) -> None:
+    """Removes the temporary folder(s) of a failed save of `step`. The save's writer
+    threads may still finish a file after the failure is reported (seen under load), so
+    removal repeats until no folder has appeared for `quiet_s`, or `patience_s` passes."""
+    deadline = time.monotonic() + patience_s
+    gone_since = None
+    while time.monotonic() < deadline:
+        partials = list(directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        if partials:
+            gone_since = None
+            for partial in partials:
+                shutil.rmtree(partial, ignore_errors=True)
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= quiet_s:
+            return
+        time.sleep(0.05)
