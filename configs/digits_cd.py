@@ -5,8 +5,7 @@ Euler step to sigma_min along that denoiser, the teacher's one-step DDIM) and le
 one Heun step of the teacher's probability-flow ODE between adjacent levels of an 18-level
 grid; drawn in 1 to 17 network calls (sample.py --steps). Train the teacher first:
 
-  python train.py --config configs/digits_vp.py --workdir runs/digits_v \
-    --config.model.preconditioning=v --config.training.objective=v_prediction
+  python train.py --config configs/digits_v.py --workdir runs/digits_v
 
 Another teacher is `--config.distill.teacher_workdir=...` (its network and preconditioning
 must be this config's: the student starts as it)."""

@@ -4,8 +4,7 @@ time grid, the student starting as its teacher, a v-prediction digits_vp run (PD
 or x prediction: noise prediction at 4 steps reads x0 off a 1/alpha(1) = 150-fold
 amplified error). Train the teacher first:
 
-  python train.py --config configs/digits_vp.py --workdir runs/digits_v \
-    --config.model.preconditioning=v --config.training.objective=v_prediction
+  python train.py --config configs/digits_v.py --workdir runs/digits_v
 """
 
 from configs.digits_vp import get_config as digits_vp_config

@@ -14,4 +14,5 @@ def get_config():
     # 1,000 (Euler); 19 Euler steps (20 evaluations) gave 0.206 (docs/results.md).
     config.sampling.method = "flow_heun"
     config.sampling.steps = 9
+    config.training.n_iters = 3000  # as measured: 8 min 59 s alone on 2 cores
     return config

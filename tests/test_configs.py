@@ -33,6 +33,7 @@ FAMILY_EXPERIMENTS = {
     "digits_pd": "progressive_distillation",
     "digits_reflow": "reflow",
     "digits_ve_edm": "diffusion",
+    "digits_v": "diffusion",
 }
 
 

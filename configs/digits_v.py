@@ -1,0 +1,18 @@
+"""The v-prediction digits_vp (Salimans & Ho, 2022): the same U-Net, data and schedule,
+the network predicting v = alpha z - sigma x0 and trained on the v loss; 3,000 steps. The
+teacher that digits_cd and digits_pd distil (their `distill.teacher_workdir`,
+runs/digits_v):
+
+  python train.py --config configs/digits_v.py --workdir runs/digits_v
+"""
+
+from configs.digits_vp import get_config as digits_vp_config
+
+
+def get_config():
+    config = digits_vp_config()
+    config.model.preconditioning = "v"
+    config.training.objective = "v_prediction"
+    # Pinned here, not inherited: the distilled students' figures were measured on it.
+    config.training.n_iters = 3000
+    return config
