@@ -14,9 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import re
-import shutil
-import time
 from typing import Any
 
 import jax
@@ -25,7 +22,7 @@ import orbax.checkpoint as ocp
 
 from data import paths
 from errors import CheckpointError, DamagedCheckpointError, NonFiniteStateError, SaveFailedError
-from training import integrity, sharding
+from training import integrity, save_failure, sharding
 
 # Orbax splits a replicated array among its replicas so that each writes a part. For a small
 # array that saves nothing and costs a compiled slice per array and device (over a thousand
@@ -239,11 +236,12 @@ class Checkpointer:
     def _save_failed(self, err: Exception) -> SaveFailedError:
         """The one-line report of a failed save, after removing its temporary folder."""
         step, self._saving = self._saving, None
-        _remove_partial(self.directory, step)
+        save_failure.remove_partial(self.directory, step)
         kept = [s for s in self._manager.all_steps() if s != step]
         return SaveFailedError(
-            f"saving checkpoint {self.directory / str(step)} failed ({_cause(err)}; "
-            f"{_free_space(self.directory)}): training stopped, its partial folder removed; "
+            f"saving checkpoint {self.directory / str(step)} failed "
+            f"({save_failure.cause(err)}; {save_failure.free_space(self.directory)}): "
+            "training stopped, its partial folder removed; "
             + (f"the newest checkpoint is step {max(kept)}" if kept else "no checkpoint is saved"))
 
     def statistics(self, step: int) -> dict | None:
@@ -288,26 +286,6 @@ class Checkpointer:
             self.wait()
         finally:
             self._manager.close()
-
-
-def _cause(err: Exception) -> str:
-    """What went wrong, in a few words ('No space left on device')."""
-    text = str(err)
-    code = re.search(r"os_error_code='?(\d+)", text)
-    if code:
-        return os.strerror(int(code.group(1)))
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return first[:200]
-
-
-def _free_space(directory) -> str:
-    try:
-        free = shutil.disk_usage(os.fspath(directory)).free
-    except (OSError, TypeError, ValueError):  # a bucket, or the folder is gone
-        return "free space unknown"
-    return f"{free / 2**20:.1f} MiB free"
 
 
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
@@ -385,22 +363,3 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, f
         ckpt.close()
     return state, step
 
-
-def _remove_partial(directory, step: int, patience_s: float = 5.0,
-                    quiet_s: float = 0.2) -> None:
-    """Removes the temporary folder(s) of a failed save of `step`. The save's writer
-    threads may still finish a file after the failure is reported (seen under load), so
-    removal repeats until no folder has appeared for `quiet_s`, or `patience_s` passes."""
-    deadline = time.monotonic() + patience_s
-    gone_since = None
-    while time.monotonic() < deadline:
-        partials = list(directory.glob(f"{step}.orbax-checkpoint-tmp*"))
-        if partials:
-            gone_since = None
-            for partial in partials:
-                shutil.rmtree(partial, ignore_errors=True)
-        elif gone_since is None:
-            gone_since = time.monotonic()
-        elif time.monotonic() - gone_since >= quiet_s:
-            return
-        time.sleep(0.05)

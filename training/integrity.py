@@ -136,11 +136,13 @@ def _chunks(indices: list[int], nbytes: list[int]) -> list[tuple[int, ...]]:
 def _plan(leaves: list) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
     """(buckets of unpartitioned leaves, stacks of partitioned leaves), as leaf indices."""
     nbytes = [_nbytes(leaf) for leaf in leaves]
-    flat = [i for i, leaf in enumerate(leaves) if not _partitioned(leaf)]
+    flat: list[int] = []
     kinds: dict[Any, list[int]] = {}
     for i, leaf in enumerate(leaves):
         if _partitioned(leaf):
             kinds.setdefault((leaf.shape, str(leaf.dtype), leaf.sharding), []).append(i)
+        else:
+            flat.append(i)
     stacks = [chunk for same in kinds.values() for chunk in _chunks(same, nbytes)]
     return tuple(_chunks(flat, nbytes)), tuple(stacks)
 
