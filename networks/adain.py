@@ -32,7 +32,14 @@ from flax import nnx
 
 from errors import UserError
 from networks import vgg
-from networks.layers import _AUTO_MATMUL_MAX_PIXELS, Conv3x3, const, default_init, resolve_conv_impl
+from networks.layers import (
+    _AUTO_MATMUL_MAX_PIXELS,
+    Conv3x3,
+    const,
+    default_init,
+    param_key,
+    resolve_conv_impl,
+)
 
 Array = jax.Array
 
@@ -186,7 +193,7 @@ class PaddedConv3x3(nnx.Module):
         self.reflect = reflect
         self.impl = resolve_conv_impl(impl)
         self.auto = impl == "auto"
-        self.kernel = nnx.Param(default_init(init_scale)(rngs.params(), (3, 3, in_ch, out_ch)))
+        self.kernel = nnx.Param(default_init(init_scale)(param_key(rngs), (3, 3, in_ch, out_ch)))
         self.bias = nnx.Param(const((out_ch,), bias_init))
 
     def __call__(self, x: Array) -> Array:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from networks.layers import const, default_init
+from networks.layers import const, default_init, param_key
 
 Array = jax.Array
 
@@ -76,7 +76,7 @@ class Conv(nnx.Module):
         kh, kw = _pair(kernel_size)
         self.stride = stride
         self.padding = _pair(padding)
-        self.kernel = nnx.Param(default_init()(rngs.params(), (kh, kw, in_ch, out_ch)))
+        self.kernel = nnx.Param(default_init()(param_key(rngs), (kh, kw, in_ch, out_ch)))
 
     def __call__(self, x: Array, out_scale: Array | None = None) -> Array:
         """The convolution of ``x``, with the kernel's output channels scaled by ``out_scale``."""
@@ -261,7 +261,7 @@ class Linear(nnx.Module):
     """Dense layer, kernel (in, out) (torch ``Linear.weight`` is (out, in))."""
 
     def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(default_init()(rngs.params(), (in_dim, out_dim)))
+        self.kernel = nnx.Param(default_init()(param_key(rngs), (in_dim, out_dim)))
         self.bias = nnx.Param(const((out_dim,)))
 
     def __call__(self, x: Array) -> Array:

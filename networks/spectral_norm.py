@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from networks.layers import Conv1x1, Conv3x3, Dense, Embed, _conv3x3_matmul, draw
+from networks.layers import Conv1x1, Conv3x3, Dense, Embed, _conv3x3_matmul, draw, param_key
 
 Array = jax.Array
 Layer = Conv3x3 | Conv1x1 | Embed
@@ -102,7 +102,7 @@ class SpectralNorm(nnx.Module):
     def __init__(self, layer: Layer, *, rngs: nnx.Rngs):
         self.layer = layer
         out = _weight(layer).shape[-1]
-        u = draw(rngs.params(), (out,), "normal")
+        u = draw(param_key(rngs), (out,), "normal")
         # Plain arithmetic works on both numpy (eager) and traced draws, without compiling.
         self.u = NetState(jnp.asarray(u / (u**2).sum() ** 0.5, jnp.float32))
 

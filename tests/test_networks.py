@@ -240,3 +240,26 @@ def test_fourier_frequencies_get_no_gradient():
 
     grads = jax.grad(loss)(params)
     assert float(jnp.abs(grads["embed"]["freqs"][...]).max()) == 0.0
+
+
+def test_param_key_draws_the_keys_of_rngs_params_eagerly_and_traced():
+    def keys(next_key, rngs):
+        return jnp.stack([jax.random.key_data(next_key(rngs)) for _ in range(3)])
+
+    expected = keys(lambda r: r.params(), nnx.Rngs(7))
+    np.testing.assert_array_equal(keys(layers.param_key, nnx.Rngs(7)), expected)
+    # Traced, as in an abstract build, and with the stream's count carried out of the trace.
+    traced = jax.jit(lambda: keys(layers.param_key, nnx.Rngs(7)))()
+    np.testing.assert_array_equal(traced, expected)
+    rngs = nnx.Rngs(7)
+    layers.param_key(rngs)
+    assert int(rngs.params.count.get_value()) == 1
+    np.testing.assert_array_equal(jax.random.key_data(layers.param_key(rngs)), expected[1])
+
+
+def test_an_abstract_build_has_the_parameters_of_a_real_one(base):
+    config = make_config(**BASE)
+    abstract = nnx.eval_shape(lambda: networks.get_model(config, nnx.Rngs(0)))
+    real = base[0]
+    shapes = jax.tree.map(lambda a: (a.shape, a.dtype), nnx.state(real, nnx.Param))
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), nnx.state(abstract, nnx.Param)) == shapes
