@@ -25,6 +25,7 @@ import numpy as np
 
 from diffusion.likelihood import bits_per_dim as density_bits_per_dim
 from errors import UserError
+from evaluation import bpd
 from training import inference, run_config
 from training.families.base import BOUNDS, LIKELIHOOD
 from training.families.request import SampleRequest
@@ -73,21 +74,24 @@ class Model:
         batch = int(self.config.eval.batch_size)
         rng = np.random.default_rng(seed)
         params = self.family.sample_params(self.state)
-        fn = self._likelihood_fn(kind)
+        likelihood_fn = self._likelihood_fn(kind)
+        # Each batch split over the devices the model is placed on (evaluate.py's way).
+        fn = bpd.split_over_devices(lambda key, x: likelihood_fn(params, key, x),
+                                    bpd.batch_placement(params))
         key = jax.random.PRNGKey(seed)
         out = []
         for i in range(0, len(pixels), batch):
             k = pixels[i:i + batch].astype(np.float32)
             if kind == LIKELIHOOD:
                 x = (k + rng.random(k.shape, np.float32)) / 256.0
-                logp, _ = fn(params, jax.random.fold_in(key, i), self._centre(x))
+                logp, _ = fn(jax.random.fold_in(key, i), self._centre(x))
                 # The density of the data space as one of k + u on [0, 256)^D: evaluate.py's.
                 logp = -np.asarray(density_bits_per_dim(logp, self.family.data_shape,
                                                         centered=self.config.data.centered),
                                    np.float64) * k[0].size * math.log(2.0)
             else:
-                logp = np.asarray(fn(params, jax.random.fold_in(key, i),
-                                     self._centre(k / 255.0))["iwae"], np.float64)
+                logp = np.asarray(fn(jax.random.fold_in(key, i), self._centre(k / 255.0))["iwae"],
+                                  np.float64)
             out.append(logp)
         return np.concatenate(out)
 

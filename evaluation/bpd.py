@@ -2,11 +2,13 @@
 
 The test split goes through the data pipeline (padded, masked batches), uniformly
 dequantized with a fixed seed, and each image's log-density comes from the
-probability-flow ODE (`family.make_log_likelihood`). With `config.eval.bpd_dequant_samples`
-K > 1, each image is dequantized K times (the first with the K = 1 noise) and its
-log-density is the importance-weighted log (1/K) sum_k p(x + u_k), a tighter bound on the
-8-bit log-probability. A VAE reports its IWAE bound and ELBO on the discrete data instead,
-in bits/dim and in nats per image.
+probability-flow ODE (`family.make_log_likelihood`). Each batch is split over the devices
+of the mesh the parameters are placed on (every process passes the whole batch, as every
+process reads it), so N devices each integrate 1/N of it rather than all of it.
+With `config.eval.bpd_dequant_samples` K > 1, each image is dequantized K times (the
+first with the K = 1 noise) and its log-density is the importance-weighted
+log (1/K) sum_k p(x + u_k), a tighter bound on the 8-bit log-probability. A VAE reports its
+IWAE bound and ELBO on the discrete data instead, in bits/dim and in nats per image.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 import progress
 from data import pipeline
@@ -44,6 +48,37 @@ def _num_batches(config: Any, limit: int | None) -> int | None:
         return None
     n = pipeline.get_info(config.data).num_test
     return math.ceil((n if limit is None else min(n, limit)) / int(config.eval.batch_size))
+
+
+def batch_placement(params: Any) -> NamedSharding | None:
+    """The sharding that splits a batch's leading axis over every device of the mesh
+    `params` are placed on; None if they are not on a mesh of several devices."""
+    for leaf in jax.tree.leaves(params):
+        placed = getattr(leaf, "sharding", None)
+        if isinstance(placed, NamedSharding):
+            mesh = placed.mesh
+            return NamedSharding(mesh, PartitionSpec(mesh.axis_names)) if mesh.size > 1 else None
+    return None
+
+
+def split_over_devices(fn, placement: NamedSharding | None):
+    """`fn(key, x, *rest) -> tree of (B, ...) arrays and scalars` with `x` (every process's
+    same host batch) split over `placement`'s devices: padded with copies of its last row
+    to a multiple of them, the padding cut from the (gathered, host) outputs."""
+    if placement is None:
+        return fn
+
+    def split(key, x, *rest):
+        x = np.asarray(x)
+        n, devices = len(x), placement.mesh.size
+        padded = -(-n // devices) * devices
+        if padded != n:
+            x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
+        global_x = jax.make_array_from_callback(x.shape, placement, lambda index: x[index])
+        out = multihost_utils.process_allgather(fn(key, global_x, *rest), tiled=True)
+        return jax.tree.map(lambda v: np.asarray(v)[:n] if np.ndim(v) else np.asarray(v), out)
+
+    return split
 
 
 def map_test_split(config: Any, per_batch, *, limit: int | None = None,
@@ -124,6 +159,8 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
                                              split="test", seed=seed)
                  for seed in _dequant_seeds(int(ev.seed), num_dequant)]
     params = family.sample_params(state)
+    split = split_over_devices(lambda key, x: log_likelihood(params, key, x),
+                               batch_placement(params))
     key = jax.random.PRNGKey(int(ev.seed))
     bpds, nfes, count = [], [], 0
     batches_and_dequants = progress.bar(zip(*iterators, strict=True),
@@ -134,8 +171,8 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
         batch_key = jax.random.fold_in(key, i)
         logps = []
         for k, batch in enumerate(batches):
-            logp, nfe = log_likelihood(params, jax.random.fold_in(batch_key, k) if k else
-                                       batch_key, batch["image"])
+            logp, nfe = split(jax.random.fold_in(batch_key, k) if k else batch_key,
+                              batch["image"])
             logps.append(np.asarray(logp))
             nfes.append(int(nfe))
         logp = importance_weighted_logp(np.stack(logps))
@@ -179,6 +216,8 @@ def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
     def per_batch(key, x):
         out = bounds(params, key, x)
         return {name: out[name] for name in ("iwae", "elbo")}
+
+    per_batch = split_over_devices(per_batch, batch_placement(params))
 
     values = map_test_split(config, per_batch, limit=limit, desc="bits/dim (bounds)")
     # Negated here, in float64, so that the two units differ by exactly the factor D ln 2

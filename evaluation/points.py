@@ -126,10 +126,12 @@ def negative_log_likelihood(config: Any, family: Any, state: Any, log_likelihood
     """NLL in nats per point on the whole test split (padded, masked batches)."""
     log_likelihood = log_likelihood or make_log_likelihood(config, family)
     params = family.sample_params(state)
+    split = bpd.split_over_devices(lambda key, x: log_likelihood(params, key, x),
+                                   bpd.batch_placement(params))
     nfes = []
 
     def per_batch(key, x):
-        logp, nfe = log_likelihood(params, key, x)
+        logp, nfe = split(key, x)
         nfes.append(int(nfe))
         return {"nll": -np.asarray(logp, np.float64)}
 

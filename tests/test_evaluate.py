@@ -9,8 +9,10 @@ import types
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from errors import UserError
 from evaluation import bpd, metrics, protocol, runner, samples_file
@@ -60,8 +62,8 @@ def test_the_report_has_every_metric_its_floor_and_its_settings(trained):
     config = tiny.get_config("vpsde")
     config.eval.bpd_rtol = config.eval.bpd_atol = 1e-2  # loose: the report, not the value
     config.eval.batch_size = 360  # the whole test split in one likelihood batch
-    # One device: bits/dim does not split its test batch, so on 8 fake CPU devices every
-    # device would integrate the whole batch.
+    # One device: bits/dim splits its batch over the devices, and 8 fake CPU devices on
+    # 2 cores only add their overhead.
     report = eval_hook.evaluate(config, trained, which=("fd", "kid", "pr", "cs", "bpd"),
                              num_samples=100, devices=jax.devices()[:1])
     model, floor = report["model"], report["real_floor"]
@@ -277,6 +279,40 @@ class _ClosedFormFamily:
     def make_log_likelihood(self, **options):
         self.options = options
         return lambda params, key, x: (-300.0 * np.sum(np.asarray(x) + 1.0, axis=(1, 2, 3)), 7)
+
+
+class _DeviceRecordingFamily(_ClosedFormFamily):
+    """The closed form in jax, recording how each batch it is given is laid out."""
+
+    def make_log_likelihood(self, **options):
+        self.layouts = []
+
+        def log_likelihood(params, key, x):
+            placed = x.sharding if isinstance(x, jax.Array) else None  # else: host numpy
+            self.layouts.append((x.shape[0], len(placed.device_set) if placed else 1,
+                                 placed.shard_shape(x.shape)[0] if placed else x.shape[0]))
+            return -300.0 * jnp.sum(x + 1.0, axis=(1, 2, 3)), 7
+
+        return log_likelihood
+
+
+@pytest.mark.parametrize("batch_size", [128, 36])
+def test_bits_per_dim_splits_each_batch_over_the_devices_of_the_parameters(batch_size):
+    """Parameters on a mesh of 8 devices: each device gets 1/8 of every batch (a batch of
+    36 padded to 40), and the figures are those of the unsplit batches."""
+    config = _bpd_config(1)
+    config.eval.batch_size = batch_size
+    family = _DeviceRecordingFamily()
+    unsplit = bpd.bits_per_dim(config, family, None)  # no parameters on a mesh
+    assert {devices for _, devices, _ in family.layouts} == {1}
+    mesh = jax.make_mesh((8,), ("data",))
+    params = jax.device_put(np.zeros(3, np.float32), NamedSharding(mesh, PartitionSpec()))
+    split = bpd.bits_per_dim(config, family, params)
+    padded = -(-batch_size // 8) * 8
+    assert set(family.layouts[-len(family.layouts) // 2:]) == {(padded, 8, padded // 8)}
+    assert split["bpd_settings"]["n_test"] == unsplit["bpd_settings"]["n_test"] == 360
+    assert split["bpd"] == pytest.approx(unsplit["bpd"], rel=1e-6)
+    assert split["bpd_sem"] == pytest.approx(unsplit["bpd_sem"], rel=1e-5)
 
 
 def _bpd_config(dequant_samples: int):
