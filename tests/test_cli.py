@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import cli_zygote
+from tests import cli_zygote, localhost_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -32,15 +31,22 @@ def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
     return cli_zygote.run(script, *args, env=_env(), timeout=timeout)
 
 
-def _two_device_process_env() -> tuple[int, dict[str, str]]:
-    """A free localhost port for the coordinator, and the environment of a process with
-    two CPU devices."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def _two_device_process_env() -> dict[str, str]:
+    """The environment of a process with two CPU devices."""
     env = _env()
     env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
-    return port, env
+    return env
+
+
+def _communicate(procs: list[subprocess.Popen], timeout: float = 400) -> list[str]:
+    """The processes' stderr once they have exited; any left after `timeout` is killed."""
+    try:
+        return [p.communicate(timeout=timeout)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _error_line(proc: subprocess.CompletedProcess, status: int = 1) -> str:
@@ -180,19 +186,20 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
     single = _run("train.py", f"--config={toy}", f"--workdir={tmp_path / 'single'}",
                   "--config.training.snapshot_sampling=False")
     assert single.returncode == 0, single.stderr
-    port, env = _two_device_process_env()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), f"--config={toy}",
-             f"--workdir={tmp_path / 'multi'}", f"--coordinator_address=127.0.0.1:{port}",
-             "--num_processes=2", f"--process_id={i}",
-             # The losses are what is compared; a sample grid would only add a compile.
-             "--config.training.snapshot_sampling=False"],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        for i in range(2)
-    ]
-    logs = [p.communicate(timeout=400)[1] for p in procs]
+    env = _two_device_process_env()
+    with localhost_cluster.coordinator_port() as port:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "train.py"), f"--config={toy}",
+                 f"--workdir={tmp_path / 'multi'}", f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}",
+                 # The losses are what is compared; a sample grid would only add a compile.
+                 "--config.training.snapshot_sampling=False"],
+                cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+            )
+            for i in range(2)
+        ]
+        logs = _communicate(procs)
     assert [p.returncode for p in procs] == [0, 0], logs
     assert (tmp_path / "multi" / "checkpoints" / "2").is_dir()
     # Process 0 reports; step 2's loss depends on step 1's update, so gradients agree too.
@@ -252,18 +259,19 @@ def test_two_processes_sample_like_one_and_only_process_zero_writes(trained, tmp
              "--seed=1"]
     single = _run("sample.py", *flags, f"--out={tmp_path / 'single.npz'}")
     assert single.returncode == 0, single.stderr
-    port, env = _two_device_process_env()
+    env = _two_device_process_env()
     out = tmp_path / "multi" / "samples.npz"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "sample.py"), *flags, f"--out={out}",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-             f"--process_id={i}"],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        for i in range(2)
-    ]
-    logs = [p.communicate(timeout=400)[1] for p in procs]
+    with localhost_cluster.coordinator_port() as port:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "sample.py"), *flags, f"--out={out}",
+                 f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={i}"],
+                cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+            )
+            for i in range(2)
+        ]
+        logs = _communicate(procs)
     assert [p.returncode for p in procs] == [0, 0], logs
     assert sorted(p.name for p in out.parent.iterdir()) == ["samples.npz", "samples.png"]
     assert "Wrote 5 samples" in logs[0] and "Wrote" not in logs[1]

@@ -4,7 +4,6 @@ with one checkpoint that restores; on one process the signal is a flag between s
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from tests import localhost_cluster
 from tests.configs import tiny
 from training import loop, sharding
 from training import termination as termination_lib
@@ -42,36 +42,41 @@ def _wait_for(path: Path, pattern: str, procs, timeout: float) -> None:
     raise AssertionError(f"{pattern!r} never appeared: {path.read_text()[-3000:]}")
 
 
-def test_sigterm_to_one_of_two_hosts_saves_both_at_the_same_step(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    workdir = tmp_path / "run"
-    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+def _train_two_processes_and_stop_one(workdir: Path, logs: list[Path], port: int) -> list[int]:
+    """Two train.py processes (2 CPU devices each) on `port`; SIGTERM to process 1 once
+    process 0 has logged step 3; their exit codes (killed if still running after that)."""
     procs = []
-    for i, log in enumerate(logs):
-        with log.open("w") as stderr:
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "train.py"), f"--config={TOY}",
-                 f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}",
-                 "--config.training.n_iters=1000000",
-                 "--config.training.snapshot_freq=1000000",
-                 "--config.training.snapshot_freq_for_preemption=1000000",
-                 "--config.training.snapshot_sampling=False"],
-                cwd=ROOT, stderr=stderr, text=True, env=_env(),
-            ))
     try:
+        for i, log in enumerate(logs):
+            with log.open("w") as stderr:
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(ROOT / "train.py"), f"--config={TOY}",
+                     f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+                     "--num_processes=2", f"--process_id={i}",
+                     "--config.training.n_iters=1000000",
+                     "--config.training.snapshot_freq=1000000",
+                     "--config.training.snapshot_freq_for_preemption=1000000",
+                     "--config.training.snapshot_sampling=False"],
+                    cwd=ROOT, stderr=stderr, text=True, env=_env(),
+                ))
         # Process 0 reports every step; once it is at step 3 both are past compilation.
         _wait_for(logs[0], r"step 3: ", procs, timeout=300)
         # Process 1 reports nothing: process 0 learns of the signal only through
         # jax.distributed's preemption service.
         procs[1].send_signal(signal.SIGTERM)
-        codes = [p.wait(timeout=120) for p in procs]
+        return [p.wait(timeout=120) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+
+
+def test_sigterm_to_one_of_two_hosts_saves_both_at_the_same_step(tmp_path):
+    workdir = tmp_path / "run"
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    with localhost_cluster.coordinator_port() as port:
+        codes = _train_two_processes_and_stop_one(workdir, logs, port)
     texts = [log.read_text() for log in logs]
     assert codes == [0, 0], texts
     stops = [re.findall(r"SIGTERM: saved checkpoint at step (\d+) and stopped", t) for t in texts]
