@@ -88,6 +88,14 @@ def maybe_initialize_distributed() -> None:
         num_processes=NUM_PROCESSES.value,
         process_id=PROCESS_ID.value,
     )
+    if jax.default_backend() == "cpu" and jax.config.jax_enable_compilation_cache:
+        # On jax 0.12 a multi-process CPU program loaded from the persistent cache hangs in
+        # its first cross-process collective (both processes wait in gloo's all-reduce for
+        # ever), so such a job always compiles. CPU clusters are for trying a multi-host
+        # set-up out, where compile time matters little.
+        jax.config.update("jax_enable_compilation_cache", False)
+        absl_logging.warning("multi-process CPU job: the persistent compilation cache is off "
+                        "(its programs hang in their first collective on jax 0.12)")
 
 
 def _one_line(err: BaseException) -> str:
