@@ -3,9 +3,10 @@
 A test picks its coordinator's port by binding port 0 and closing the socket; its processes
 bind that port seconds later, after their imports. Two such jobs started at once by the two
 pytest-xdist workers could meet on one port in between, and the coordination service's
-gRPC server listens with SO_REUSEPORT, so both coordinators would bind it and processes
-could join the other job's coordinator and wait for ever. So every job holds one lock,
-shared by the workers, from picking its port until its processes have exited.
+gRPC server listens with SO_REUSEPORT: a second coordinator binds a port a live one
+holds, and the processes of the two jobs then reach the wrong coordinator (tried by hand:
+the first job died of a registration error). So every job holds one lock, shared by the
+workers, from picking its port until its processes have exited.
 """
 
 from __future__ import annotations
