@@ -74,10 +74,8 @@ class Model:
         batch = int(self.config.eval.batch_size)
         rng = np.random.default_rng(seed)
         params = self.family.sample_params(self.state)
-        likelihood_fn = self._likelihood_fn(kind)
         # Each batch split over the devices the model is placed on (evaluate.py's way).
-        fn = bpd.split_over_devices(lambda key, x: likelihood_fn(params, key, x),
-                                    bpd.batch_placement(params))
+        fn = bpd.split_over_devices(self._likelihood_fn(kind), params)
         key = jax.random.PRNGKey(seed)
         out = []
         for i in range(0, len(pixels), batch):

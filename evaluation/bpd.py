@@ -50,9 +50,10 @@ def _num_batches(config: Any, limit: int | None) -> int | None:
     return math.ceil((n if limit is None else min(n, limit)) / int(config.eval.batch_size))
 
 
-def batch_placement(params: Any) -> NamedSharding | None:
+def _batch_placement(params: Any) -> NamedSharding | None:
     """The sharding that splits a batch's leading axis over every device of the mesh
-    `params` are placed on; None if they are not on a mesh of several devices."""
+    `params` are placed on; None if they are not on a mesh of several devices. (The
+    placement `training.inference` gives samples; evaluation/ does not import training/.)"""
     for leaf in jax.tree.leaves(params):
         placed = getattr(leaf, "sharding", None)
         if isinstance(placed, NamedSharding):
@@ -61,21 +62,23 @@ def batch_placement(params: Any) -> NamedSharding | None:
     return None
 
 
-def split_over_devices(fn, placement: NamedSharding | None):
-    """`fn(key, x, *rest) -> tree of (B, ...) arrays and scalars` with `x` (every process's
-    same host batch) split over `placement`'s devices: padded with copies of its last row
-    to a multiple of them, the padding cut from the (gathered, host) outputs."""
+def split_over_devices(fn, params: Any):
+    """`(key, x) -> fn(params, key, x)` (a tree of (B, ...) arrays and scalars) with `x`
+    (every process's same host batch) split over the devices of the mesh `params` are
+    placed on: padded with copies of its last row to a multiple of them, the padding cut
+    from the (gathered, host) outputs. Unsplit if `params` are not on such a mesh."""
+    placement = _batch_placement(params)
     if placement is None:
-        return fn
+        return lambda key, x: fn(params, key, x)
 
-    def split(key, x, *rest):
+    def split(key, x):
         x = np.asarray(x)
         n, devices = len(x), placement.mesh.size
         padded = -(-n // devices) * devices
         if padded != n:
             x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
         global_x = jax.make_array_from_callback(x.shape, placement, lambda index: x[index])
-        out = multihost_utils.process_allgather(fn(key, global_x, *rest), tiled=True)
+        out = multihost_utils.process_allgather(fn(params, key, global_x), tiled=True)
         return jax.tree.map(lambda v: np.asarray(v)[:n] if np.ndim(v) else np.asarray(v), out)
 
     return split
@@ -159,8 +162,7 @@ def bits_per_dim(config: Any, family: Any, state: Any, log_likelihood=None, *,
                                              split="test", seed=seed)
                  for seed in _dequant_seeds(int(ev.seed), num_dequant)]
     params = family.sample_params(state)
-    split = split_over_devices(lambda key, x: log_likelihood(params, key, x),
-                               batch_placement(params))
+    split = split_over_devices(log_likelihood, params)
     key = jax.random.PRNGKey(int(ev.seed))
     bpds, nfes, count = [], [], 0
     batches_and_dequants = progress.bar(zip(*iterators, strict=True),
@@ -213,11 +215,11 @@ def _bound_bits_per_dim(config: Any, family: Any, state: Any, bounds=None, *,
     bounds = bounds or family.make_bounds()
     params = family.sample_params(state)
 
-    def per_batch(key, x):
-        out = bounds(params, key, x)
-        return {name: out[name] for name in ("iwae", "elbo")}
+    split = split_over_devices(bounds, params)
 
-    per_batch = split_over_devices(per_batch, batch_placement(params))
+    def per_batch(key, x):
+        out = split(key, x)
+        return {name: out[name] for name in ("iwae", "elbo")}
 
     values = map_test_split(config, per_batch, limit=limit, desc="bits/dim (bounds)")
     # Negated here, in float64, so that the two units differ by exactly the factor D ln 2

@@ -126,8 +126,7 @@ def negative_log_likelihood(config: Any, family: Any, state: Any, log_likelihood
     """NLL in nats per point on the whole test split (padded, masked batches)."""
     log_likelihood = log_likelihood or make_log_likelihood(config, family)
     params = family.sample_params(state)
-    split = bpd.split_over_devices(lambda key, x: log_likelihood(params, key, x),
-                                   bpd.batch_placement(params))
+    split = bpd.split_over_devices(log_likelihood, params)
     nfes = []
 
     def per_batch(key, x):

@@ -94,8 +94,8 @@ def maybe_initialize_distributed() -> None:
         # ever), so such a job always compiles. CPU clusters are for trying a multi-host
         # set-up out, where compile time matters little.
         jax.config.update("jax_enable_compilation_cache", False)
-        absl_logging.warning("multi-process CPU job: the persistent compilation cache is off "
-                        "(its programs hang in their first collective on jax 0.12)")
+        absl_logging.warning("multi-process CPU job: the persistent compilation cache is "
+                             "off (its programs hang in their first collective on jax 0.12)")
 
 
 def _one_line(err: BaseException) -> str:
