@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stylize(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    # One CPU device, with the suite's cheap compilation settings.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(
+        "--xla_force_host_platform_device_count=8", "")}
     return cli_zygote.run("stylize.py", *args, cwd=cwd, env=env, timeout=300)
 
 
