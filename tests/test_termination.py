@@ -42,6 +42,35 @@ def test_sigterm_in_the_first_instants_exits_zero_at_once_saying_nothing_needed_
     assert not (workdir / "checkpoints").exists() or not any((workdir / "checkpoints").iterdir())
 
 
+def test_sigterm_inside_a_weakref_callback_still_exits_at_once():
+    """Python prints and ignores an exception raised in a weakref callback (an import's
+    module-lock clean-up is one), so a SIGTERM whose handler ran there must not raise."""
+    script = """if True:
+        import os, signal, sys, weakref
+        from training import termination
+        termination.install_at_start()
+
+        class Lock:
+            pass
+
+        def released(ref):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecodes, at which the handler runs
+                pass
+
+        lock = Lock()
+        ref = weakref.ref(lock, released)
+        del lock
+        print("the run went on", file=sys.stderr)
+        sys.exit(3)
+    """
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing needed saving" in proc.stderr
+    assert "the run went on" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_signal_before_the_first_step_completes_means_no_progress_to_keep():
     def never(step: int) -> bool:
         raise AssertionError("one process never asks the preemption service")

@@ -18,10 +18,16 @@ from collections.abc import Callable
 
 
 def _exit_at_once(signum, frame) -> None:
+    """Ends the process with status 0 by `os._exit`, not `SystemExit`: the handler runs in
+    whatever Python code the main thread is in, and a SystemExit raised inside a weakref
+    callback or a `__del__` (an import's module-lock clean-up, say) is printed as an
+    ignored exception while the run goes on. Nothing is lost: no state exists yet, and the
+    kernel releases the workdir's flock."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
     print(f"{prog}: SIGTERM before training started: nothing needed saving; exiting",
           file=sys.stderr, flush=True)
-    raise SystemExit(0)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def install_at_start() -> None:
