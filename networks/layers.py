@@ -7,10 +7,11 @@ interchangeable implementations over the *same* parameters:
 
 * ``'xla'``: ``jax.lax.conv_general_dilated`` (what accelerators are tuned for);
 * ``'matmul'``: the convolution written as one dense matrix product (3x3: nine shifted
-  slices concatenated on channels, then a (9*Cin, Cout) matmul). XLA:CPU runs large GEMMs
-  far better than its convolution emitter, so this wins on CPU.
+  slices concatenated on channels, then a (9*Cin, Cout) matmul). On CPU it wins on small
+  feature maps and on strided convolutions.
 
-``'auto'`` resolves through :func:`resolve_conv_impl` at construction time.
+``'auto'`` resolves through :func:`resolve_conv_impl` at construction time; on CPU a 3x3
+convolution then picks its form per call from the feature map's size and its stride.
 
 Mixed precision: parameters are float32; a layer computes in the dtype of its *input*
 (its parameters are cast to it), so a network sets its compute dtype once by casting what
@@ -31,15 +32,19 @@ from flax import nnx
 Array = jax.Array
 
 CONV_IMPLS = ("auto", "xla", "matmul")
-# Measured by bench/bench_conv.py (forward+backward under jit): on CPU the matmul form is
-# about twice as fast for both the 3x3 and the 1x1 convolutions; accelerators get XLA's
-# convolution, which maps onto their conv units without the 9x patch tensor.
+# On CPU the matmul form of the 1x1 convolution (a plain GEMM) and of the small 3x3 ones is
+# faster; accelerators get XLA's convolution, which maps onto their conv units without the
+# 9x patch tensor.
 _AUTO_IMPL = {"cpu": "matmul"}
 _AUTO_DEFAULT = "xla"
-# The patches are 9x the input and the backward pass keeps them: at CIFAR-10's 32x32 the
-# DDPM++ step at batch 128 asked for 49 GB on CPU. 'auto' therefore hands feature maps of
-# 16x16 and more to XLA's convolution on CPU too (no patches; as fast there by
-# bench/bench_conv.py's shapes), keeping the matmul form for the small maps where it wins.
+# Which 3x3 convolutions 'auto' gives the matmul form on CPU, measured on whole train steps
+# (bench/bench_train.py; single-convolution timings mislead here). XLA:CPU's convolution
+# (YNNPACK) wins on stride-1 maps of 8x8 and more: the default digits step went from 0.147
+# to 0.116 s. It loses on smaller maps and on stride 2, where the matmul form stays. Past
+# 128 pixels the convolution always goes to XLA, whatever the stride: the patches are 9x the
+# input and the backward pass keeps them (CIFAR-10's DDPM++ step at batch 128 asked for
+# 49 GB on CPU).
+_AUTO_XLA_MIN_PIXELS = 64
 _AUTO_MATMUL_MAX_PIXELS = 128
 
 
@@ -172,8 +177,7 @@ class Conv3x3(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         kernel = self.kernel[...].astype(x.dtype)
-        large = x.shape[1] * x.shape[2] > _AUTO_MATMUL_MAX_PIXELS
-        if self.impl == "xla" or (self.auto and large):
+        if self.impl == "xla" or (self.auto and self._auto_picks_xla(x.shape[1] * x.shape[2])):
             y = jax.lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((1, 1), (1, 1)), dimension_numbers=_DIMS
             )
@@ -182,6 +186,11 @@ class Conv3x3(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
+
+    def _auto_picks_xla(self, pixels: int) -> bool:
+        if pixels > _AUTO_MATMUL_MAX_PIXELS:
+            return True
+        return self.stride == 1 and pixels >= _AUTO_XLA_MIN_PIXELS
 
 
 def _conv3x3_matmul(x: Array, kernel: Array, stride: int) -> Array:
@@ -263,15 +272,25 @@ class GroupNorm(nnx.Module):
         self.bias = nnx.Param(const((channels,)))
 
     def __call__(self, x: Array) -> Array:
-        *lead, c = x.shape
-        xg = x.astype(jnp.float32).reshape(*lead, self.groups, c // self.groups)
-        axes = (*range(1, len(lead)), len(lead) + 1)
-        mean = jnp.mean(xg, axis=axes, keepdims=True)
+        # Every reduction runs over the spatial axes with the channels kept innermost, and
+        # the groups are then averaged on the tiny (N, C) result: XLA:CPU reduces
+        # (N, H, W, G, C/G) over (H, W, C/G) several times slower, forward and backward
+        # (2-4x on the U-Nets' shapes; same values to float rounding).
+        n, c = x.shape[0], x.shape[-1]
+        spatial = tuple(range(1, x.ndim - 1))
+        xf = x.astype(jnp.float32)
+        mean = self._group_mean(jnp.mean(xf, axis=spatial), n, c)
+        centred = xf - mean.reshape(n, *([1] * len(spatial)), c)
         # Two-pass variance: E[x^2] - E[x]^2 loses precision on large-mean activations.
-        var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
-        xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
-        y = xg.reshape(x.shape) * self.scale[...] + self.bias[...]
+        var = self._group_mean(jnp.mean(jnp.square(centred), axis=spatial), n, c)
+        factor = jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        y = centred * factor.reshape(n, *([1] * len(spatial)), c) + self.bias[...]
         return y.astype(x.dtype)
+
+    def _group_mean(self, per_channel: Array, n: int, c: int) -> Array:
+        """(N, C) per-channel means -> (N, C), each channel holding its group's mean."""
+        g = per_channel.reshape(n, self.groups, c // self.groups).mean(axis=-1, keepdims=True)
+        return jnp.broadcast_to(g, (n, self.groups, c // self.groups)).reshape(n, c)
 
 
 def dropout(x: Array, rate: float, key: Array | None) -> Array:

@@ -132,6 +132,50 @@ def test_conv_impls_agree_in_model(base):
     np.testing.assert_allclose(out["xla"], out["matmul"], atol=1e-5, rtol=1e-4)
 
 
+def _group_norm_by_definition(x, scale, bias, groups, eps=1e-6):
+    """Statistics over (spatial axes, channels of the group), straight from the paper."""
+    xg = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    axes = (*range(1, x.ndim - 1), x.ndim)
+    mean = xg.mean(axis=axes, keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=axes, keepdims=True)
+    return ((xg - mean) / jnp.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 8), (3, 8)])
+def test_group_norm_matches_its_definition_in_value_and_gradient(shape):
+    norm = layers.GroupNorm(8, groups=4)
+    norm.scale[...] = jnp.linspace(0.5, 2.0, 8)
+    norm.bias[...] = jnp.linspace(-1.0, 1.0, 8)
+    # A large common mean: the statistics must not lose it to cancellation.
+    x = 100.0 + jax.random.normal(jax.random.key(0), shape) * jnp.linspace(0.1, 3.0, 8)
+    weights = jax.random.normal(jax.random.key(1), shape)
+
+    def loss(fn, x):
+        return jnp.sum(fn(x) * weights)
+
+    def by_definition(u):
+        return _group_norm_by_definition(u, norm.scale[...], norm.bias[...], groups=4)
+
+    ours = jax.value_and_grad(lambda v: loss(norm, v))(x)
+    reference = jax.value_and_grad(lambda v: loss(by_definition, v))(x)
+    np.testing.assert_allclose(norm(x), by_definition(x), atol=2e-4)
+    np.testing.assert_allclose(ours[1], reference[1], atol=2e-4)
+    assert abs(float(ours[0]) - float(reference[0])) < 1e-2
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the per-call choice is CPU's")
+def test_auto_3x3_conv_on_cpu_takes_xlas_convolution_only_where_it_was_measured_faster():
+    def lowers_to_convolution(pixels_side: int, stride: int) -> bool:
+        conv = layers.Conv3x3(4, 4, stride=stride, impl="auto", rngs=nnx.Rngs(0))
+        x = jnp.zeros((1, pixels_side, pixels_side, 4))
+        return "convolution" in jax.jit(lambda m, v: m(v)).lower(conv, x).as_text()
+
+    assert lowers_to_convolution(8, stride=1)  # 64 pixels, stride 1: YNNPACK's convolution
+    assert not lowers_to_convolution(4, stride=1)  # small maps: patches and one matmul
+    assert not lowers_to_convolution(8, stride=2)  # strided: patches and one matmul
+    assert lowers_to_convolution(16, stride=2)  # past 128 pixels the 9x patches cost memory
+
+
 def test_auto_conv_impl():
     expected = "matmul" if jax.default_backend() == "cpu" else "xla"
     assert layers.resolve_conv_impl("auto") == expected
