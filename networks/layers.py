@@ -276,21 +276,21 @@ class GroupNorm(nnx.Module):
         # the groups are then averaged on the tiny (N, C) result: XLA:CPU reduces
         # (N, H, W, G, C/G) over (H, W, C/G) several times slower, forward and backward
         # (2-4x on the U-Nets' shapes; same values to float rounding).
-        n, c = x.shape[0], x.shape[-1]
         spatial = tuple(range(1, x.ndim - 1))
         xf = x.astype(jnp.float32)
-        mean = self._group_mean(jnp.mean(xf, axis=spatial), n, c)
-        centred = xf - mean.reshape(n, *([1] * len(spatial)), c)
+        centred = xf - self._group_mean(jnp.mean(xf, axis=spatial), x.ndim)
         # Two-pass variance: E[x^2] - E[x]^2 loses precision on large-mean activations.
-        var = self._group_mean(jnp.mean(jnp.square(centred), axis=spatial), n, c)
-        factor = jax.lax.rsqrt(var + self.eps) * self.scale[...]
-        y = centred * factor.reshape(n, *([1] * len(spatial)), c) + self.bias[...]
+        var = self._group_mean(jnp.mean(jnp.square(centred), axis=spatial), x.ndim)
+        y = centred * (jax.lax.rsqrt(var + self.eps) * self.scale[...]) + self.bias[...]
         return y.astype(x.dtype)
 
-    def _group_mean(self, per_channel: Array, n: int, c: int) -> Array:
-        """(N, C) per-channel means -> (N, C), each channel holding its group's mean."""
-        g = per_channel.reshape(n, self.groups, c // self.groups).mean(axis=-1, keepdims=True)
-        return jnp.broadcast_to(g, (n, self.groups, c // self.groups)).reshape(n, c)
+    def _group_mean(self, per_channel: Array, ndim: int) -> Array:
+        """(N, C) per-channel means -> each channel's group mean, shaped (N, 1, ..., C) to
+        broadcast against an input of ``ndim`` axes."""
+        n, c = per_channel.shape
+        size = c // self.groups
+        g = per_channel.reshape(n, self.groups, size).mean(axis=-1, keepdims=True)
+        return jnp.broadcast_to(g, (n, self.groups, size)).reshape(n, *[1] * (ndim - 2), c)
 
 
 def dropout(x: Array, rate: float, key: Array | None) -> Array:
