@@ -54,6 +54,7 @@ from peer_runner import (  # noqa: E402  (bench/, this script's directory)
 
 from configs import cifar10_ddpmpp_vp, digits_vp  # noqa: E402
 from data import pipeline  # noqa: E402
+from networks import layers  # noqa: E402
 from training import loop, sharding  # noqa: E402
 from training.families import get_family  # noqa: E402
 from training.families.diffusion import DiffusionFamily  # noqa: E402
@@ -193,7 +194,8 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     state = sharding.place(family.init_state(key), state_sh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     batch_sh = sharding.batch_sharding(mesh)
-    step_fn = LeafStep(family.train_step, state, state_sh, batch_sh, sharding.replicated(mesh))
+    step_fn = LeafStep(family.train_step, state, state_sh, batch_sh, sharding.replicated(mesh),
+                       layers.compiler_options(family.data_shape))
     state = step_fn.leaves(state)
     batches = (_random_batches if random_data else _pipeline_batches)(config, batch_sh)
 

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from bench_train import CONFIGS, make_config  # noqa: E402
 from ml_collections import config_flags  # noqa: E402, F401 (config files import it)
 
+from networks import layers  # noqa: E402
 from training import loop, sharding  # noqa: E402
 from training.families import get_family  # noqa: E402
 from training.step import LeafStep  # noqa: E402
@@ -68,7 +69,8 @@ def main() -> None:
     jax.block_until_ready(state)
     lap("initial state")
     batch_sh = sharding.batch_sharding(mesh)
-    step = LeafStep(family.train_step, state, state_sh, batch_sh, sharding.replicated(mesh))
+    step = LeafStep(family.train_step, state, state_sh, batch_sh, sharding.replicated(mesh),
+                    layers.compiler_options(family.data_shape))
     leaves = step.leaves(state)
     b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
     rng = np.random.default_rng(0)

@@ -33,7 +33,6 @@ from flax import nnx
 from errors import UserError
 from networks import vgg
 from networks.layers import (
-    _AUTO_MATMUL_MAX_PIXELS,
     Conv3x3,
     const,
     default_init,
@@ -45,6 +44,9 @@ Array = jax.Array
 
 EPS = 1e-5  # added to the variance before the square root (the paper's implementation)
 _DIMS = ("NHWC", "HWIO", "NHWC")
+# The decoder's 'auto' rule on CPU, measured on its own steps (bench/style_adain.py): the
+# patches and one matmul up to this many pixels (padded), XLA's convolution past it.
+_AUTO_MATMUL_MAX_PIXELS = 128
 _CONV = re.compile(r"conv(\d+)_(\d+)")
 
 

@@ -7,11 +7,12 @@ interchangeable implementations over the *same* parameters:
 
 * ``'xla'``: ``jax.lax.conv_general_dilated`` (what accelerators are tuned for);
 * ``'matmul'``: the convolution written as one dense matrix product (3x3: nine shifted
-  slices concatenated on channels, then a (9*Cin, Cout) matmul). On CPU it wins on small
-  feature maps and on strided convolutions.
+  slices concatenated on channels, then a (9*Cin, Cout) matmul). On CPU it wins on the
+  smallest feature maps (2x2).
 
 ``'auto'`` resolves through :func:`resolve_conv_impl` at construction time; on CPU a 3x3
-convolution then picks its form per call from the feature map's size and its stride.
+convolution then picks its form per call from the feature map's size, and
+:func:`compiler_options` picks XLA:CPU's convolution kernels for a whole program.
 
 Mixed precision: parameters are float32; a layer computes in the dtype of its *input*
 (its parameters are cast to it), so a network sets its compute dtype once by casting what
@@ -21,6 +22,7 @@ float32 whatever the input.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -37,15 +39,18 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 # 9x patch tensor.
 _AUTO_IMPL = {"cpu": "matmul"}
 _AUTO_DEFAULT = "xla"
-# Which 3x3 convolutions 'auto' gives the matmul form on CPU, measured on whole train steps
-# (bench/bench_train.py; single-convolution timings mislead here). XLA:CPU's convolution
-# (YNNPACK) wins on stride-1 maps of 8x8 and more: the default digits step went from 0.147
-# to 0.116 s. It loses on smaller maps and on stride 2, where the matmul form stays. Past
-# 128 pixels the convolution always goes to XLA, whatever the stride: the patches are 9x the
-# input and the backward pass keeps them (CIFAR-10's DDPM++ step at batch 128 asked for
-# 49 GB on CPU).
-_AUTO_XLA_MIN_PIXELS = 64
-_AUTO_MATMUL_MAX_PIXELS = 128
+# Which 3x3 convolutions 'auto' gives XLA's convolution on CPU, measured on whole train steps
+# (bench/bench_train.py; single-convolution timings mislead here): every map of 16 pixels or
+# more, whatever the stride. Below that (2x2 maps) the patches and one matmul win.
+_AUTO_XLA_MIN_PIXELS = 16
+# XLA:CPU gives both matmuls and convolutions to YNNPACK by default. On small images XLA's own
+# convolution kernels are faster, so programs over images of at most this many pixels let
+# YNNPACK take the matrix products only (see `compiler_options`). On larger maps YNNPACK's
+# convolutions win by far: CIFAR-10's DDPM++ step took 1.65x as long without them.
+_SMALL_IMAGE_MAX_PIXELS = 128
+_SMALL_IMAGE_CPU_OPTIONS = (
+    ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),
+)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -56,6 +61,31 @@ def compute_dtype(name: str) -> jnp.dtype:
     if name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {tuple(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def compiler_options(image_shape: Sequence[int]) -> dict[str, str]:
+    """XLA compiler options for a program that runs the zoo on (H, W, ...) images.
+
+    Pass them to the ``jax.jit`` that compiles a whole train or sampling step. On CPU, for
+    images of at most 128 pixels, they keep XLA's own convolution kernels (about 20% off the
+    digits train steps, with the 'auto' rule above); everywhere else they are empty. A jaxlib
+    that does not know the option gets none.
+    """
+    if (jax.default_backend() != "cpu" or len(image_shape) < 2
+            or image_shape[0] * image_shape[1] > _SMALL_IMAGE_MAX_PIXELS):
+        return {}
+    return dict(_SMALL_IMAGE_CPU_OPTIONS) if _cpu_accepts(_SMALL_IMAGE_CPU_OPTIONS) else {}
+
+
+@functools.cache
+def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's CPU compiler knows these options (their names and enum values
+    change between releases)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -187,10 +217,9 @@ class Conv3x3(nnx.Module):
             y = y + self.bias[...].astype(y.dtype)
         return y
 
-    def _auto_picks_xla(self, pixels: int) -> bool:
-        if pixels > _AUTO_MATMUL_MAX_PIXELS:
-            return True
-        return self.stride == 1 and pixels >= _AUTO_XLA_MIN_PIXELS
+    @staticmethod
+    def _auto_picks_xla(pixels: int) -> bool:
+        return pixels >= _AUTO_XLA_MIN_PIXELS
 
 
 def _conv3x3_matmul(x: Array, kernel: Array, stride: int) -> Array:

@@ -170,10 +170,24 @@ def test_auto_3x3_conv_on_cpu_takes_xlas_convolution_only_where_it_was_measured_
         x = jnp.zeros((1, pixels_side, pixels_side, 4))
         return "convolution" in jax.jit(lambda m, v: m(v)).lower(conv, x).as_text()
 
-    assert lowers_to_convolution(8, stride=1)  # 64 pixels, stride 1: YNNPACK's convolution
-    assert not lowers_to_convolution(4, stride=1)  # small maps: patches and one matmul
-    assert not lowers_to_convolution(8, stride=2)  # strided: patches and one matmul
-    assert lowers_to_convolution(16, stride=2)  # past 128 pixels the 9x patches cost memory
+    assert lowers_to_convolution(8, stride=1)
+    assert lowers_to_convolution(8, stride=2)
+    assert lowers_to_convolution(4, stride=1)  # 16 pixels: the smallest map XLA takes
+    assert not lowers_to_convolution(2, stride=1)  # 2x2 maps: patches and one matmul
+    assert not lowers_to_convolution(2, stride=2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are XLA:CPU's")
+def test_small_images_keep_xla_cpu_convolution_kernels_and_large_ones_get_no_options():
+    small = layers.compiler_options((8, 8, 1))
+    assert small == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    assert layers.compiler_options((32, 32, 3)) == {}
+    conv = layers.Conv3x3(3, 5, impl="auto", rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    with_options = jax.jit(lambda m, v: m(v), compiler_options=small)(conv, x)
+    np.testing.assert_allclose(with_options, jax.jit(lambda m, v: m(v))(conv, x), atol=1e-5)
+    # A jaxlib whose compiler does not know an option or its value gets none.
+    assert not layers._cpu_accepts((("xla_cpu_experimental_ynn_fusion_type", "NO_SUCH_TYPE"),))
 
 
 def test_auto_conv_impl():

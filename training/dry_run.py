@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from data import pipeline
+from networks import layers
 from training import loop, run_info, sharding
 from training.checkpoint import abstract_with_shardings
 from training.sharding import state_shardings
@@ -108,7 +109,7 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None,
     batch = abstract_batch(config, batch_sharding)
 
     step = LeafStep(family.train_step, state, state_sh, batch_sharding,
-                    sharding.replicated(mesh))
+                    sharding.replicated(mesh), layers.compiler_options(family.data_shape))
     start = time.perf_counter()
     lowered = step.jitted.lower(step.leaves(state), batch)
     lower_s = time.perf_counter() - start

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 
 import progress
 from errors import UserError
+from networks import layers
 from training import checkpoint, images, sharding
 from training.families import common, get_family
 from training.families.request import SampleRequest
@@ -133,7 +134,8 @@ class BatchSampler:
             return sample(params, key, labels, classifier_params, image, mask, guide_params)
 
         self._jitted = jax.jit(draw, out_shardings=(sharding.batch_sharding(mesh),
-                                                    sharding.replicated(mesh)))
+                                                    sharding.replicated(mesh)),
+                               compiler_options=layers.compiler_options(family.data_shape))
 
     def _args(self, params, key, classifier_params, image, mask, guide_params) -> tuple:
         put = lambda value: _replicate(value, self.mesh)

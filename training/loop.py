@@ -18,6 +18,7 @@ from etils import epath
 
 from data import paths, pipeline
 from errors import NonFiniteLossError, SaveFailedError
+from networks import layers
 from training import (
     accumulate,
     eval_hook,
@@ -165,12 +166,14 @@ def _loop(config, workdir, family, mesh, batch_sharding, ckpt: Checkpointer, tra
                      start_step, training.n_iters)
         return {"step": start_step}
 
+    xla_options = layers.compiler_options(family.data_shape)
     train_step = LeafStep(family.train_step, state, state_sh, batch_sharding,
-                          sharding.replicated(mesh))
+                          sharding.replicated(mesh), xla_options)
     as_state = train_step.state
     leaves = train_step.leaves(state)
     del state  # donated at the first step: only `leaves` is live
-    eval_step = jax.jit(family.eval_step, out_shardings=sharding.replicated(mesh))
+    eval_step = jax.jit(family.eval_step, out_shardings=sharding.replicated(mesh),
+                        compiler_options=xla_options)
     eval_batch = _held_out_batch(config, batch_sharding)
     eval_key = jax.random.PRNGKey(config.seed + 1)
     snapshot_sampler = None

@@ -15,6 +15,7 @@ from absl import logging
 import progress
 from diffusion import reflow, tasks
 from errors import RequestError
+from networks import layers
 from training import inference
 
 # The families whose runs couple noise and images by a probability flow.
@@ -76,7 +77,8 @@ def draw_pairs(config: ml_collections.ConfigDict, workdir: str, request: PairsRe
         raise RequestError(f"--sampler {name!r}: {err}") from err
     drawer = reflow.pair_drawer(family.sde, shape, name, sampler)
     params = family.sample_params(state, request.use_ema)
-    draw = jax.jit(lambda params, key: drawer(key, family.score_fn(params)))
+    draw = jax.jit(lambda params, key: drawer(key, family.score_fn(params)),
+                   compiler_options=layers.compiler_options(family.data_shape))
     batches = -(-request.num_pairs // request.batch_size)
     noise, image, nfe = [], [], 0
     root = jax.random.PRNGKey(request.seed)

@@ -20,11 +20,11 @@ from training.state import TrainState
 class LeafStep:
     """`train_step(state, batch) -> (state, metrics)` jitted as `(leaves, batch) -> (leaves,
     metrics)`, with the state's shardings, the batch's and replicated metrics; the state's
-    leaves are donated."""
+    leaves are donated. `compiler_options` go to XLA (`networks.layers.compiler_options`)."""
 
     def __init__(self, train_step: Callable[[TrainState, dict], tuple[TrainState, dict]],
                  state: Any, state_shardings: Any, batch_sharding: NamedSharding,
-                 metrics_sharding: NamedSharding):
+                 metrics_sharding: NamedSharding, compiler_options: dict | None = None):
         self._treedef = jax.tree.structure(state)
 
         def step_on_leaves(leaves, batch):
@@ -37,6 +37,7 @@ class LeafStep:
             in_shardings=(leaf_shardings, batch_sharding),
             out_shardings=(leaf_shardings, metrics_sharding),
             donate_argnums=(0,),
+            compiler_options=compiler_options,
         )
 
     def state(self, leaves: list[jax.Array]) -> TrainState:
