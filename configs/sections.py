@@ -246,6 +246,11 @@ def _consistency() -> dict[str, Any]:
         # network's denoiser, read through model.preconditioning as a diffusion model's: a
         # distillation student in it starts as its teacher, whose network it must be).
         "consistency.parametrization": "edm",
+        # The grid levels a multistep draw of that many steps visits, as comma-separated
+        # indices from sigma_max (0) down to sigma_min (`intervals`), like openai/
+        # consistency_models' --ts: '0,9' makes every 2-step draw go through level 9.
+        # Draws of another number of steps, and '', visit evenly spaced levels.
+        "consistency.sampling_levels": "",
     }
 
 

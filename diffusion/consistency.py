@@ -24,6 +24,7 @@ sigma_max`` (rho-spaced, EDM eq. 5). Distillation (CD) reaches ``x_{sigma_n}`` f
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -49,6 +50,7 @@ __all__ = [
     "intervals_at",
     "karras_grid",
     "multistep_sample",
+    "parse_levels",
     "sampling_sigmas",
     "skip_out",
 ]
@@ -209,15 +211,37 @@ def consistency_loss(
     return jnp.mean(weight * DISTANCES[distance](ours - theirs))
 
 
-def sampling_sigmas(grid: Array, steps: int) -> Array:
+def sampling_sigmas(grid: Array, steps: int, levels: tuple[int, ...] = ()) -> Array:
     """The ``steps`` descending levels multistep sampling visits: ``sigma_max`` first, then
     levels of the training grid at evenly spaced indices (never ``sigma_min``, where ``f``
-    is the identity)."""
+    is the identity). ``levels`` (from `parse_levels`), when it names ``steps`` of them,
+    gives the indices instead, counted from ``sigma_max`` (0) down."""
     intervals = grid.shape[0] - 1
     if not 1 <= steps <= intervals:
         raise ValueError(f"steps must lie in [1, {intervals}], got {steps}")
+    if len(levels) == steps:
+        return grid[jnp.asarray([intervals - level for level in levels])]
     index = [round(intervals * (1 - i / steps)) for i in range(steps)]
     return grid[jnp.asarray(index)]
+
+
+def parse_levels(text: str, intervals: int) -> tuple[int, ...]:
+    """The grid levels of a multistep draw from their comma-separated indices, counted from
+    ``sigma_max`` (0) down to ``sigma_min`` (``intervals``), as openai/consistency_models'
+    ``--ts``: '0,11' draws at sigma_max and then at level 11. '' is none. ValueError
+    unless they start at 0, increase, and stop short of sigma_min."""
+    if not text.strip():
+        return ()
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{text!r} is not comma-separated whole numbers") from None
+    if levels[0] != 0 or any(b <= a for a, b in itertools.pairwise(levels)):
+        raise ValueError(f"{text!r} must start at 0 (sigma_max) and increase")
+    if levels[-1] >= intervals:
+        raise ValueError(f"{text!r} must stay below {intervals} (sigma_min, where the "
+                         "consistency function is the identity)")
+    return levels
 
 
 def multistep_sample(f: SigmaFn, key: Array, shape: tuple[int, ...], sigmas: Array,

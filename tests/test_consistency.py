@@ -5,6 +5,7 @@ f*(x, sigma) (the map to sigma_min), the teacher's ODE step and multistep sampli
 known exactly; the boundary condition f(x, sigma_min) = x holds bit for bit."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +138,31 @@ def test_multistep_sampling_with_the_exact_function_draws_the_data(steps):
     assert float(jnp.mean(x)) == pytest.approx(MU * (1 - S / SIGMA_MAX) if steps == 1
                                                else MU, abs=0.02)
     assert float(jnp.std(x)) == pytest.approx(math.hypot(S, SIGMA_MIN), abs=0.02)
+
+
+def test_named_levels_replace_the_even_spacing_for_their_number_of_steps_only():
+    grid = consistency.karras_grid(SIGMA_MIN, SIGMA_MAX, 17, RHO)
+    levels = consistency.parse_levels("0, 11", 17)
+    assert levels == (0, 11)
+    np.testing.assert_array_equal(consistency.sampling_sigmas(grid, 2, levels),
+                                  grid[jnp.asarray([17, 6])])
+    # Other step counts keep the evenly spaced levels (2 steps by default: level 9 of 17).
+    np.testing.assert_array_equal(consistency.sampling_sigmas(grid, 4, levels),
+                                  consistency.sampling_sigmas(grid, 4))
+    np.testing.assert_array_equal(consistency.sampling_sigmas(grid, 2),
+                                  grid[jnp.asarray([17, 8])])
+    assert consistency.parse_levels("", 17) == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,5", "must start at 0 (sigma_max) and increase"),
+    ("0,5,5", "must start at 0 (sigma_max) and increase"),
+    ("0,17", "must stay below 17 (sigma_min"),
+    ("0;5", "is not comma-separated whole numbers"),
+])
+def test_levels_that_do_not_descend_from_sigma_max_are_refused(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        consistency.parse_levels(text, 17)
 
 
 def test_more_sampling_steps_than_intervals_are_refused():

@@ -75,6 +75,27 @@ def test_distillation_samples_through_sample_py_in_the_steps_asked(cd_run, tmp_p
     assert json.loads((workdir / "config.json").read_text())["distill"]["teacher_workdir"]
 
 
+def test_named_sampling_levels_set_where_a_draw_of_that_many_steps_goes(cd_run):
+    """consistency.sampling_levels is a sampling setting: it applies to a trained run."""
+    config, workdir = cd_run
+    draws = {}
+    for levels in ("", "0,2", "0,1"):  # the tiny grid has 4 intervals: level 2 is the default
+        config = config.copy_and_resolve_references()
+        config.consistency.sampling_levels = levels
+        family, state, _ = inference.restore_latest(config, workdir, devices=ONE_DEVICE)
+        draws[levels], nfe = inference.generate(family, state, R(3, steps=2, seed=5))
+        assert nfe == 2
+    # The samples file records the levels a draw went through.
+    assert family.sampler_name(R(3, steps=2)) == "consistency (levels 0,1)"
+    assert family.sampler_name(R(3, steps=3)) == "consistency"
+    np.testing.assert_array_equal(draws["0,2"], draws[""])
+    assert not np.array_equal(draws["0,1"], draws[""])
+    config.consistency.sampling_levels = "0,4"
+    with pytest.raises(UserError, match=r"^consistency.sampling_levels: '0,4' must stay "
+                                        r"below 4 \(sigma_min"):
+        get_family(config)
+
+
 @pytest.fixture(scope="module")
 def ct_run(tmp_path_factory):
     config = _config("ct")

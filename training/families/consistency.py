@@ -11,7 +11,8 @@ The student is compared with a target network, the EMA of its weights at
 `consistency.target_ema` (0: the student itself under a stop-gradient), kept in the train
 state's `aux`; samples come from the EMA at `model.ema_rate`, by multistep consistency
 sampling in `sampling.steps` (sample.py --steps) network calls, at most
-`consistency.intervals`.
+`consistency.intervals`, through evenly spaced levels of the grid or those
+`consistency.sampling_levels` names for that many steps.
 
 `consistency.parametrization` says how f reads the network: 'edm' wraps it in Song et al.'s
 c_skip/c_out/c_in, the SDE only saying how it hears a noise level (its `c_noise` at t(sigma),
@@ -33,6 +34,7 @@ from training import accumulate
 from training.families import few_step
 from training.families import teacher as teachers
 from training.families.diffusion import DiffusionFamily
+from training.families.request import SampleRequest
 from training.state import TrainState, apply_gradients, ema_update, single_network_state
 
 DISTILLATION, TRAINING = "consistency_distillation", "consistency_training"
@@ -49,6 +51,7 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
     of a distillation run once `prepare_training` has run, else None."""
 
     teacher: teachers.Teacher | None = None
+    sampling_levels: tuple[int, ...] = ()  # consistency.sampling_levels, parsed
     SAMPLER = SAMPLER
     KIND = "consistency model"
 
@@ -100,6 +103,10 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
         if not 1 <= config.sampling.steps <= c.intervals:
             raise UserError(f"sampling.steps={config.sampling.steps} must lie in [1, "
                             f"consistency.intervals={c.intervals}] for a consistency model")
+        try:
+            self.sampling_levels = consistency.parse_levels(c.sampling_levels, c.intervals)
+        except ValueError as err:
+            raise UserError(f"consistency.sampling_levels: {err}") from err
         if c.noise_levels == "lognormal" and not config.training.P_std > 0:
             raise UserError(f"training.P_std must be positive, got {config.training.P_std}")
 
@@ -216,11 +223,18 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
             raise error(f"{flag} {steps} is above what this consistency model supports: at "
                         f"most {self.max_steps} (consistency.intervals)")
 
+    def sampler_name(self, request: SampleRequest) -> str:
+        """'consistency', with the levels when `consistency.sampling_levels` sets them."""
+        if len(self.sampling_levels) != (request.steps or int(self.config.sampling.steps)):
+            return SAMPLER
+        return f"{SAMPLER} (levels {','.join(map(str, self.sampling_levels))})"
+
     def _draw(self, params, key: jax.Array, shape: tuple[int, ...], steps: int) -> jax.Array:
         """Multistep consistency sampling in `steps` calls (module docstring)."""
         c = self.config.consistency
         sigmas = consistency.sampling_sigmas(
-            consistency.karras_grid(c.sigma_min, c.sigma_max, c.intervals, c.rho), steps)
+            consistency.karras_grid(c.sigma_min, c.sigma_max, c.intervals, c.rho), steps,
+            self.sampling_levels)
         return consistency.multistep_sample(self.consistency_fn(params), key, shape, sigmas,
                                             c.sigma_min)
 
