@@ -225,7 +225,7 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
 
     def sampler_name(self, request: SampleRequest) -> str:
         """'consistency', with the levels when `consistency.sampling_levels` sets them."""
-        if len(self.sampling_levels) != (request.steps or int(self.config.sampling.steps)):
+        if len(self.sampling_levels) != self.steps_of(request):
             return SAMPLER
         return f"{SAMPLER} (levels {','.join(map(str, self.sampling_levels))})"
 

@@ -65,11 +65,15 @@ class FewStepSampling:
     def sampler_name(self, request: SampleRequest) -> str:
         return self.SAMPLER
 
+    def steps_of(self, request: SampleRequest) -> int:
+        """The network calls a draw of `request` takes: `--steps`, else `sampling.steps`."""
+        return request.steps or int(self.config.sampling.steps)
+
     def make_sampler(self, request: SampleRequest, *, classifier=None, guide=None):
         """`sample(params, key, labels=None, ...) -> (x in [0, 1], nfe)` of `request.batch`
         samples in `request.steps` (default `sampling.steps`) network calls, compiled once."""
         self.accepts(request, classifier=classifier, guide=guide)
-        steps = request.steps or int(self.config.sampling.steps)
+        steps = self.steps_of(request)
         shape = (request.batch, *self.data_shape)
 
         @jax.jit
