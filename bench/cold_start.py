@@ -4,9 +4,11 @@
     python bench/cold_start.py --batch 8 --dtype bfloat16
     python bench/cold_start.py --config default        # bench_train.py's configs
 
-Prints seconds for: imports, building the family, the abstract state (`eval_shape`), the
-real state (built eagerly, placed with its shardings), tracing and lowering the step,
-XLA's compile, and the first finished step; then the total from process start. The data is
+Prints seconds for: imports, building the family, the abstract state (`eval_shape`),
+tracing and lowering the step, the real state (built eagerly and placed with its shardings
+while XLA compiles the step on another thread, as `training.loop` does), the rest of the
+compile, and the first finished step; then the total from process start. `--serial`
+compiles first and builds the state after it. The data is
 random batches of the config's shape (`data.dataset` is set to `synthetic`, so nothing needs
 preparing). Run it twice with the same `JAX_COMPILATION_CACHE_DIR` to see the cache at work.
 """
@@ -30,6 +32,7 @@ from ml_collections import config_flags  # noqa: E402, F401 (config files import
 
 from networks import layers  # noqa: E402
 from training import loop, sharding  # noqa: E402
+from training.checkpoint import abstract_with_shardings  # noqa: E402
 from training.families import get_family  # noqa: E402
 from training.step import LeafStep  # noqa: E402
 
@@ -42,6 +45,8 @@ def main() -> None:
     parser.add_argument("--remat", choices=["none", "block"], default=None)
     parser.add_argument("--grad_accum", type=int, default=None)
     parser.add_argument("--conv_impl", choices=["auto", "xla", "matmul"], default=None)
+    parser.add_argument("--serial", action="store_true",
+                        help="compile first, then build the state (not while it is built)")
     args = parser.parse_args()
 
     phases: list[tuple[str, float]] = []
@@ -65,23 +70,34 @@ def main() -> None:
     abstract = jax.eval_shape(family.init_state, key)
     state_sh = loop.state_shardings(abstract, mesh, config.sharding.rules)
     lap("abstract state")
-    state = sharding.place(family.init_state(key), state_sh)
-    jax.block_until_ready(state)
-    lap("initial state")
     batch_sh = sharding.batch_sharding(mesh)
-    step = LeafStep(family.train_step, state, state_sh, batch_sh, sharding.replicated(mesh),
+    step = LeafStep(family.train_step, abstract, state_sh, batch_sh, sharding.replicated(mesh),
                     layers.compiler_options(family.data_shape))
-    leaves = step.leaves(state)
     b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
     rng = np.random.default_rng(0)
     batch = {"image": jax.device_put(rng.uniform(-1, 1, (b, s, s, c)).astype(np.float32),
                                      batch_sh),
              "label": jax.device_put(rng.integers(0, 10, b).astype(np.int32), batch_sh)}
-    lowered = step.jitted.lower(leaves, batch)
-    lap("trace + lower")
-    compiled = lowered.compile()
-    lap("compile")
-    leaves, metrics = compiled(leaves, batch)
+    placed = jax.tree.leaves(abstract_with_shardings(abstract, state_sh))
+    if args.serial:
+        lowered = step.jitted.lower(placed, batch)
+        lap("trace + lower")
+        compiled = lowered.compile()
+        lap("compile")
+        state = sharding.place(family.init_state(key), state_sh)
+        jax.block_until_ready(state)
+        lap("initial state")
+        step_fn = compiled
+    else:  # as training.loop does it
+        step.compile_ahead(placed, batch)
+        lap("trace + lower")
+        state = sharding.place(family.init_state(key), state_sh)
+        jax.block_until_ready(state)
+        lap("initial state (compiling)")
+        step.wait_compiled()
+        lap("compile (the rest)")
+        step_fn = step
+    _, metrics = step_fn(step.leaves(state), batch)
     jax.block_until_ready(metrics)
     lap("first step")
     assert jnp.isfinite(metrics["loss"])
