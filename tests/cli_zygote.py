@@ -11,9 +11,9 @@ and `sys.argv`; the script runs as `__main__` and the interpreter exits as after
 
 `run(script, *args, env=..., cwd=..., timeout=...)` returns a `subprocess.CompletedProcess`
 like `subprocess.run(..., capture_output=True, text=True)`. The libraries may read the
-environment at import, so there is one server per environment (XLA_FLAGS aside: XLA reads
-it when the command starts its backend). SCOREGEN_TEST_NO_FORK_SERVER=1 runs every command
-as a plain subprocess instead.
+environment at import, so there is one server per environment (XLA_FLAGS and pytest's
+PYTEST_CURRENT_TEST aside: XLA reads the first when the command starts its backend).
+SCOREGEN_TEST_NO_FORK_SERVER=1 runs every command as a plain subprocess instead.
 """
 
 from __future__ import annotations
@@ -118,8 +118,14 @@ def _exit(code: object) -> NoReturn:
     os._exit(status & 0xFF)
 
 
+# Variables no preloaded library reads at import. XLA reads XLA_FLAGS when the command
+# starts its backend; pytest sets PYTEST_CURRENT_TEST to each test's name, so keying on it
+# would start a server per test.
+_NOT_READ_AT_IMPORT = frozenset({"XLA_FLAGS", "PYTEST_CURRENT_TEST"})
+
+
 def _server_key(env: dict[str, str]) -> str:
-    return json.dumps(sorted((k, v) for k, v in env.items() if k != "XLA_FLAGS"))
+    return json.dumps(sorted((k, v) for k, v in env.items() if k not in _NOT_READ_AT_IMPORT))
 
 
 class _Server:
