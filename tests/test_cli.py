@@ -282,3 +282,14 @@ def test_two_processes_sample_like_one_and_only_process_zero_writes(trained, tmp
     multi, one = np.load(out)["images"], np.load(tmp_path / "single.npz")["images"]
     assert multi.shape == one.shape == (5, 8, 8, 1)
     assert np.abs(multi.astype(int) - one.astype(int)).max() <= 1
+
+
+def test_the_commands_of_every_test_share_one_fork_server(monkeypatch):
+    """pytest names the running test in PYTEST_CURRENT_TEST; the harness's fork server must
+    not start again for each name (it did: a second of imports per CLI test)."""
+    servers = []
+    for test_name in ("tests/test_a.py::test_one (call)", "tests/test_b.py::test_two (setup)"):
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", test_name)
+        assert "--workdir" in _run("train.py", "--helpshort").stdout
+        servers.append(set(cli_zygote._servers))
+    assert servers[0] == servers[1]
