@@ -49,6 +49,7 @@ __all__ = [
     "denoiser_consistency_fn",
     "intervals_at",
     "karras_grid",
+    "levels_for",
     "multistep_sample",
     "parse_levels",
     "sampling_sigmas",
@@ -219,10 +220,16 @@ def sampling_sigmas(grid: Array, steps: int, levels: tuple[int, ...] = ()) -> Ar
     intervals = grid.shape[0] - 1
     if not 1 <= steps <= intervals:
         raise ValueError(f"steps must lie in [1, {intervals}], got {steps}")
-    if len(levels) == steps:
+    if levels := levels_for(levels, steps):
         return grid[jnp.asarray([intervals - level for level in levels])]
     index = [round(intervals * (1 - i / steps)) for i in range(steps)]
     return grid[jnp.asarray(index)]
+
+
+def levels_for(levels: tuple[int, ...], steps: int) -> tuple[int, ...]:
+    """The named levels a draw of ``steps`` steps visits: ``levels`` when it names that many,
+    else () (the evenly spaced ones)."""
+    return levels if len(levels) == steps else ()
 
 
 def parse_levels(text: str, intervals: int) -> tuple[int, ...]:

@@ -12,8 +12,8 @@ the state's seconds leave the cold start (CIFAR-10 DDPM++ on 2 cores: 4-5 s of a
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -46,8 +46,7 @@ class LeafStep:
         )
 
         self._compiled: Callable | None = None
-        self._compiling: threading.Thread | None = None
-        self._compile_result: dict[str, Any] = {}
+        self._pending: Future | None = None
 
     def compile_ahead(self, abstract_leaves: list[jax.ShapeDtypeStruct], batch: dict) -> None:
         """Traces and lowers the step for these leaves (shapes, dtypes and shardings; no
@@ -55,27 +54,17 @@ class LeafStep:
         call waits for it; every later batch must have the first one's shapes, as the
         training pipeline's (fixed-size, sharded) batches do."""
         lowered = self.jitted.lower(abstract_leaves, batch)
-
-        def compile_lowered() -> None:
-            try:
-                self._compile_result["compiled"] = lowered.compile()
-            except Exception as error:  # re-raised by the first step, on the caller's thread
-                self._compile_result["error"] = error
-
-        # Not a daemon: a run that fails meanwhile exits after XLA has finished, never with
-        # a compile under way while the interpreter tears the backend down.
-        self._compiling = threading.Thread(target=compile_lowered, name="compile-train-step")
-        self._compiling.start()
+        # The executor's thread is joined at exit: a run that fails meanwhile exits after
+        # XLA has finished, never with a compile under way while the backend is torn down.
+        executor = ThreadPoolExecutor(1, thread_name_prefix="compile-train-step")
+        self._pending = executor.submit(lowered.compile)
+        executor.shutdown(wait=False)  # its thread ends with the compile
 
     def wait_compiled(self) -> None:
         """Waits for `compile_ahead`'s compile, raising its error if it failed."""
-        if self._compiling is None:
-            return
-        self._compiling.join()
-        self._compiling = None
-        if "error" in self._compile_result:
-            raise self._compile_result.pop("error")
-        self._compiled = self._compile_result.pop("compiled")
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._compiled = pending.result()
 
     def state(self, leaves: list[jax.Array]) -> TrainState:
         """The TrainState these leaves make up."""
@@ -86,8 +75,7 @@ class LeafStep:
         return jax.tree.leaves(state)
 
     def __call__(self, leaves: list[jax.Array], batch: dict) -> tuple[list[jax.Array], dict]:
-        if self._compiling is not None:
-            self.wait_compiled()
+        self.wait_compiled()
         if self._compiled is not None:
             return self._compiled(leaves, batch)
         return self.jitted(leaves, batch)

@@ -225,9 +225,8 @@ class ConsistencyFamily(few_step.FewStepSampling, DiffusionFamily):
 
     def sampler_name(self, request: SampleRequest) -> str:
         """'consistency', with the levels when `consistency.sampling_levels` sets them."""
-        if len(self.sampling_levels) != self.steps_of(request):
-            return SAMPLER
-        return f"{SAMPLER} (levels {','.join(map(str, self.sampling_levels))})"
+        levels = consistency.levels_for(self.sampling_levels, self.steps_of(request))
+        return f"{SAMPLER} (levels {','.join(map(str, levels))})" if levels else SAMPLER
 
     def _draw(self, params, key: jax.Array, shape: tuple[int, ...], steps: int) -> jax.Array:
         """Multistep consistency sampling in `steps` calls (module docstring)."""
