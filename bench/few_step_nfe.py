@@ -124,10 +124,11 @@ def main(argv: list[str]) -> None:
     done = {(p["model"], p["steps"]) for p in results["points"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, workdir, sampler, counts in runs:
+        todo = [steps for steps in counts if (name, steps) not in done]
+        if not todo:  # a run whose points are all in --out need not be on disk any more
+            continue
         config = run_config.load_run_config(workdir, None)
-        for steps in counts:
-            if (name, steps) in done:
-                continue
+        for steps in todo:
             request = SampleRequest(_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
                                     sampler=sampler, steps=steps, seed=_SEED.value)
             samples, record = draw(config, Sources(workdir), request)
