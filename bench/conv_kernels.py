@@ -30,21 +30,19 @@ def _flops(batch: int, side: int, channels: int) -> float:
     return 2.0 * batch * side * side * 9 * channels * channels
 
 
-def _best_seconds(call, iters: int) -> float:
+def _best_seconds(call, iters: int, wait=lambda out: out) -> float:
+    """Best of 5 rounds of `iters` calls, after a warm-up; `wait` blocks on the last result
+    (jax.block_until_ready for JAX's asynchronous dispatch; eager torch on CPU needs none).
+    Single kernels of a few ms swing by a third from run to run on a shared machine."""
     call()  # compile / warm up
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         for _ in range(iters):
             out = call()
-        _block(out)
+        wait(out)
         best = min(best, (time.perf_counter() - start) / iters)
     return best
-
-
-def _block(out) -> None:
-    if hasattr(out, "block_until_ready"):
-        out.block_until_ready()
 
 
 def ours(batch: int, iters: int) -> list[dict]:
@@ -69,7 +67,7 @@ def ours(batch: int, iters: int) -> list[dict]:
             return jax.vjp(conv, x, weights)[1](g)[0]
 
         def grad_w(x, weights, g, conv=conv):
-            return jax.tree.leaves(jax.vjp(conv, x, weights)[1](g)[1])[0]  # the kernel's
+            return jax.vjp(conv, x, weights)[1](g)[1]
 
         options = compiler_options((side, side, 1))
         keys = jax.random.split(jax.random.key(0), 2)
@@ -79,7 +77,8 @@ def ours(batch: int, iters: int) -> list[dict]:
         for name, fn, n_args in (("forward", conv, 2), ("grad_x", grad_x, 3),
                                  ("grad_w", grad_w, 3)):
             seconds[name] = _best_seconds(
-                functools.partial(jax.jit(fn, compiler_options=options), *args[:n_args]), iters)
+                functools.partial(jax.jit(fn, compiler_options=options), *args[:n_args]), iters,
+                jax.block_until_ready)
         rows.append({"side": side, "channels": channels, "seconds": seconds,
                      "all_three": sum(seconds.values())})
     return rows
